@@ -1,1 +1,138 @@
-fn main(){}
+//! The `mailtally` command line.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use mailtally::api::accounts::{self, Role};
+use mailtally::config::{LogFormat, Settings};
+
+#[derive(Parser)]
+#[command(
+    name = "mailtally",
+    version,
+    about = "SMTP relay that tracks opens and clicks and reports engagement per template",
+    after_long_help = Settings::help_table(),
+    after_help = "Settings: see `mailtally --help` for every key and its default."
+)]
+struct Cli {
+    /// TOML file with settings (the same keys as the environment variables); environment wins.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything: SMTP relay, delivery, HTTP (tracking, API, Insights, /metrics).
+    /// Applies pending migrations first; starts the embedded PostgreSQL when DATABASE_URL is unset.
+    #[command(after_long_help = Settings::help_table())]
+    Serve,
+    /// Apply pending migrations and exit.
+    #[command(after_long_help = Settings::help_table())]
+    Migrate,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user who may submit mail and read reports; prints an API token once.
+    Add(UserAdd),
+}
+
+#[derive(Args)]
+struct UserAdd {
+    /// The user's e-mail address (also the SMTP AUTH user name).
+    #[arg(long)]
+    email: String,
+    /// Read the password from standard input (first line).
+    #[arg(long, required = true)]
+    password_stdin: bool,
+    /// Team name; created when new.
+    #[arg(long)]
+    team: Option<String>,
+    /// Make the user an administrator.
+    #[arg(long)]
+    admin: bool,
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref()).context("invalid settings")?;
+    init_logging(&settings);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(cli.command, settings))
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => mailtally::serve::run(settings)
+            .await
+            .context("mailtally serve failed"),
+        Command::Migrate => {
+            let (db, _pool) = mailtally::serve::open_store(&settings)
+                .await
+                .context("migration failed")?;
+            db.close();
+            Ok(())
+        }
+        Command::User(UserCommand::Add(args)) => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("cannot read the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                bail!("no password on standard input");
+            }
+            let (db, pool) = mailtally::serve::open_store(&settings).await?;
+            let result = async {
+                let mut client = pool.get().await.context("cannot connect to the database")?;
+                let role = if args.admin {
+                    Role::Admin
+                } else {
+                    Role::Member
+                };
+                accounts::add_user(
+                    &mut client,
+                    &args.email,
+                    password,
+                    args.team.as_deref(),
+                    role,
+                )
+                .await
+                .context("cannot add the user")
+            }
+            .await;
+            db.close();
+            let new = result?;
+            println!(
+                "user {} created (id {}, {})",
+                new.user.email,
+                new.user.id,
+                new.user.role.as_str()
+            );
+            println!("API token (shown once): {}", new.api_token);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,593 @@
+//! Settings: environment variables, an optional TOML file with the same keys, and defaults.
+//!
+//! Precedence is environment, then file, then default. Every key mailtally reads is listed in
+//! [`SETTINGS`]; the file may hold nothing else, so that a typo is an error at startup instead
+//! of a setting silently ignored.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// One setting: its key, its default (as text, `None` when unset by default) and what it does.
+pub struct SettingDoc {
+    pub key: &'static str,
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+}
+
+/// Every setting mailtally reads. `--help` prints this table.
+pub const SETTINGS: &[SettingDoc] = &[
+    SettingDoc {
+        key: "DATABASE_URL",
+        default: None,
+        help: "PostgreSQL URL; unset: a private cluster under MAILTALLY_DATA/pg",
+    },
+    SettingDoc {
+        key: "MAILTALLY_DATA",
+        default: Some("./var"),
+        help: "data directory (embedded cluster, TLS certificate, event spool)",
+    },
+    SettingDoc {
+        key: "SMTP_LISTEN",
+        default: Some("127.0.0.1:2525"),
+        help: "SMTP submission listener",
+    },
+    SettingDoc {
+        key: "HTTP_LISTEN",
+        default: Some("127.0.0.1:8080"),
+        help: "HTTP listener: tracking, API, Insights, /metrics",
+    },
+    SettingDoc {
+        key: "PUBLIC_URL",
+        default: Some("http://127.0.0.1:8080"),
+        help: "base URL of tracked links and the pixel",
+    },
+    SettingDoc {
+        key: "UPSTREAM_URL",
+        default: None,
+        help: "smtp://user:pass@host:587 (STARTTLS) or smtps://...; unset: the capture sink",
+    },
+    SettingDoc {
+        key: "TRACKING_SECRET",
+        default: None,
+        help: "token signing secret; unset: generated on first start and kept in the database",
+    },
+    SettingDoc {
+        key: "TRACKING_SECRET_PREVIOUS",
+        default: None,
+        help: "comma-separated rotated-out secrets whose tokens still verify",
+    },
+    SettingDoc {
+        key: "TLS_CERT",
+        default: None,
+        help: "PEM certificate chain for STARTTLS; unset: a self-signed one under MAILTALLY_DATA",
+    },
+    SettingDoc {
+        key: "TLS_KEY",
+        default: None,
+        help: "PEM private key for TLS_CERT",
+    },
+    SettingDoc {
+        key: "ALLOW_PLAIN_AUTH_ON_LOOPBACK",
+        default: Some("true"),
+        help: "allow AUTH without TLS on loopback listeners (development)",
+    },
+    SettingDoc {
+        key: "SUBMIT_TRUSTED_NETWORKS",
+        default: None,
+        help: "comma-separated CIDRs that may submit without AUTH (sender must be a known user)",
+    },
+    SettingDoc {
+        key: "MAX_MESSAGE_SIZE",
+        default: Some("26214400"),
+        help: "largest message accepted, in bytes (552 beyond)",
+    },
+    SettingDoc {
+        key: "MAX_RECIPIENTS",
+        default: Some("100"),
+        help: "recipients per message (452 beyond)",
+    },
+    SettingDoc {
+        key: "MAX_SMTP_SESSIONS",
+        default: Some("500"),
+        help: "SMTP sessions at once (421 beyond)",
+    },
+    SettingDoc {
+        key: "SMTP_IDLE_TIMEOUT",
+        default: Some("300"),
+        help: "seconds an SMTP session may wait for a command",
+    },
+    SettingDoc {
+        key: "SMTP_MAX_AUTH_FAILURES",
+        default: Some("3"),
+        help: "failed AUTH attempts before the session is closed",
+    },
+    SettingDoc {
+        key: "DELIVERY_WORKERS",
+        default: Some("16"),
+        help: "concurrent upstream deliveries per process",
+    },
+    SettingDoc {
+        key: "RETRY_SCHEDULE",
+        default: Some("60,300,900,3600"),
+        help: "seconds between delivery attempts; the last repeats",
+    },
+    SettingDoc {
+        key: "MAX_QUEUE_AGE",
+        default: Some("432000"),
+        help: "seconds a deferred copy is retried before it bounces",
+    },
+    SettingDoc {
+        key: "TRUSTED_PROXIES",
+        default: None,
+        help: "comma-separated CIDRs whose X-Forwarded-For is honoured",
+    },
+    SettingDoc {
+        key: "ANONYMIZE_IP",
+        default: Some("false"),
+        help: "store client addresses with the last octet zeroed",
+    },
+    SettingDoc {
+        key: "TRACK_TEXT_LINKS",
+        default: Some("true"),
+        help: "track URLs in text/plain parts",
+    },
+    SettingDoc {
+        key: "DEFAULT_TRACK",
+        default: Some("opens,clicks"),
+        help: "tracking when X-Mailtally-Track is absent",
+    },
+    SettingDoc {
+        key: "DKIM_DOMAIN",
+        default: None,
+        help: "DKIM signing domain (with DKIM_SELECTOR and DKIM_KEY)",
+    },
+    SettingDoc {
+        key: "DKIM_SELECTOR",
+        default: None,
+        help: "DKIM selector",
+    },
+    SettingDoc {
+        key: "DKIM_KEY",
+        default: None,
+        help: "path to the DKIM private key (PEM, RSA or Ed25519)",
+    },
+    SettingDoc {
+        key: "APPLE_MPP_CIDRS",
+        default: None,
+        help: "file of Apple Mail Privacy Protection CIDRs; unset: the built-in list",
+    },
+    SettingDoc {
+        key: "LOG_FORMAT",
+        default: Some("human"),
+        help: "human or json",
+    },
+    SettingDoc {
+        key: "LOG_LEVEL",
+        default: Some("info"),
+        help: "tracing filter, e.g. info or mailtally=debug",
+    },
+];
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read settings file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("settings file {path} is not valid TOML: {source}")]
+    Toml {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("settings file {path}: unknown key `{key}` (known keys: see `mailtally --help`)")]
+    UnknownKey { path: PathBuf, key: String },
+    #[error("settings file {path}: `{key}` must be a string, number or boolean")]
+    BadType { path: PathBuf, key: String },
+    #[error("setting {key}={value:?} is invalid: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Raw key/value view of the settings, before they are typed.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    file: BTreeMap<String, String>,
+    env: BTreeMap<String, String>,
+}
+
+impl Sources {
+    /// Reads the environment and, when given, the TOML file.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env = SETTINGS
+            .iter()
+            .filter_map(|s| std::env::var(s.key).ok().map(|v| (s.key.to_string(), v)))
+            .collect();
+        let file = match file {
+            Some(path) => read_file(path)?,
+            None => BTreeMap::new(),
+        };
+        Ok(Sources { file, env })
+    }
+
+    /// Sources made only of the given pairs (tests, embedding).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Sources {
+            file: BTreeMap::new(),
+            env: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn get(&self, key: &'static str) -> Option<String> {
+        if let Some(v) = self.env.get(key).or_else(|| self.file.get(key)) {
+            return Some(v.clone());
+        }
+        SETTINGS
+            .iter()
+            .find(|s| s.key == key)
+            .and_then(|s| s.default.map(str::to_string))
+    }
+}
+
+fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|source| ConfigError::Toml {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })?;
+    let mut out = BTreeMap::new();
+    for (key, value) in table {
+        let upper = key.to_ascii_uppercase();
+        if !SETTINGS.iter().any(|s| s.key == upper) {
+            return Err(ConfigError::UnknownKey {
+                path: path.to_owned(),
+                key,
+            });
+        }
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => {
+                let mut parts = Vec::new();
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => parts.push(s),
+                        toml::Value::Integer(i) => parts.push(i.to_string()),
+                        _ => {
+                            return Err(ConfigError::BadType {
+                                path: path.to_owned(),
+                                key,
+                            })
+                        }
+                    }
+                }
+                parts.join(",")
+            }
+            _ => {
+                return Err(ConfigError::BadType {
+                    path: path.to_owned(),
+                    key,
+                })
+            }
+        };
+        out.insert(upper, text);
+    }
+    Ok(out)
+}
+
+/// An IPv4 or IPv6 network in CIDR notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            (IpAddr::V6(_), IpAddr::V4(v4)) => self.contains(IpAddr::V6(v4.to_ipv6_mapped())),
+            (IpAddr::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => self.contains(IpAddr::V4(v4)),
+                None => false,
+            },
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{s}` is not an address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}` has a bad prefix length"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// The typed settings of one mailtally process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub smtp_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub public_url: String,
+    pub upstream_url: Option<String>,
+    pub tracking_secret: Option<String>,
+    pub tracking_secret_previous: Vec<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub allow_plain_auth_on_loopback: bool,
+    pub submit_trusted_networks: Vec<Cidr>,
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    pub max_smtp_sessions: usize,
+    pub smtp_idle_timeout: Duration,
+    pub smtp_max_auth_failures: u32,
+    pub delivery_workers: usize,
+    pub retry_schedule: Vec<Duration>,
+    pub max_queue_age: Duration,
+    pub trusted_proxies: Vec<Cidr>,
+    pub anonymize_ip: bool,
+    pub track_text_links: bool,
+    pub default_track: String,
+    pub dkim_domain: Option<String>,
+    pub dkim_selector: Option<String>,
+    pub dkim_key: Option<PathBuf>,
+    pub apple_mpp_cidrs: Option<PathBuf>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+impl Settings {
+    /// Environment, then the optional file, then defaults.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_sources(&Sources::load(file)?)
+    }
+
+    pub fn from_sources(src: &Sources) -> Result<Self, ConfigError> {
+        let opt = |key| src.get(key).filter(|v| !v.trim().is_empty());
+        let req = |key: &'static str| opt(key).unwrap_or_default();
+        let settings = Settings {
+            database_url: opt("DATABASE_URL"),
+            data_dir: PathBuf::from(req("MAILTALLY_DATA")),
+            smtp_listen: parse(src, "SMTP_LISTEN")?,
+            http_listen: parse(src, "HTTP_LISTEN")?,
+            public_url: public_url(&req("PUBLIC_URL"))?,
+            upstream_url: opt("UPSTREAM_URL"),
+            tracking_secret: opt("TRACKING_SECRET"),
+            tracking_secret_previous: list(src, "TRACKING_SECRET_PREVIOUS"),
+            tls_cert: opt("TLS_CERT").map(PathBuf::from),
+            tls_key: opt("TLS_KEY").map(PathBuf::from),
+            allow_plain_auth_on_loopback: parse_bool(src, "ALLOW_PLAIN_AUTH_ON_LOOPBACK")?,
+            submit_trusted_networks: parse_list(src, "SUBMIT_TRUSTED_NETWORKS")?,
+            max_message_size: parse(src, "MAX_MESSAGE_SIZE")?,
+            max_recipients: parse(src, "MAX_RECIPIENTS")?,
+            max_smtp_sessions: parse(src, "MAX_SMTP_SESSIONS")?,
+            smtp_idle_timeout: Duration::from_secs(parse(src, "SMTP_IDLE_TIMEOUT")?),
+            smtp_max_auth_failures: parse(src, "SMTP_MAX_AUTH_FAILURES")?,
+            delivery_workers: parse(src, "DELIVERY_WORKERS")?,
+            retry_schedule: parse_list::<f64>(src, "RETRY_SCHEDULE")?
+                .into_iter()
+                .map(Duration::from_secs_f64)
+                .collect(),
+            max_queue_age: Duration::from_secs_f64(parse(src, "MAX_QUEUE_AGE")?),
+            trusted_proxies: parse_list(src, "TRUSTED_PROXIES")?,
+            anonymize_ip: parse_bool(src, "ANONYMIZE_IP")?,
+            track_text_links: parse_bool(src, "TRACK_TEXT_LINKS")?,
+            default_track: req("DEFAULT_TRACK"),
+            dkim_domain: opt("DKIM_DOMAIN"),
+            dkim_selector: opt("DKIM_SELECTOR"),
+            dkim_key: opt("DKIM_KEY").map(PathBuf::from),
+            apple_mpp_cidrs: opt("APPLE_MPP_CIDRS").map(PathBuf::from),
+            log_format: match req("LOG_FORMAT").to_ascii_lowercase().as_str() {
+                "human" | "text" => LogFormat::Human,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: "LOG_FORMAT",
+                        value: other.to_string(),
+                        reason: "expected human or json".into(),
+                    })
+                }
+            },
+            log_level: req("LOG_LEVEL"),
+        };
+        if settings.retry_schedule.is_empty() {
+            return Err(invalid("RETRY_SCHEDULE", "", "needs at least one interval"));
+        }
+        if settings.tls_cert.is_some() != settings.tls_key.is_some() {
+            return Err(invalid(
+                "TLS_CERT",
+                "",
+                "TLS_CERT and TLS_KEY are set together",
+            ));
+        }
+        Ok(settings)
+    }
+
+    /// The settings table as text for `--help`.
+    pub fn help_table() -> String {
+        let mut out =
+            String::from("Settings (environment, or the same keys in the --config TOML file):\n");
+        for s in SETTINGS {
+            out.push_str(&format!(
+                "  {:<30} {}{}\n",
+                s.key,
+                s.help,
+                s.default
+                    .map(|d| format!(" [default: {d}]"))
+                    .unwrap_or_default()
+            ));
+        }
+        out
+    }
+}
+
+fn invalid(key: &'static str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse<T: FromStr>(src: &Sources, key: &'static str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    let value = src.get(key).unwrap_or_default();
+    value
+        .trim()
+        .parse()
+        .map_err(|e: T::Err| invalid(key, &value, &e.to_string()))
+}
+
+fn parse_bool(src: &Sources, key: &'static str) -> Result<bool, ConfigError> {
+    let value = src.get(key).unwrap_or_default();
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(invalid(key, &value, "expected true or false")),
+    }
+}
+
+fn list(src: &Sources, key: &'static str) -> Vec<String> {
+    src.get(key)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn parse_list<T: FromStr>(src: &Sources, key: &'static str) -> Result<Vec<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    list(src, key)
+        .into_iter()
+        .map(|item| {
+            item.parse()
+                .map_err(|e: T::Err| invalid(key, &item, &e.to_string()))
+        })
+        .collect()
+}
+
+fn public_url(value: &str) -> Result<String, ConfigError> {
+    let trimmed = value.trim().trim_end_matches('/');
+    if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) || trimmed.len() < 10 {
+        return Err(invalid(
+            "PUBLIC_URL",
+            value,
+            "expected an http:// or https:// URL",
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::from_sources(&Sources::default()).unwrap();
+        assert_eq!(s.smtp_listen.port(), 2525);
+        assert_eq!(s.public_url, "http://127.0.0.1:8080");
+        assert_eq!(s.retry_schedule.len(), 4);
+        assert!(s.allow_plain_auth_on_loopback);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = Settings::from_sources(&Sources::from_pairs([("MAX_RECIPIENTS", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MAX_RECIPIENTS"), "{err}");
+    }
+
+    #[test]
+    fn cidr_matching() {
+        let net: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:1::1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn file_rejects_unknown_keys_and_env_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "SMTP_LISTEN = \"127.0.0.1:2600\"\nmax_recipients = 7\n",
+        )
+        .unwrap();
+        let mut src = Sources::load(Some(&path)).unwrap();
+        src.env.clear();
+        let s = Settings::from_sources(&src).unwrap();
+        assert_eq!(s.smtp_listen.port(), 2600);
+        assert_eq!(s.max_recipients, 7);
+        src.env.insert("MAX_RECIPIENTS".into(), "9".into());
+        assert_eq!(Settings::from_sources(&src).unwrap().max_recipients, 9);
+
+        std::fs::write(&path, "SMTP_LISTN = \"x\"\n").unwrap();
+        let err = Sources::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("unknown key `SMTP_LISTN`"), "{err}");
+    }
+}

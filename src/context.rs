@@ -1,0 +1,69 @@
+//! What every running stage shares: settings, the database pool, the tracking secrets and the
+//! shutdown signal. Cheap to clone.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+
+#[derive(Clone)]
+pub struct Context {
+    pub settings: Arc<Settings>,
+    pub pool: Pool,
+    /// The current tracking secret, then rotated-out ones whose tokens still verify.
+    pub tracking_secrets: Arc<TrackingSecrets>,
+    /// Cancelled when the process begins a graceful shutdown.
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrackingSecrets {
+    pub current: Vec<u8>,
+    pub previous: Vec<Vec<u8>>,
+}
+
+/// The tracking secret: `TRACKING_SECRET` when set, else the one generated on first start and
+/// kept in the database, so that every node and every restart signs alike.
+pub async fn tracking_secrets(
+    settings: &Settings,
+    pool: &Pool,
+) -> Result<TrackingSecrets, crate::store::StoreError> {
+    let previous = settings
+        .tracking_secret_previous
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    if let Some(secret) = &settings.tracking_secret {
+        return Ok(TrackingSecrets {
+            current: secret.as_bytes().to_vec(),
+            previous,
+        });
+    }
+    let client = pool.get().await?;
+    let fresh = {
+        use rand::RngCore;
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        hex::encode(bytes)
+    };
+    // Two nodes starting together both try; the first insert wins and both read it back.
+    client
+        .execute(
+            "INSERT INTO server_settings (key, value) VALUES ('tracking_secret', $1)
+             ON CONFLICT (key) DO NOTHING",
+            &[&fresh],
+        )
+        .await?;
+    let row = client
+        .query_one(
+            "SELECT value FROM server_settings WHERE key = 'tracking_secret'",
+            &[],
+        )
+        .await?;
+    Ok(TrackingSecrets {
+        current: row.get::<_, String>(0).into_bytes(),
+        previous,
+    })
+}

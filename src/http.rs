@@ -1,0 +1,93 @@
+//! The HTTP listener: assembles the routes of the stages (tracking, API, Insights) with
+//! `/healthz` and `/metrics`, and measures every request.
+
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Service;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use futures_util::FutureExt;
+
+use crate::context::Context;
+use crate::metrics;
+
+/// Answers 200 when PostgreSQL answers, 503 otherwise, with a JSON body either way.
+async fn healthz(ctx: web::Data<Context>) -> HttpResponse {
+    let check = async {
+        let client = ctx.pool.get().await.map_err(|e| e.to_string())?;
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(3), check).await {
+        Ok(Ok(())) => {
+            HttpResponse::Ok().json(serde_json::json!({"status": "ok", "database": "ok"}))
+        }
+        Ok(Err(e)) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "degraded", "database": e})),
+        Err(_) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "degraded", "database": "timeout"})),
+    }
+}
+
+async fn metrics_page(ctx: web::Data<Context>) -> HttpResponse {
+    metrics::observe_pool(&ctx.pool);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics::render())
+}
+
+/// The first path segment names the route group; anything else is "other" (bounded labels).
+fn route_group(path: &str) -> &'static str {
+    match path.split('/').nth(1).unwrap_or("") {
+        "o" => "open",
+        "c" => "click",
+        "api" => "api",
+        "insights" => "insights",
+        "metrics" => "metrics",
+        "healthz" => "healthz",
+        _ => "other",
+    }
+}
+
+/// Adds the routes of every stage to `cfg`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics_page));
+}
+
+/// Binds `HTTP_LISTEN` and returns the running server (already listening).
+pub fn start(ctx: Context) -> std::io::Result<actix_web::dev::Server> {
+    let addr = ctx.settings.http_listen;
+    let data = web::Data::new(ctx);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap_fn(|req, srv| {
+                let group = route_group(req.path());
+                let started = Instant::now();
+                srv.call(req).map(move |res| {
+                    let status = match &res {
+                        Ok(r) => r.status().as_u16(),
+                        Err(e) => e.as_response_error().status_code().as_u16(),
+                    };
+                    let class = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                        .get(usize::from(status / 100).saturating_sub(1))
+                        .copied()
+                        .unwrap_or("5xx");
+                    metrics::CORE
+                        .http_request_duration
+                        .with_label_values(&[group, class])
+                        .observe(started.elapsed().as_secs_f64());
+                    res
+                })
+            })
+            .configure(routes)
+    })
+    .disable_signals()
+    .shutdown_timeout(10)
+    .bind(addr)?
+    .run();
+    Ok(server)
+}

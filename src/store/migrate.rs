@@ -1,0 +1,126 @@
+//! Applies the numbered migrations of `sql/`, embedded in the binary at build time.
+//!
+//! A session-level advisory lock makes concurrent starts safe: the first process applies each
+//! pending migration in its own transaction, the others wait and then find nothing to do. Each
+//! applied file's SHA-256 is kept; a file changed after it was applied stops startup, because the
+//! database no longer matches what the code believes it is.
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tokio_postgres::Client;
+
+/// One numbered file of `sql/`.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+
+/// Arbitrary constant naming mailtally's migration lock among advisory locks.
+const LOCK_KEY: i64 = 0x6d61_696c_7461_6c6c; // "mailtall"
+
+#[derive(Debug, Error)]
+pub enum MigrateError {
+    #[error("migration {version} ({name}) was changed after it was applied: the database has checksum {applied}, this build has {built}; restore the file or migrate the database by hand")]
+    Tampered {
+        version: i32,
+        name: String,
+        applied: String,
+        built: String,
+    },
+    #[error("the database has migration {0}, which this build of mailtally does not know; run a newer mailtally")]
+    Unknown(i32),
+    #[error("migration {version} ({name}) failed: {source}")]
+    Failed {
+        version: i32,
+        name: &'static str,
+        source: tokio_postgres::Error,
+    },
+    #[error("database error while migrating: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+pub fn checksum(sql: &str) -> String {
+    hex::encode(Sha256::digest(sql.as_bytes()))
+}
+
+/// Applies what is pending of `migrations`; returns the versions this call applied.
+pub async fn apply(
+    client: &mut Client,
+    migrations: &[Migration],
+) -> Result<Vec<i32>, MigrateError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await?;
+    let result = apply_locked(client, migrations).await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+    let applied = result?;
+    unlock?;
+    Ok(applied)
+}
+
+async fn apply_locked(
+    client: &mut Client,
+    migrations: &[Migration],
+) -> Result<Vec<i32>, MigrateError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS mailtally_migrations (
+                 version integer PRIMARY KEY,
+                 name text NOT NULL,
+                 checksum text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    let rows = client
+        .query(
+            "SELECT version, name, checksum FROM mailtally_migrations ORDER BY version",
+            &[],
+        )
+        .await?;
+    let mut done = std::collections::HashSet::new();
+    for row in rows {
+        let version: i32 = row.get(0);
+        let name: String = row.get(1);
+        let applied: String = row.get(2);
+        match migrations.iter().find(|m| m.version == version) {
+            None => return Err(MigrateError::Unknown(version)),
+            Some(m) => {
+                let built = checksum(m.sql);
+                if built != applied {
+                    return Err(MigrateError::Tampered {
+                        version,
+                        name,
+                        applied,
+                        built,
+                    });
+                }
+            }
+        }
+        done.insert(version);
+    }
+    let mut applied = Vec::new();
+    for m in migrations.iter().filter(|m| !done.contains(&m.version)) {
+        let tx = client.transaction().await?;
+        let failed = |source| MigrateError::Failed {
+            version: m.version,
+            name: m.name,
+            source,
+        };
+        tx.batch_execute(m.sql).await.map_err(failed)?;
+        tx.execute(
+            "INSERT INTO mailtally_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[&m.version, &m.name, &checksum(m.sql)],
+        )
+        .await?;
+        tx.commit().await.map_err(failed)?;
+        tracing::info!(version = m.version, name = m.name, "migration applied");
+        applied.push(m.version);
+    }
+    Ok(applied)
+}
