@@ -127,6 +127,7 @@ async fn run_with_store(
     };
     partitions(&ctx).await?;
     first_user(&ctx).await?;
+    tokio::spawn(partition_upkeep(ctx.clone()));
 
     let http = crate::http::start(ctx.clone()).map_err(|source| ServeError::HttpBind {
         addr: settings.http_listen,
@@ -154,4 +155,20 @@ async fn partitions(ctx: &Context) -> Result<(), StoreError> {
         .execute("SELECT mailtally_ensure_event_partitions(1, 3)", &[])
         .await?;
     Ok(())
+}
+
+/// Keeps next months' event partitions ahead of time in a long-running process.
+async fn partition_upkeep(ctx: Context) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(6 * 3600));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = partitions(&ctx).await {
+                    tracing::warn!(error = %e, "cannot create event partitions; will retry");
+                }
+            }
+        }
+    }
 }

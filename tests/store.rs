@@ -126,6 +126,14 @@ fn cluster_home() -> tempfile::TempDir {
     dir
 }
 
+async fn ensure(dir: &std::path::Path, opts: ClusterOptions) -> Cluster {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || Cluster::ensure_running(&dir, opts))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 async fn query_one_int(url: &str, sql: &str) -> i64 {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -139,13 +147,7 @@ async fn embedded_cluster_starts_keeps_its_data_and_survives_a_stale_pid_file() 
     let home = cluster_home();
     let dir = home.path().join("pg");
     let opts = ClusterOptions { durable: false };
-    let cluster = {
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || Cluster::ensure_running(&dir, opts))
-            .await
-            .unwrap()
-            .unwrap()
-    };
+    let cluster = ensure(&dir, opts).await;
     assert!(cluster.is_owner());
     assert!(cluster.is_running());
     mailtally::store::create_database_if_missing(&cluster.admin_url(), "mailtally")
@@ -167,13 +169,7 @@ async fn embedded_cluster_starts_keeps_its_data_and_survives_a_stale_pid_file() 
     assert!(conf.contains("listen_addresses = ''"));
 
     // A second start while it runs reuses it and does not claim it.
-    let again = {
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || Cluster::ensure_running(&dir, opts))
-            .await
-            .unwrap()
-            .unwrap()
-    };
+    let again = ensure(&dir, opts).await;
     assert!(!again.is_owner());
     again.stop_if_owner().unwrap();
     assert!(
@@ -186,13 +182,7 @@ async fn embedded_cluster_starts_keeps_its_data_and_survives_a_stale_pid_file() 
     cluster.stop().unwrap();
     assert!(!cluster.is_running());
     drop(cluster);
-    let restarted = {
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || Cluster::ensure_running(&dir, opts))
-            .await
-            .unwrap()
-            .unwrap()
-    };
+    let restarted = ensure(&dir, opts).await;
     assert!(restarted.is_owner());
     assert_eq!(query_one_int(&url, "SELECT n::bigint FROM kept").await, 42);
 
