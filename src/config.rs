@@ -162,6 +162,26 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "file of Apple Mail Privacy Protection CIDRs; unset: the built-in list",
     },
     SettingDoc {
+        key: "WEBHOOK_CLICK_HOLD",
+        default: Some("30"),
+        help: "seconds a click notification waits so that a scanner sweep is classified first",
+    },
+    SettingDoc {
+        key: "WEBHOOK_RETRY_SCHEDULE",
+        default: Some("10,60,300,1800,7200"),
+        help: "seconds between webhook attempts; the last repeats",
+    },
+    SettingDoc {
+        key: "WEBHOOK_MAX_AGE",
+        default: Some("86400"),
+        help: "seconds a webhook delivery is retried before it is given up",
+    },
+    SettingDoc {
+        key: "WEBHOOK_DISABLE_AFTER",
+        default: Some("50"),
+        help: "failed attempts in a row after which an endpoint is disabled",
+    },
+    SettingDoc {
         key: "LOG_FORMAT",
         default: Some("human"),
         help: "human or json",
@@ -383,6 +403,10 @@ pub struct Settings {
     pub dkim_selector: Option<String>,
     pub dkim_key: Option<PathBuf>,
     pub apple_mpp_cidrs: Option<PathBuf>,
+    pub webhook_click_hold: Duration,
+    pub webhook_retry_schedule: Vec<Duration>,
+    pub webhook_max_age: Duration,
+    pub webhook_disable_after: u32,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -415,11 +439,8 @@ impl Settings {
             smtp_idle_timeout: Duration::from_secs(parse(src, "SMTP_IDLE_TIMEOUT")?),
             smtp_max_auth_failures: parse(src, "SMTP_MAX_AUTH_FAILURES")?,
             delivery_workers: parse(src, "DELIVERY_WORKERS")?,
-            retry_schedule: parse_list::<f64>(src, "RETRY_SCHEDULE")?
-                .into_iter()
-                .map(Duration::from_secs_f64)
-                .collect(),
-            max_queue_age: Duration::from_secs_f64(parse(src, "MAX_QUEUE_AGE")?),
+            retry_schedule: seconds_list(src, "RETRY_SCHEDULE")?,
+            max_queue_age: seconds(src, "MAX_QUEUE_AGE")?,
             trusted_proxies: parse_list(src, "TRUSTED_PROXIES")?,
             anonymize_ip: parse_bool(src, "ANONYMIZE_IP")?,
             track_text_links: parse_bool(src, "TRACK_TEXT_LINKS")?,
@@ -428,6 +449,10 @@ impl Settings {
             dkim_selector: opt("DKIM_SELECTOR"),
             dkim_key: opt("DKIM_KEY").map(PathBuf::from),
             apple_mpp_cidrs: opt("APPLE_MPP_CIDRS").map(PathBuf::from),
+            webhook_click_hold: seconds(src, "WEBHOOK_CLICK_HOLD")?,
+            webhook_retry_schedule: seconds_list(src, "WEBHOOK_RETRY_SCHEDULE")?,
+            webhook_max_age: seconds(src, "WEBHOOK_MAX_AGE")?,
+            webhook_disable_after: parse(src, "WEBHOOK_DISABLE_AFTER")?,
             log_format: match req("LOG_FORMAT").to_ascii_lowercase().as_str() {
                 "human" | "text" => LogFormat::Human,
                 "json" => LogFormat::Json,
@@ -443,6 +468,13 @@ impl Settings {
         };
         if settings.retry_schedule.is_empty() {
             return Err(invalid("RETRY_SCHEDULE", "", "needs at least one interval"));
+        }
+        if settings.webhook_retry_schedule.is_empty() {
+            return Err(invalid(
+                "WEBHOOK_RETRY_SCHEDULE",
+                "",
+                "needs at least one interval",
+            ));
         }
         if settings.tls_cert.is_some() != settings.tls_key.is_some() {
             return Err(invalid(
@@ -523,6 +555,34 @@ where
         .collect()
 }
 
+fn seconds(src: &Sources, key: &'static str) -> Result<Duration, ConfigError> {
+    let value: f64 = parse(src, key)?;
+    // Duration::from_secs_f64 panics on these; a setting must not crash startup.
+    if !value.is_finite() || !(0.0..=1e12).contains(&value) {
+        return Err(invalid(
+            key,
+            &value.to_string(),
+            "expected non-negative seconds",
+        ));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn seconds_list(src: &Sources, key: &'static str) -> Result<Vec<Duration>, ConfigError> {
+    let values = parse_list::<f64>(src, key)?;
+    if let Some(bad) = values
+        .iter()
+        .find(|v| !v.is_finite() || !(0.0..=1e12).contains(*v))
+    {
+        return Err(invalid(
+            key,
+            &bad.to_string(),
+            "intervals are non-negative seconds",
+        ));
+    }
+    Ok(values.into_iter().map(Duration::from_secs_f64).collect())
+}
+
 fn public_url(value: &str) -> Result<String, ConfigError> {
     let trimmed = value.trim().trim_end_matches('/');
     if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) || trimmed.len() < 10 {
@@ -554,6 +614,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("MAX_RECIPIENTS"), "{err}");
+        for (key, value) in [
+            ("MAX_QUEUE_AGE", "-1"),
+            ("RETRY_SCHEDULE", "1,inf"),
+            ("WEBHOOK_CLICK_HOLD", "NaN"),
+        ] {
+            let err = Settings::from_sources(&Sources::from_pairs([(key, value)])).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -12,6 +12,10 @@ use crate::config::Settings;
 pub struct Context {
     pub settings: Arc<Settings>,
     pub pool: Pool,
+    /// The URL behind the pool, for dedicated connections (LISTEN).
+    pub database_url: String,
+    /// Live events for this node's stream clients.
+    pub event_hub: crate::notify::stream::Hub,
     /// The current tracking secret, then rotated-out ones whose tokens still verify.
     pub tracking_secrets: Arc<TrackingSecrets>,
     /// Cancelled when the process begins a graceful shutdown.

@@ -18,5 +18,6 @@ pub mod config;
 pub mod context;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod serve;
 pub mod store;

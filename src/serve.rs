@@ -108,7 +108,7 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     shutdown_signal(shutdown.clone()).await?;
 
     let (db, pool) = open_store(&settings).await?;
-    let result = run_with_store(settings, pool, shutdown).await;
+    let result = run_with_store(settings, pool, db.url.clone(), shutdown).await;
     db.close();
     result
 }
@@ -116,18 +116,22 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
 async fn run_with_store(
     settings: Arc<Settings>,
     pool: deadpool_postgres::Pool,
+    database_url: String,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let tracking_secrets = Arc::new(context::tracking_secrets(&settings, &pool).await?);
     let ctx = Context {
         settings: settings.clone(),
         pool,
+        database_url,
+        event_hub: crate::notify::stream::Hub::default(),
         tracking_secrets,
         shutdown: shutdown.clone(),
     };
     partitions(&ctx).await?;
     first_user(&ctx).await?;
     tokio::spawn(partition_upkeep(ctx.clone()));
+    let notify_tasks = crate::notify::start(&ctx);
 
     let http = crate::http::start(ctx.clone()).map_err(|source| ServeError::HttpBind {
         addr: settings.http_listen,
@@ -143,6 +147,9 @@ async fn run_with_store(
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(ServeError::Http(e)),
         Err(e) => tracing::warn!(error = %e, "HTTP task ended abnormally"),
+    }
+    for task in notify_tasks {
+        let _ = task.await;
     }
     tracing::info!("mailtally stopped");
     Ok(())

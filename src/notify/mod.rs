@@ -1,0 +1,25 @@
+//! Notifications: webhooks and the live event stream.
+//!
+//! Owns telling people about events: webhook endpoints, an outbox in PostgreSQL filled from the
+//! events table, signed deliveries (Standard Webhooks) with retries, and Server-Sent Events. It
+//! must never tell anyone about an event of a message they may not see, and never change an event.
+
+pub mod dispatch;
+pub mod endpoints;
+pub mod metrics;
+pub mod outbox;
+pub mod signing;
+pub mod stream;
+
+use crate::context::Context;
+
+/// Starts the outbox producer, the dispatcher and the stream listener; they stop with
+/// `ctx.shutdown`.
+pub fn start(ctx: &Context) -> Vec<tokio::task::JoinHandle<()>> {
+    std::sync::LazyLock::force(&metrics::NOTIFY);
+    vec![
+        tokio::spawn(outbox::run(ctx.clone())),
+        tokio::spawn(dispatch::run(ctx.clone())),
+        tokio::spawn(stream::listen(ctx.clone(), ctx.event_hub.clone())),
+    ]
+}
