@@ -5,4 +5,14 @@
 //! Never re-serialises HTML or MIME, never drops a message: anything it cannot change safely
 //! goes out untouched.
 
+pub mod copy;
+pub mod html;
+pub mod policy;
 pub mod token;
+
+/// A link that is tracked: its index in the message and its destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackedLink {
+    pub index: u32,
+    pub url: String,
+}
