@@ -67,17 +67,6 @@ impl Patch {
     }
 }
 
-/// Token length for a slot.
-pub(crate) fn token_len(slot: SlotKind, links: &[TrackedLink]) -> usize {
-    match slot {
-        SlotKind::Open => token::open_token_len(),
-        SlotKind::Click(i) => links
-            .get(i as usize)
-            .map(|l| token::click_token_len(l.url.len()))
-            .unwrap_or(0),
-    }
-}
-
 /// Fill the template with one copy's tokens.
 pub(crate) fn fill(
     template: &[u8],

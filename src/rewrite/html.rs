@@ -15,6 +15,9 @@ use html5ever::buffer_queue::BufferQueue;
 use html5ever::interface::TokenizerResult;
 use html5ever::tendril::StrTendril;
 use html5ever::tokenizer::states::RawKind;
+
+use super::copy::Chunk;
+use super::mime::Ctx;
 use html5ever::tokenizer::{
     Tag, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
 };
@@ -522,6 +525,77 @@ pub fn pixel_html(src_url: &str) -> String {
     format!(
         "<img src=\"{src_url}\" width=\"1\" height=\"1\" border=\"0\" alt=\"\" style=\"display:block;width:1px;height:1px;border:0\" />"
     )
+}
+
+/// Rewrite an HTML text: tracked links and the pixel become slots, everything else is copied.
+/// `relabel` turns `<meta>` charsets into UTF-8 (the part is being converted).
+pub(crate) fn rewrite(src: &str, ctx: &mut Ctx, relabel: bool) -> Vec<Chunk> {
+    let scan = scan(src);
+    let mut edits: Vec<(Range<usize>, Vec<Chunk>)> = Vec::new();
+    if ctx.clicks {
+        for l in &scan.links {
+            let raw = src.get(l.span.clone()).unwrap_or("");
+            if let Some(slot) = ctx.track(&l.url, raw, &l.text, l.opted_out, l.vml) {
+                let mut prefix = escape_attr(&ctx.click_prefix);
+                let quote = l.quote == Quote::Unquoted
+                    && prefix.bytes().any(|b| is_ws(b) || b"\"'=<>`".contains(&b));
+                if quote {
+                    prefix.insert(0, '"');
+                }
+                let mut c = vec![Chunk::Lit(prefix.into_bytes()), slot];
+                if quote {
+                    c.push(Chunk::Lit(b"\"".to_vec()));
+                }
+                edits.push((l.span.clone(), c));
+            }
+        }
+    }
+    if ctx.opens {
+        let (before, after) = pixel_parts(&escape_attr(&ctx.open_prefix));
+        edits.push((
+            scan.pixel_at..scan.pixel_at,
+            vec![
+                Chunk::Lit(before.into_bytes()),
+                ctx.open_slot(),
+                Chunk::Lit(after.into_bytes()),
+            ],
+        ));
+        ctx.pixels += 1;
+    }
+    if relabel {
+        for r in &scan.meta_charsets {
+            edits.push((r.clone(), vec![Chunk::Lit(b"utf-8".to_vec())]));
+        }
+    }
+    splice(src.as_bytes(), edits)
+}
+
+/// Copy `src` with `edits` (non-overlapping after sorting; an overlapping one is dropped).
+pub(crate) fn splice(src: &[u8], mut edits: Vec<(Range<usize>, Vec<Chunk>)>) -> Vec<Chunk> {
+    edits.sort_by_key(|(r, _)| (r.start, r.end));
+    let mut out = Vec::with_capacity(edits.len() * 3 + 1);
+    let mut at = 0;
+    for (r, chunks) in edits {
+        if r.start < at || r.end < r.start || r.end > src.len() {
+            continue;
+        }
+        if r.start > at {
+            out.push(Chunk::Lit(src[at..r.start].to_vec()));
+        }
+        out.extend(chunks);
+        at = r.end;
+    }
+    if at < src.len() {
+        out.push(Chunk::Lit(src[at..].to_vec()));
+    }
+    out
+}
+
+/// The pixel around its token.
+fn pixel_parts(open_prefix: &str) -> (String, String) {
+    let html = pixel_html(&format!("{open_prefix}\u{0}"));
+    let (a, b) = html.split_once('\u{0}').unwrap_or((&html, ""));
+    (a.to_owned(), b.to_owned())
 }
 
 #[cfg(test)]
