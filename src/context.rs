@@ -71,3 +71,34 @@ pub async fn tracking_secrets(
         previous,
     })
 }
+
+impl TrackingSecrets {
+    /// The keys that sign and verify tracking tokens.
+    pub fn keys(&self) -> crate::rewrite::TokenKeys {
+        crate::rewrite::TokenKeys::new(&self.current, &self.previous)
+    }
+}
+
+/// The rewrite stage's settings from the process settings (reads the DKIM key file when set).
+pub fn rewrite_settings(
+    settings: &Settings,
+) -> Result<crate::rewrite::RewriteSettings, crate::rewrite::dkim::DkimError> {
+    use crate::rewrite::{DkimSettings, RewriteSettings, TrackMode};
+    let mut rs = RewriteSettings::new(&settings.public_url);
+    rs.track_text_links = settings.track_text_links;
+    rs.default_track = settings
+        .default_track
+        .parse::<TrackMode>()
+        .unwrap_or(TrackMode::OpensAndClicks);
+    rs.dkim = match (
+        &settings.dkim_selector,
+        &settings.dkim_domain,
+        &settings.dkim_key,
+    ) {
+        (Some(selector), Some(domain), Some(key)) => {
+            Some(DkimSettings::from_file(selector, domain, key)?)
+        }
+        _ => None,
+    };
+    Ok(rs)
+}

@@ -7,6 +7,8 @@
 //!
 //! The modules follow the flow of a message and of an event:
 //!
+//! - [`rewrite`]: per-recipient tracked copies (pixel, signed links, MIME splice);
+//! - [`notify`]: webhooks and the live event stream;
 //! - [`store`]: PostgreSQL, its migrations and the embedded default cluster;
 //! - [`api`]: accounts (users, teams, tokens) and the JSON API;
 //! - [`http`]: the HTTP listener assembling the routes of the stages;
@@ -19,5 +21,6 @@ pub mod context;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod rewrite;
 pub mod serve;
 pub mod store;

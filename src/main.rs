@@ -35,6 +35,19 @@ enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Read one message on stdin and write what the relay would deliver to one recipient
+    /// (uses the configured tracking secret and PUBLIC_URL).
+    Rewrite(RewriteArgs),
+}
+
+#[derive(Args)]
+struct RewriteArgs {
+    /// The recipient whose copy to show.
+    #[arg(long, default_value = "recipient@example.com")]
+    recipient: String,
+    /// Template key to use instead of X-Mailtally-Template or the subject.
+    #[arg(long)]
+    template: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -93,6 +106,43 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 .await
                 .context("migration failed")?;
             db.close();
+            Ok(())
+        }
+        Command::Rewrite(args) => {
+            let mut raw = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut raw)
+                .context("cannot read the message from standard input")?;
+            let rewrite =
+                mailtally::context::rewrite_settings(&settings).context("invalid DKIM settings")?;
+            // The secret of the installation, so that the preview's links work against it.
+            let secrets = if settings.tracking_secret.is_some() {
+                mailtally::context::TrackingSecrets {
+                    current: settings
+                        .tracking_secret
+                        .clone()
+                        .unwrap_or_default()
+                        .into_bytes(),
+                    previous: settings
+                        .tracking_secret_previous
+                        .iter()
+                        .map(|s| s.as_bytes().to_vec())
+                        .collect(),
+                }
+            } else {
+                let (db, pool) = mailtally::serve::open_store(&settings).await?;
+                let secrets = mailtally::context::tracking_secrets(&settings, &pool).await;
+                db.close();
+                secrets.context("cannot read the tracking secret")?
+            };
+            let out = mailtally::rewrite::preview(
+                &raw,
+                &args.recipient,
+                args.template.as_deref(),
+                &rewrite,
+                &secrets.keys(),
+            );
+            std::io::Write::write_all(&mut std::io::stdout(), &out)
+                .context("cannot write the copy")?;
             Ok(())
         }
         Command::User(UserCommand::Add(args)) => {

@@ -183,3 +183,36 @@ fn serve_runs_the_embedded_cluster_and_reuses_it_after_a_restart() {
     term(&mut third);
     assert!(!pg_running());
 }
+
+#[test]
+fn rewrite_prints_the_copy_one_recipient_would_get() {
+    let message = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: Hi\r\nX-Mailtally-Template: hello\r\n\
+Content-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>See <a href=\"https://example.com/x?a=1&amp;b=2\">this</a></p></body></html>\r\n";
+    let (ok, out, err) = mailtally(
+        &["rewrite", "--recipient", "b@example.com"],
+        &[
+            ("TRACKING_SECRET", "cli-secret"),
+            ("PUBLIC_URL", "https://t.example.net"),
+        ],
+        message,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        !out.contains("X-Mailtally-Template"),
+        "control headers never leave: {out}"
+    );
+    let token = out
+        .split("https://t.example.net/c/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a tracked link");
+    let keys = mailtally::rewrite::TokenKeys::new(b"cli-secret", &[]);
+    match mailtally::rewrite::verify(&keys, token).unwrap() {
+        mailtally::rewrite::Verified::Click { url, link, .. } => {
+            assert_eq!(url, "https://example.com/x?a=1&b=2");
+            assert_eq!(link, 0);
+        }
+        other => panic!("not a click token: {other:?}"),
+    }
+    assert!(out.contains("https://t.example.net/o/"), "the pixel");
+}

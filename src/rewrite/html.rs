@@ -1,0 +1,685 @@
+//! The streaming HTML rewriter: html5ever's tokenizer, no DOM, no re-serialisation.
+//!
+//! The tokenizer is fed the whole part once. Each time it hands over a token the sink reads
+//! how much input is left, so it knows where that token ends in the source; it then finds the
+//! tag's `<` and scans the raw attributes itself (the same states as the HTML spec) to get the
+//! exact byte span of each attribute value. Only those spans and the pixel's insertion point
+//! change; every other byte is copied. Raw-text elements (`style`, `script`, `title`,
+//! `textarea`, ...) are switched by the sink, as a tree builder would, so that `</a>` inside
+//! a `<style>` is text. Outlook conditional comments are rewritten by tokenizing their text.
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use html5ever::buffer_queue::BufferQueue;
+use html5ever::interface::TokenizerResult;
+use html5ever::tendril::StrTendril;
+use html5ever::tokenizer::states::RawKind;
+
+use super::copy::Chunk;
+use super::mime::Ctx;
+use html5ever::tokenizer::{
+    Tag, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
+};
+
+/// How the original attribute value was quoted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quote {
+    Double,
+    Single,
+    Unquoted,
+}
+
+/// A link found in the HTML, before the policy decides on it.
+#[derive(Clone, Debug)]
+pub struct FoundLink {
+    /// Byte span of the raw attribute value (between the quotes).
+    pub span: Range<usize>,
+    /// The value with character references decoded: what a browser follows.
+    pub url: String,
+    pub quote: Quote,
+    /// Text (and image `alt`) between the start tag and its end tag.
+    pub text: String,
+    pub opted_out: bool,
+    /// `v:*` element (Outlook VML button).
+    pub vml: bool,
+}
+
+/// What a scan found in one HTML text.
+#[derive(Clone, Debug, Default)]
+pub struct Scan {
+    pub links: Vec<FoundLink>,
+    /// Where the pixel goes: before the last `</body>`, else before the last `</html>`, else
+    /// the end.
+    pub pixel_at: usize,
+    /// Spans of `<meta>` charset names (to relabel a part converted to UTF-8).
+    pub meta_charsets: Vec<Range<usize>>,
+}
+
+/// Longest link text kept for the unsubscribe check.
+const MAX_TEXT: usize = 512;
+/// Conditional comments inside conditional comments are not a thing; stop at one level.
+const MAX_DEPTH: u8 = 1;
+
+/// Scan an HTML text for links, the pixel position and meta charsets.
+pub fn scan(src: &str) -> Scan {
+    let mut out = Scan::default();
+    let body_end = scan_into(src, 0, 0, &mut out);
+    out.pixel_at = body_end.unwrap_or(src.len());
+    out.links.sort_by_key(|l| l.span.start);
+    out
+}
+
+/// Tokenize `src` (located at `base` in the whole text); returns the pixel position.
+fn scan_into(src: &str, base: usize, depth: u8, out: &mut Scan) -> Option<usize> {
+    let queue = BufferQueue::default();
+    queue.push_back(StrTendril::from_slice(src));
+    let sink = Sink {
+        queue: &queue,
+        src: src.as_bytes(),
+        st: RefCell::new(State::default()),
+    };
+    let tok = Tokenizer::new(sink, TokenizerOpts::default());
+    // A `Script` result never comes back from this sink; loop anyway until the input is done.
+    while let TokenizerResult::Script(()) = tok.feed(&queue) {}
+    tok.end();
+    let st = tok.sink.st.into_inner();
+    let mut st = st;
+    st.close_link();
+    for mut l in st.links {
+        l.span = l.span.start + base..l.span.end + base;
+        out.links.push(l);
+    }
+    out.meta_charsets
+        .extend(st.metas.into_iter().map(|r| r.start + base..r.end + base));
+    if depth < MAX_DEPTH {
+        for inner in st.cond_comments {
+            if let Some(text) = src.get(inner.clone()) {
+                scan_into(text, base + inner.start, depth + 1, out);
+            }
+        }
+    }
+    st.body_end.or(st.html_end).map(|p| p + base)
+}
+
+struct Sink<'a> {
+    queue: &'a BufferQueue,
+    src: &'a [u8],
+    st: RefCell<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Input position at the end of the last tag or comment token.
+    last: usize,
+    links: Vec<FoundLink>,
+    /// Index into `links` and element name of the link whose text is being collected.
+    open: Option<(usize, String)>,
+    body_end: Option<usize>,
+    html_end: Option<usize>,
+    metas: Vec<Range<usize>>,
+    /// Inner spans of `<!--[if ...]> ... -->` comments.
+    cond_comments: Vec<Range<usize>>,
+}
+
+impl State {
+    fn close_link(&mut self) {
+        self.open = None;
+    }
+
+    fn push_text(&mut self, s: &str) {
+        if let Some((i, _)) = &self.open {
+            if let Some(l) = self.links.get_mut(*i) {
+                if l.text.len() < MAX_TEXT {
+                    l.text.push_str(s);
+                }
+            }
+        }
+    }
+}
+
+impl Sink<'_> {
+    /// Bytes consumed so far. The tokenizer only ever puts consumed input back at the front,
+    /// so total minus what is queued is the position just after the current token.
+    fn pos(&self) -> usize {
+        let mut held = Vec::new();
+        let mut left = 0;
+        while let Some(b) = self.queue.pop_front() {
+            left += b.len();
+            held.push(b);
+        }
+        for b in held.into_iter().rev() {
+            self.queue.push_front(b);
+        }
+        self.src.len().saturating_sub(left)
+    }
+
+    fn tag(&self, tag: Tag) -> TokenSinkResult<()> {
+        let end = self.pos();
+        let mut st = self.st.borrow_mut();
+        let from = st.last.saturating_sub(4);
+        st.last = end;
+        let name: &str = &tag.name;
+        match tag.kind {
+            TagKind::StartTag => {
+                let is_link = matches!(name, "a" | "area") || name.starts_with("v:");
+                if is_link {
+                    if let Some(href) = tag.attrs.iter().find(|a| &*a.name.local == "href") {
+                        let opted_out = tag.attrs.iter().any(|a| {
+                            &*a.name.local == "data-mailtally"
+                                && a.value.trim().eq_ignore_ascii_case("off")
+                        });
+                        let raw = find_tag(self.src, from, end, name, false)
+                            .and_then(|t| t.attr(self.src, "href"));
+                        if let Some((span, quote)) = raw {
+                            st.links.push(FoundLink {
+                                span,
+                                url: href.value.to_string(),
+                                quote,
+                                text: String::new(),
+                                opted_out,
+                                vml: name.starts_with("v:"),
+                            });
+                            if name != "area" {
+                                let i = st.links.len() - 1;
+                                st.open = Some((i, name.to_owned()));
+                            }
+                            if name == "area" {
+                                if let Some(alt) =
+                                    tag.attrs.iter().find(|a| &*a.name.local == "alt")
+                                {
+                                    if let Some(l) = st.links.last_mut() {
+                                        l.text.push_str(&alt.value);
+                                    }
+                                }
+                            }
+                        }
+                    } else if name == "a" {
+                        // A new anchor ends the previous one, as the tree builder would.
+                        st.close_link();
+                    }
+                } else if name == "img" {
+                    if let Some(alt) = tag.attrs.iter().find(|a| &*a.name.local == "alt") {
+                        st.push_text(" ");
+                        st.push_text(&alt.value);
+                    }
+                } else if name == "meta" {
+                    if let Some(t) = find_tag(self.src, from, end, name, false) {
+                        if let Some((span, _)) = t.attr(self.src, "charset") {
+                            st.metas.push(span);
+                        } else if let Some((span, _)) = t.attr(self.src, "content") {
+                            if let Some(r) = charset_in(self.src, span) {
+                                st.metas.push(r);
+                            }
+                        }
+                    }
+                }
+                return match name {
+                    "style" | "xmp" | "iframe" | "noembed" | "noframes" => {
+                        TokenSinkResult::RawData(RawKind::Rawtext)
+                    }
+                    "script" => TokenSinkResult::RawData(RawKind::ScriptData),
+                    "title" | "textarea" => TokenSinkResult::RawData(RawKind::Rcdata),
+                    "plaintext" => TokenSinkResult::Plaintext,
+                    _ => TokenSinkResult::Continue,
+                };
+            }
+            TagKind::EndTag => {
+                if st.open.as_ref().is_some_and(|(_, n)| n == name) {
+                    st.close_link();
+                }
+                if name == "body" || name == "html" {
+                    if let Some(t) = find_tag(self.src, from, end, name, true) {
+                        if name == "body" {
+                            st.body_end = Some(t.start);
+                        } else {
+                            st.html_end = Some(t.start);
+                        }
+                    }
+                }
+            }
+        }
+        TokenSinkResult::Continue
+    }
+
+    fn comment(&self, text: &str) {
+        let end = self.pos();
+        let mut st = self.st.borrow_mut();
+        let from = st.last.saturating_sub(4);
+        st.last = end;
+        let t = text.trim_start();
+        if !(t.len() >= 3 && t.as_bytes()[..3].eq_ignore_ascii_case(b"[if")) {
+            return;
+        }
+        // The raw comment is `<!--` inner `-->`; its inner text must be what the tokenizer
+        // reported (after newline normalisation), or the span is not trusted.
+        let Some(inner_end) = end.checked_sub(3) else {
+            return;
+        };
+        if self.src.get(inner_end..end) != Some(b"-->") {
+            return;
+        }
+        let Some(hay) = self.src.get(from..inner_end) else {
+            return;
+        };
+        let Some(i) = find(hay, b"<!--") else { return };
+        let inner_start = from + i + 4;
+        if inner_start <= inner_end
+            && same_after_preprocessing(&self.src[inner_start..inner_end], text)
+        {
+            st.cond_comments.push(inner_start..inner_end);
+        }
+    }
+}
+
+impl TokenSink for Sink<'_> {
+    type Handle = ();
+
+    fn process_token(&self, token: Token, _line: u64) -> TokenSinkResult<()> {
+        match token {
+            Token::TagToken(tag) => return self.tag(tag),
+            Token::CharacterTokens(s) => self.st.borrow_mut().push_text(&s),
+            Token::CommentToken(c) => self.comment(&c),
+            Token::DoctypeToken(_) => {
+                let end = self.pos();
+                self.st.borrow_mut().last = end;
+            }
+            Token::NullCharacterToken | Token::EOFToken | Token::ParseError(_) => {}
+        }
+        TokenSinkResult::Continue
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The tokenizer turns CR LF and CR into LF and NUL into U+FFFD; compare with that in mind.
+fn same_after_preprocessing(raw: &[u8], text: &str) -> bool {
+    let Ok(raw) = std::str::from_utf8(raw) else {
+        return false;
+    };
+    let mut a = raw.chars().peekable();
+    let mut b = text.chars();
+    loop {
+        let x = match a.next() {
+            Some('\r') => {
+                if a.peek() == Some(&'\n') {
+                    a.next();
+                }
+                Some('\n')
+            }
+            Some('\0') => Some('\u{FFFD}'),
+            other => other,
+        };
+        let y = b.next();
+        if x != y {
+            return false;
+        }
+        if x.is_none() {
+            return true;
+        }
+    }
+}
+
+/// Span of the charset name inside a `content="text/html; charset=..."` value.
+fn charset_in(src: &[u8], span: Range<usize>) -> Option<Range<usize>> {
+    let v = src.get(span.clone())?;
+    let lower = v.to_ascii_lowercase();
+    let at = find(&lower, b"charset")? + 7;
+    let mut i = at;
+    while i < v.len() && v[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    if v.get(i) != Some(&b'=') {
+        return None;
+    }
+    i += 1;
+    while i < v.len() && (v[i].is_ascii_whitespace() || v[i] == b'\'' || v[i] == b'"') {
+        i += 1;
+    }
+    let s = i;
+    while i < v.len() && !(v[i].is_ascii_whitespace() || b";'\"".contains(&v[i])) {
+        i += 1;
+    }
+    (i > s).then(|| span.start + s..span.start + i)
+}
+
+/// A tag as it appears in the source.
+#[derive(Debug)]
+pub(crate) struct RawTag {
+    pub start: usize,
+    pub attrs: Vec<RawAttr>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RawAttr {
+    pub name: Range<usize>,
+    pub value: Range<usize>,
+    pub quote: Quote,
+}
+
+impl RawTag {
+    /// The first attribute of that name (later duplicates are dropped, as the spec says).
+    fn attr(&self, src: &[u8], name: &str) -> Option<(Range<usize>, Quote)> {
+        self.attrs
+            .iter()
+            .find(|a| {
+                src.get(a.name.clone())
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+            })
+            .map(|a| (a.value.clone(), a.quote))
+    }
+}
+
+/// Find the tag named `name` that ends exactly at `end`, starting the search at `from`.
+fn find_tag(src: &[u8], from: usize, end: usize, name: &str, end_tag: bool) -> Option<RawTag> {
+    let hay = src.get(from..end)?;
+    let mut i = 0;
+    while let Some(off) = hay.get(i..).and_then(|h| h.iter().position(|&b| b == b'<')) {
+        let at = from + i + off;
+        if let Some(t) = scan_tag(src, at, name, end_tag) {
+            if t.1 == end {
+                return Some(t.0);
+            }
+        }
+        i += off + 1;
+    }
+    None
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | b'\x0c' | b'\r' | b' ')
+}
+
+/// Scan one tag from its `<` with the spec's tag states; returns the tag and its end.
+pub(crate) fn scan_tag(
+    src: &[u8],
+    lt: usize,
+    name: &str,
+    end_tag: bool,
+) -> Option<(RawTag, usize)> {
+    let mut i = lt + 1;
+    if end_tag {
+        if src.get(i) != Some(&b'/') {
+            return None;
+        }
+        i += 1;
+    }
+    let n = name.as_bytes();
+    let got = src.get(i..i + n.len())?;
+    if !got.eq_ignore_ascii_case(n) {
+        return None;
+    }
+    i += n.len();
+    match src.get(i) {
+        Some(&b) if is_ws(b) || b == b'/' || b == b'>' => {}
+        _ => return None,
+    }
+    let mut attrs = Vec::new();
+    loop {
+        // Before attribute name.
+        while let Some(&b) = src.get(i) {
+            if is_ws(b) || b == b'/' {
+                if b == b'/' && src.get(i + 1) == Some(&b'>') {
+                    i += 1;
+                    break;
+                }
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        match src.get(i) {
+            None => return None,
+            Some(b'>') => {
+                return Some((RawTag { start: lt, attrs }, i + 1));
+            }
+            _ => {}
+        }
+        // Attribute name: the first character may be `=`.
+        let ns = i;
+        i += 1;
+        while let Some(&b) = src.get(i) {
+            if is_ws(b) || b == b'/' || b == b'>' || b == b'=' {
+                break;
+            }
+            i += 1;
+        }
+        let name = ns..i;
+        // After attribute name.
+        while src.get(i).is_some_and(|&b| is_ws(b)) {
+            i += 1;
+        }
+        if src.get(i) != Some(&b'=') {
+            attrs.push(RawAttr {
+                name,
+                value: i..i,
+                quote: Quote::Unquoted,
+            });
+            continue;
+        }
+        i += 1;
+        while src.get(i).is_some_and(|&b| is_ws(b)) {
+            i += 1;
+        }
+        match src.get(i) {
+            None => return None,
+            Some(&q @ (b'"' | b'\'')) => {
+                let vs = i + 1;
+                let len = src.get(vs..)?.iter().position(|&b| b == q)?;
+                attrs.push(RawAttr {
+                    name,
+                    value: vs..vs + len,
+                    quote: if q == b'"' {
+                        Quote::Double
+                    } else {
+                        Quote::Single
+                    },
+                });
+                i = vs + len + 1;
+            }
+            Some(b'>') => {
+                attrs.push(RawAttr {
+                    name,
+                    value: i..i,
+                    quote: Quote::Unquoted,
+                });
+            }
+            Some(_) => {
+                let vs = i;
+                while let Some(&b) = src.get(i) {
+                    if is_ws(b) || b == b'>' {
+                        break;
+                    }
+                    i += 1;
+                }
+                attrs.push(RawAttr {
+                    name,
+                    value: vs..i,
+                    quote: Quote::Unquoted,
+                });
+            }
+        }
+    }
+}
+
+/// Escape a value for an attribute: `&`, quotes and angle brackets as references.
+pub fn escape_attr(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The pixel, given the full image URL (already attribute-escaped).
+pub fn pixel_html(src_url: &str) -> String {
+    format!(
+        "<img src=\"{src_url}\" width=\"1\" height=\"1\" border=\"0\" alt=\"\" style=\"display:block;width:1px;height:1px;border:0\" />"
+    )
+}
+
+/// Rewrite an HTML text: tracked links and the pixel become slots, everything else is copied.
+/// `relabel` turns `<meta>` charsets into UTF-8 (the part is being converted).
+pub(crate) fn rewrite(src: &str, ctx: &mut Ctx, relabel: bool) -> Vec<Chunk> {
+    let scan = scan(src);
+    let mut edits: Vec<(Range<usize>, Vec<Chunk>)> = Vec::new();
+    if ctx.clicks {
+        for l in &scan.links {
+            let raw = src.get(l.span.clone()).unwrap_or("");
+            if let Some(slot) = ctx.track(&l.url, raw, &l.text, l.opted_out, l.vml) {
+                let mut prefix = escape_attr(&ctx.click_prefix);
+                let quote = l.quote == Quote::Unquoted
+                    && prefix.bytes().any(|b| is_ws(b) || b"\"'=<>`".contains(&b));
+                if quote {
+                    prefix.insert(0, '"');
+                }
+                let mut c = vec![Chunk::Lit(prefix.into_bytes()), slot];
+                if quote {
+                    c.push(Chunk::Lit(b"\"".to_vec()));
+                }
+                edits.push((l.span.clone(), c));
+            }
+        }
+    }
+    if ctx.opens {
+        let (before, after) = pixel_parts(&escape_attr(&ctx.open_prefix));
+        edits.push((
+            scan.pixel_at..scan.pixel_at,
+            vec![
+                Chunk::Lit(before.into_bytes()),
+                ctx.open_slot(),
+                Chunk::Lit(after.into_bytes()),
+            ],
+        ));
+        ctx.pixels += 1;
+    }
+    if relabel {
+        for r in &scan.meta_charsets {
+            edits.push((r.clone(), vec![Chunk::Lit(b"utf-8".to_vec())]));
+        }
+    }
+    splice(src.as_bytes(), edits)
+}
+
+/// Copy `src` with `edits` (non-overlapping after sorting; an overlapping one is dropped).
+pub(crate) fn splice(src: &[u8], mut edits: Vec<(Range<usize>, Vec<Chunk>)>) -> Vec<Chunk> {
+    edits.sort_by_key(|(r, _)| (r.start, r.end));
+    let mut out = Vec::with_capacity(edits.len() * 3 + 1);
+    let mut at = 0;
+    for (r, chunks) in edits {
+        if r.start < at || r.end < r.start || r.end > src.len() {
+            continue;
+        }
+        if r.start > at {
+            out.push(Chunk::Lit(src[at..r.start].to_vec()));
+        }
+        out.extend(chunks);
+        at = r.end;
+    }
+    if at < src.len() {
+        out.push(Chunk::Lit(src[at..].to_vec()));
+    }
+    out
+}
+
+/// The pixel around its token.
+fn pixel_parts(open_prefix: &str) -> (String, String) {
+    let html = pixel_html(&format!("{open_prefix}\u{0}"));
+    let (a, b) = html.split_once('\u{0}').unwrap_or((&html, ""));
+    (a.to_owned(), b.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urls(s: &Scan) -> Vec<&str> {
+        s.links.iter().map(|l| l.url.as_str()).collect()
+    }
+
+    #[test]
+    fn spans_point_at_raw_values() {
+        let src = r#"<p><A HREF="https://a.test/?x=1&amp;y=2">A</A> <a href='https://b.test/'>B</a> <a href=https://c.test/x/>C</a></p>"#;
+        let s = scan(src);
+        assert_eq!(
+            urls(&s),
+            [
+                "https://a.test/?x=1&y=2",
+                "https://b.test/",
+                "https://c.test/x/"
+            ]
+        );
+        assert_eq!(&src[s.links[0].span.clone()], "https://a.test/?x=1&amp;y=2");
+        assert_eq!(s.links[0].quote, Quote::Double);
+        assert_eq!(&src[s.links[1].span.clone()], "https://b.test/");
+        assert_eq!(s.links[1].quote, Quote::Single);
+        assert_eq!(&src[s.links[2].span.clone()], "https://c.test/x/");
+        assert_eq!(s.links[2].quote, Quote::Unquoted);
+        assert_eq!(s.links[0].text, "A");
+        assert_eq!(s.pixel_at, src.len());
+    }
+
+    #[test]
+    fn style_holding_end_tags_is_text() {
+        let src =
+            "<style>a[href]{}</a><a href=\"x\"></style><a href=\"https://r.test/\">R</a></body>";
+        let s = scan(src);
+        assert_eq!(urls(&s), ["https://r.test/"]);
+        assert_eq!(s.pixel_at, src.len() - "</body>".len());
+    }
+
+    #[test]
+    fn vml_in_conditional_comment() {
+        let src = "<body><!--[if mso]>\r\n<v:roundrect xmlns:v=\"urn:schemas-microsoft-com:vml\" href=\"https://v.test/\" style=\"x\"><center>Go</center></v:roundrect>\r\n<![endif]--><a href=\"https://v.test/\">Go</a></body>";
+        let s = scan(src);
+        assert_eq!(urls(&s), ["https://v.test/", "https://v.test/"]);
+        assert!(s.links[0].vml);
+        assert_eq!(&src[s.links[0].span.clone()], "https://v.test/");
+        assert_eq!(s.links[0].text, "Go");
+    }
+
+    #[test]
+    fn body_in_conditional_comment_and_missing_body_end() {
+        let src = "<!--[if mso]><body class=\"o\"><![endif]--><!--[if !mso]><!--><body><!--<![endif]--><a href=\"https://x.test/\">x</a></html>";
+        let s = scan(src);
+        assert_eq!(s.pixel_at, src.len() - "</html>".len());
+        assert_eq!(urls(&s), ["https://x.test/"]);
+        let s = scan("<p>no body</p>\n");
+        assert_eq!(s.pixel_at, "<p>no body</p>\n".len());
+    }
+
+    #[test]
+    fn odd_markup_keeps_spans_right() {
+        let src = "<<a href=\"https://1.test/\">1</a><a\nhref = \"https://2.test/\"\n>2</a><a href=\"https://3.test/\"x=y>3</a><a title='>' href=\"https://4.test/\">4</a>";
+        let s = scan(src);
+        assert_eq!(
+            urls(&s),
+            [
+                "https://1.test/",
+                "https://2.test/",
+                "https://3.test/",
+                "https://4.test/"
+            ]
+        );
+        for l in &s.links {
+            assert_eq!(&src[l.span.clone()], l.url);
+        }
+    }
+
+    #[test]
+    fn meta_charset() {
+        let src = "<meta charset=\"utf-16\"><meta http-equiv=\"Content-Type\" content=\"text/html; charset=ISO-2022-JP\">";
+        let s = scan(src);
+        let names: Vec<_> = s.meta_charsets.iter().map(|r| &src[r.clone()]).collect();
+        assert_eq!(names, ["utf-16", "ISO-2022-JP"]);
+    }
+}

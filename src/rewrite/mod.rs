@@ -1,0 +1,217 @@
+//! The rewrite stage: turns one accepted message into per-recipient copies.
+//!
+//! Owns the MIME walk and splice, the streaming HTML rewriter (html5ever tokenizer, no DOM),
+//! the link policy, the control headers and the tracking tokens.
+//! Never re-serialises HTML or MIME, never fails and never drops a message: anything it cannot
+//! change safely goes out untouched, with the reason in `Prepared::untouched`.
+
+pub mod charset;
+pub mod controls;
+pub mod copy;
+pub mod dkim;
+mod headers;
+pub mod html;
+pub mod mime;
+pub mod policy;
+pub mod text;
+pub mod token;
+pub mod transfer;
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+pub use controls::{template_key, Controls};
+pub use copy::SlotKind;
+pub use dkim::DkimSettings;
+pub use token::{click_token, open_token, verify, TokenError, TokenKeys, Verified};
+
+/// Settings the rewrite reads.
+#[derive(Clone, Debug)]
+pub struct RewriteSettings {
+    /// Base of tracked links, e.g. `https://t.example.com`.
+    pub public_url: String,
+    /// Track URLs in text/plain parts.
+    pub track_text_links: bool,
+    /// Used when a message has no `X-Mailtally-Track`.
+    pub default_track: TrackMode,
+    pub dkim: Option<DkimSettings>,
+}
+
+impl RewriteSettings {
+    pub fn new(public_url: &str) -> Self {
+        RewriteSettings {
+            public_url: public_url.to_owned(),
+            track_text_links: true,
+            default_track: TrackMode::OpensAndClicks,
+            dkim: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrackMode {
+    OpensAndClicks,
+    Opens,
+    Clicks,
+    Off,
+}
+
+impl TrackMode {
+    pub fn opens(self) -> bool {
+        matches!(self, TrackMode::OpensAndClicks | TrackMode::Opens)
+    }
+    pub fn clicks(self) -> bool {
+        matches!(self, TrackMode::OpensAndClicks | TrackMode::Clicks)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("tracking mode must be \"opens,clicks\", \"opens\", \"clicks\" or \"off\", not {0:?}")]
+pub struct TrackModeError(String);
+
+impl std::str::FromStr for TrackMode {
+    type Err = TrackModeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut opens = false;
+        let mut clicks = false;
+        for w in s.split([',', ' ']).map(str::trim).filter(|w| !w.is_empty()) {
+            match w.to_ascii_lowercase().as_str() {
+                "opens" | "open" => opens = true,
+                "clicks" | "click" => clicks = true,
+                "off" | "none" if !opens && !clicks => return Ok(TrackMode::Off),
+                _ => return Err(TrackModeError(s.to_owned())),
+            }
+        }
+        match (opens, clicks) {
+            (true, true) => Ok(TrackMode::OpensAndClicks),
+            (true, false) => Ok(TrackMode::Opens),
+            (false, true) => Ok(TrackMode::Clicks),
+            (false, false) => Err(TrackModeError(s.to_owned())),
+        }
+    }
+}
+
+/// Why a message goes out unchanged (apart from its control headers, see `prepare`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Untouched {
+    Signed,
+    Encrypted,
+    Unparseable,
+    TrackingOff,
+    DkimWithoutKey,
+}
+
+impl Untouched {
+    /// Label for the rewrite-failure / untouched metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Untouched::Signed => "signed",
+            Untouched::Encrypted => "encrypted",
+            Untouched::Unparseable => "unparseable",
+            Untouched::TrackingOff => "tracking_off",
+            Untouched::DkimWithoutKey => "dkim_without_key",
+        }
+    }
+}
+
+/// A link that is tracked: its index in the message and its destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackedLink {
+    pub index: u32,
+    /// Destination (entities decoded, surrounding whitespace removed): what `/c/` redirects to.
+    pub url: String,
+    /// The attribute value or text as it was written in the message.
+    pub raw: String,
+    /// From a VML element (Outlook button) rather than `<a>`/`<area>` or text.
+    pub vml: bool,
+}
+
+/// What happened to one text part.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartReport {
+    /// Index of the part in mail-parser's part list.
+    pub part: usize,
+    pub html: bool,
+    /// `None` when rewritten, else why the part was left as it was.
+    pub skipped: Option<String>,
+    /// The part was converted to UTF-8 (UTF-16, UTF-7, ISO-2022-JP, ...).
+    pub converted: bool,
+}
+
+/// A message rewritten once; `render` makes each recipient's copy.
+pub struct Prepared {
+    pub controls: Controls,
+    pub links: Vec<TrackedLink>,
+    pub untouched: Option<Untouched>,
+    pub parts: Vec<PartReport>,
+    /// The message with placeholder tokens.
+    template: Vec<u8>,
+    patches: Vec<copy::Patch>,
+    signer: Option<Arc<dkim::Signer>>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("controls", &self.controls)
+            .field("links", &self.links)
+            .field("untouched", &self.untouched)
+            .field("parts", &self.parts)
+            .field("bytes", &self.template.len())
+            .field("slots", &self.patches.len())
+            .finish()
+    }
+}
+
+impl Prepared {
+    /// The bytes to deliver to one recipient. `recipient` is not needed by the current
+    /// format (tokens name the copy, which the relay maps to its recipient).
+    pub fn render(&self, keys: &TokenKeys, copy: Uuid, _recipient: &str) -> Vec<u8> {
+        let out = copy::fill(&self.template, &self.patches, &self.links, keys, copy);
+        match &self.signer {
+            Some(signer) => match signer.header(&out) {
+                Ok(h) => {
+                    let mut signed = Vec::with_capacity(h.len() + out.len());
+                    signed.extend_from_slice(h.as_bytes());
+                    signed.extend_from_slice(&out);
+                    signed
+                }
+                // Unsigned beats undelivered; the relay's DKIM errors are configuration.
+                Err(_) => out,
+            },
+            None => out,
+        }
+    }
+
+    /// Number of token slots each copy fills.
+    pub fn slots(&self) -> usize {
+        self.patches.len()
+    }
+}
+
+/// Rewrite a message once. Never panics, never fails: the worst case is `untouched`.
+pub fn prepare(raw: &[u8], settings: &RewriteSettings) -> Prepared {
+    // The rewrite is written not to panic; this is the last line of defence so that a bug
+    // in it or in a parser costs tracking, never the message.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        mime::prepare(raw, settings)
+    }))
+    .unwrap_or_else(|_| mime::untouched(raw, settings, Untouched::Unparseable))
+}
+
+/// What `mailtally rewrite` prints: the copy one recipient would get.
+pub fn preview(
+    raw: &[u8],
+    recipient: &str,
+    template: Option<&str>,
+    settings: &RewriteSettings,
+    keys: &TokenKeys,
+) -> Vec<u8> {
+    let mut p = prepare(raw, settings);
+    if let Some(t) = template {
+        p.controls.template = t.to_owned();
+        p.controls.template_explicit = true;
+    }
+    p.render(keys, Uuid::now_v7(), recipient)
+}
