@@ -182,6 +182,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "failed attempts in a row after which an endpoint is disabled",
     },
     SettingDoc {
+        key: "RETENTION_DAYS",
+        default: Some("0"),
+        help: "drop raw events older than this many days (whole months), keeping reports; 0 keeps them all",
+    },
+    SettingDoc {
         key: "LOG_FORMAT",
         default: Some("human"),
         help: "human or json",
@@ -407,6 +412,7 @@ pub struct Settings {
     pub webhook_retry_schedule: Vec<Duration>,
     pub webhook_max_age: Duration,
     pub webhook_disable_after: u32,
+    pub retention_days: u32,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -453,6 +459,7 @@ impl Settings {
             webhook_retry_schedule: seconds_list(src, "WEBHOOK_RETRY_SCHEDULE")?,
             webhook_max_age: seconds(src, "WEBHOOK_MAX_AGE")?,
             webhook_disable_after: parse(src, "WEBHOOK_DISABLE_AFTER")?,
+            retention_days: parse(src, "RETENTION_DAYS")?,
             log_format: match req("LOG_FORMAT").to_ascii_lowercase().as_str() {
                 "human" | "text" => LogFormat::Human,
                 "json" => LogFormat::Json,

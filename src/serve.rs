@@ -155,12 +155,13 @@ async fn run_with_store(
     Ok(())
 }
 
-/// Makes sure the monthly event partitions around now exist.
+/// Creates next months' event partitions and drops those past `RETENTION_DAYS`.
 async fn partitions(ctx: &Context) -> Result<(), StoreError> {
     let client = ctx.pool.get().await?;
     client
         .execute("SELECT mailtally_ensure_event_partitions(1, 3)", &[])
         .await?;
+    store::retention::drop_expired(&**client, ctx.settings.retention_days).await?;
     Ok(())
 }
 

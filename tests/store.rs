@@ -230,3 +230,50 @@ async fn embedded_cluster_starts_keeps_its_data_and_survives_a_stale_pid_file() 
     assert_eq!(query_one_int(&url, "SELECT n::bigint FROM kept").await, 42);
     after_crash.stop().unwrap();
 }
+
+#[tokio::test]
+async fn retention_drops_old_event_partitions_and_keeps_recent_events() {
+    let db = TestDb::migrated();
+    let client = db.client().await;
+    client
+        .execute("SELECT mailtally_ensure_event_partitions(15, 1)", &[])
+        .await
+        .unwrap();
+    let insert = "INSERT INTO events (id, occurred_at, message_id, copy_id, kind)
+                  VALUES (gen_random_uuid(), now() - make_interval(days => $1), gen_random_uuid(), gen_random_uuid(), 'open')";
+    for days in [0, 20, 200, 430] {
+        client.execute(insert, &[&days]).await.unwrap();
+    }
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let partitions_before =
+        count("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass").await;
+
+    // Off by default.
+    assert!(mailtally::store::retention::drop_expired(&client, 0)
+        .await
+        .unwrap()
+        .is_empty());
+    let dropped = mailtally::store::retention::drop_expired(&client, 365)
+        .await
+        .unwrap();
+    assert!(!dropped.is_empty());
+    assert!(
+        dropped.len() <= 4,
+        "only partitions wholly before the horizon: {dropped:?}"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM events").await,
+        3,
+        "the 430-day-old event is gone"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE occurred_at > now() - interval '201 days'").await,
+        3
+    );
+    let partitions_after =
+        count("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass").await;
+    assert_eq!(partitions_after, partitions_before - dropped.len() as i64);
+}

@@ -5,6 +5,7 @@
 
 pub mod embedded;
 pub mod migrate;
+pub mod retention;
 
 use std::path::Path;
 use std::time::Duration;
