@@ -142,8 +142,16 @@ impl Sink<'_> {
     /// Bytes consumed so far. The tokenizer only ever puts consumed input back at the front,
     /// so total minus what is queued is the position just after the current token.
     fn pos(&self) -> usize {
-        let mut held = Vec::new();
-        let mut left = 0;
+        // Usually one buffer is queued: look at it without allocating.
+        let Some(first) = self.queue.pop_front() else {
+            return self.src.len();
+        };
+        let mut left = first.len();
+        if self.queue.is_empty() {
+            self.queue.push_front(first);
+            return self.src.len().saturating_sub(left);
+        }
+        let mut held = vec![first];
         while let Some(b) = self.queue.pop_front() {
             left += b.len();
             held.push(b);

@@ -233,7 +233,7 @@ pub(crate) fn prepare(raw: &[u8], settings: &RewriteSettings) -> Prepared {
 
     let mut reports = Vec::new();
     for (id, is_html) in text_parts(&msg) {
-        if !is_html && !(ctx.clicks && settings.track_text_links) {
+        if !(is_html || (ctx.clicks && settings.track_text_links)) {
             continue;
         }
         let before = ctx.links.len();

@@ -30,13 +30,14 @@ pub enum TransferError {
 }
 
 pub(crate) fn parse_cte(value: Option<&str>) -> Result<Cte, TransferError> {
-    let v = value.unwrap_or("7bit").to_ascii_lowercase();
-    let v = v.split(';').next().unwrap_or("").trim().to_owned();
+    // Only exact names: a reader that does not decode a misspelt "quoted printable" would
+    // see our soft line breaks inside the tracked URLs.
+    let v = value.unwrap_or("7bit").trim().to_ascii_lowercase();
     match v.as_str() {
         // Spellings seen in the wild that every reader treats as plain.
         "" | "7bit" | "8bit" | "binary" | "7-bit" | "8-bit" | "7bits" | "8bits" | "plain"
         | "text" | "none" | "8 bit" | "7 bit" => Ok(Cte::Identity),
-        "quoted-printable" | "quoted printable" => Ok(Cte::QuotedPrintable),
+        "quoted-printable" => Ok(Cte::QuotedPrintable),
         "base64" => Ok(Cte::Base64),
         _ => Err(TransferError::Unsupported(v)),
     }
