@@ -96,7 +96,10 @@ pub fn rewrite_settings(
         &settings.dkim_key,
     ) {
         (Some(selector), Some(domain), Some(key)) => {
-            Some(DkimSettings::from_file(selector, domain, key)?)
+            let dkim = DkimSettings::from_file(selector, domain, key)?;
+            // A key that cannot sign is an error at startup, not a silent "no key".
+            crate::rewrite::dkim::Signer::new(&dkim)?;
+            Some(dkim)
         }
         _ => None,
     };
