@@ -16,7 +16,10 @@
 pub mod api;
 pub mod config;
 pub mod context;
+pub mod deliver;
 pub mod http;
 pub mod metrics;
+pub mod queue;
+pub mod relay;
 pub mod serve;
 pub mod store;

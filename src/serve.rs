@@ -23,6 +23,10 @@ pub enum ServeError {
     Http(std::io::Error),
     #[error("cannot create the first user: {0}")]
     FirstUser(#[from] accounts::AccountError),
+    #[error(transparent)]
+    Relay(#[from] crate::relay::RelayError),
+    #[error(transparent)]
+    Deliver(#[from] crate::deliver::DeliverError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -136,7 +140,12 @@ async fn run_with_store(
     tracing::info!(http = %settings.http_listen, public_url = %settings.public_url, "mailtally serving");
 
     let http_task = tokio::spawn(http);
+    let deliver = crate::deliver::start(ctx.clone()).await?;
+    let relay = crate::relay::start(ctx.clone()).await?;
     shutdown.cancelled().await;
+    // Sessions first (their in-flight DATA commits finish), then workers after their attempt.
+    relay.stopped().await;
+    deliver.stopped().await;
     http_handle.stop(true).await;
     match http_task.await {
         Ok(Ok(())) => {}

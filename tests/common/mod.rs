@@ -6,6 +6,8 @@
 //! root), and each test gets a fresh database in it. Databases are dropped when the test ends.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -56,7 +58,7 @@ pub fn with_database(url: &str, name: &str) -> String {
     format!("{}/{}{}", &base[..path_start], name, query)
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
