@@ -132,6 +132,9 @@ async fn run_with_store(
     partitions(&ctx).await?;
     first_user(&ctx).await?;
 
+    // SMTP before HTTP, so that a healthy /healthz means mail is accepted too.
+    let deliver = crate::deliver::start(ctx.clone()).await?;
+    let relay = crate::relay::start(ctx.clone()).await?;
     let http = crate::http::start(ctx.clone()).map_err(|source| ServeError::HttpBind {
         addr: settings.http_listen,
         source,
@@ -140,8 +143,6 @@ async fn run_with_store(
     tracing::info!(http = %settings.http_listen, public_url = %settings.public_url, "mailtally serving");
 
     let http_task = tokio::spawn(http);
-    let deliver = crate::deliver::start(ctx.clone()).await?;
-    let relay = crate::relay::start(ctx.clone()).await?;
     shutdown.cancelled().await;
     // Sessions first (their in-flight DATA commits finish), then workers after their attempt.
     relay.stopped().await;

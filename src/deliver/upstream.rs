@@ -83,6 +83,8 @@ impl Transport {
             Ok(e) => e,
             Err(e) => return Attempt::Permanent(format!("bad envelope: {e}")),
         };
+        // lettre always ends DATA with CRLF "." CRLF: the copy's own final line end is that CRLF.
+        let body = body.strip_suffix(b"\r\n").unwrap_or(body);
         // Bounded as a whole too: a peer that trickles replies must not hold the lease forever.
         let sent =
             tokio::time::timeout(COMMAND_TIMEOUT * 3, transport.send_raw(&envelope, body)).await;
