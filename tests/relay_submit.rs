@@ -365,3 +365,15 @@ fn trusted_networks_need_a_known_sender_and_clear_auth_needs_tls_elsewhere() {
         1
     );
 }
+
+#[test]
+fn open_sessions_get_421_on_shutdown() {
+    let db = TestDb::migrated();
+    let mut server = Server::start(&db.url, &[]);
+    let mut c = Client::connect(server.smtp);
+    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    let status = server.stop();
+    assert!(status.success(), "{}", server.log_text());
+    let reply = c.read();
+    assert!(reply.starts_with("421 4.3.2"), "{reply:?}");
+}

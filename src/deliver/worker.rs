@@ -43,48 +43,53 @@ pub(super) async fn run(ctx: Context, transport: Arc<Transport>, owner: Arc<str>
 }
 
 async fn deliver_batch(ctx: &Context, transport: &Transport, batch: Vec<Claimed>) {
-    let mut outcomes = Vec::with_capacity(batch.len());
     for claimed in &batch {
         let attempt = transport
             .send(&claimed.envelope_from, &claimed.recipient, &claimed.body)
             .await;
-        outcomes.push((claimed, outcome_of(ctx, claimed, attempt, transport.via())));
+        let outcome = outcome_of(ctx, claimed, attempt, transport.via());
+        // Recorded at once rather than per batch: a crash then re-sends at most the copy in
+        // flight per worker, not the batch.
+        record(ctx, transport, claimed, outcome).await;
     }
+}
+
+async fn record(ctx: &Context, transport: &Transport, claimed: &Claimed, outcome: Outcome) {
+    let outcomes = [(claimed, outcome)];
     // The outcome must be recorded even if PostgreSQL blinks: retry for a while before giving
     // up (the lease then expires and the copy is sent again).
     let mut wait = Duration::from_millis(200);
     for _ in 0..8 {
         match queue::record(&ctx.pool, &outcomes).await {
             Ok(recorded) => {
-                for (claimed, outcome) in &outcomes {
-                    if !recorded.contains(&claimed.copy_id) {
-                        tracing::warn!(copy = %claimed.copy_id, "lease lost before the outcome was recorded");
-                        continue;
-                    }
+                let [(claimed, outcome)] = &outcomes;
+                if recorded.is_empty() {
+                    tracing::warn!(copy = %claimed.copy_id, "lease lost before the outcome was recorded");
+                    return;
+                }
+                METRICS
+                    .attempts_total
+                    .with_label_values(&[outcome.status()])
+                    .inc();
+                if matches!(outcome, Outcome::Delivered { .. }) {
+                    let latency = (chrono::Utc::now() - claimed.queued_at)
+                        .to_std()
+                        .unwrap_or_default();
                     METRICS
-                        .attempts_total
-                        .with_label_values(&[outcome.status()])
-                        .inc();
-                    if matches!(outcome, Outcome::Delivered { .. }) {
-                        let latency = (chrono::Utc::now() - claimed.queued_at)
-                            .to_std()
-                            .unwrap_or_default();
-                        METRICS
-                            .latency_seconds
-                            .with_label_values(&[transport.via()])
-                            .observe(latency.as_secs_f64());
-                    }
+                        .latency_seconds
+                        .with_label_values(&[transport.via()])
+                        .observe(latency.as_secs_f64());
                 }
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot record delivery outcomes; retrying");
+                tracing::warn!(error = %e, "cannot record a delivery outcome; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
     }
-    tracing::error!("delivery outcomes not recorded; the copies will be retried");
+    tracing::error!(copy = %claimed.copy_id, "delivery outcome not recorded; the copy will be retried");
 }
 
 fn outcome_of(ctx: &Context, claimed: &Claimed, attempt: Attempt, via: &'static str) -> Outcome {
