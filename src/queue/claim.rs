@@ -50,8 +50,9 @@ pub async fn claim(
     lease: Duration,
     limit: i64,
 ) -> Result<Vec<Claimed>, QueueError> {
-    let client = pool.get().await?;
-    let statement = client
+    let mut client = pool.get().await?;
+    let tx = relaxed(&mut client).await?;
+    let statement = tx
         .prepare_cached(
             "WITH due AS (
                  SELECT id FROM copies
@@ -71,9 +72,10 @@ pub async fn claim(
                        c.created_at",
         )
         .await?;
-    let rows = client
+    let rows = tx
         .query(&statement, &[&limit, &lease.as_secs_f64(), &owner])
         .await?;
+    tx.commit().await?;
     Ok(rows
         .iter()
         .map(|row| Claimed {
@@ -127,8 +129,9 @@ pub async fn record(
             }
         }
     }
-    let client = pool.get().await?;
-    let statement = client
+    let mut client = pool.get().await?;
+    let tx = relaxed(&mut client).await?;
+    let statement = tx
         .prepare_cached(
             "WITH o AS (
                  SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::text[],
@@ -155,7 +158,7 @@ pub async fn record(
              RETURNING copy_id",
         )
         .await?;
-    let rows = client
+    let rows = tx
         .query(
             &statement,
             &[
@@ -169,7 +172,20 @@ pub async fn record(
             ],
         )
         .await?;
+    tx.commit().await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// A transaction that does not wait for its commit to reach disk. Right for claims and
+/// outcomes: if PostgreSQL itself crashes and loses the last of them, the copy is only sent
+/// again (at least once), while a message's acceptance (enqueue) always waits for the disk.
+async fn relaxed(
+    client: &mut deadpool_postgres::Client,
+) -> Result<deadpool_postgres::Transaction<'_>, QueueError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await?;
+    Ok(tx)
 }
 
 /// Frees the leases `owner` held before it restarted: nothing of them is in flight any more.
