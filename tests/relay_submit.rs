@@ -364,6 +364,17 @@ fn trusted_networks_need_a_known_sender_and_clear_auth_needs_tls_elsewhere() {
         ),
         1
     );
+
+    // The database refuses the message: 451 4.3.0, never 250, and nothing half-stored.
+    db_rows(
+        &db.url,
+        "ALTER TABLE copies ADD CONSTRAINT refuse_all CHECK (false) NOT VALID",
+    );
+    assert!(c.cmd("MAIL FROM:<app@example.com>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<bob@example.net>").starts_with("250"));
+    let reply = c.data(b"Subject: refused\r\n\r\nhi\r\n");
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    assert_eq!(db_i64(&db.url, "SELECT count(*) FROM messages"), 1);
 }
 
 #[test]

@@ -11,7 +11,6 @@ use std::sync::LazyLock;
 
 use thiserror::Error;
 use tokio::sync::Notify;
-use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 pub use claim::{claim, record, release_own_leases, Claimed, Outcome};
@@ -55,33 +54,27 @@ pub static QUEUED: LazyLock<Notify> = LazyLock::new(Notify::new);
 /// Stores the message, its copies and an `accepted` event per copy in one transaction.
 pub async fn enqueue(pool: &deadpool_postgres::Pool, m: &NewMessage) -> Result<(), QueueError> {
     let size = i32::try_from(m.size_bytes).map_err(|_| QueueError::TooLarge(m.size_bytes))?;
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let template = tx
+    let client = pool.get().await?;
+    // One statement, so one round trip and one commit: the CTEs insert the template, the
+    // message, its copies (unnest: any number of recipients) and their `accepted` events; the
+    // foreign keys are checked at the end of the statement.
+    let statement = client
         .prepare_cached(
-            "INSERT INTO templates (key, first_subject) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-        )
-        .await?;
-    let message = tx
-        .prepare_cached(
-            "INSERT INTO messages (id, sender_id, team_id, visibility, template_key, subject,
-                 header_message_id, envelope_from, deal, lead, project, track, size_bytes)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .await?;
-    // unnest: one statement for any number of recipients.
-    let copies = tx
-        .prepare_cached(
-            "INSERT INTO copies (id, message_id, recipient, body)
-             SELECT c.id, $1, c.recipient, c.body
-             FROM unnest($2::uuid[], $3::text[], $4::bytea[]) AS c (id, recipient, body)",
-        )
-        .await?;
-    let events = tx
-        .prepare_cached(
-            "INSERT INTO events (id, occurred_at, message_id, copy_id, kind)
-             SELECT e.id, now(), $1, e.copy_id, 'accepted'
-             FROM unnest($2::uuid[], $3::uuid[]) AS e (id, copy_id)",
+            "WITH template AS (
+                 INSERT INTO templates (key, first_subject) VALUES ($1, $2)
+                 ON CONFLICT (key) DO NOTHING
+             ), message AS (
+                 INSERT INTO messages (id, sender_id, team_id, visibility, template_key, subject,
+                     header_message_id, envelope_from, deal, lead, project, track, size_bytes)
+                 VALUES ($3, $4, $5, $6, $1, $2, $7, $8, $9, $10, $11, $12, $13)
+             ), copy AS (
+                 INSERT INTO copies (id, message_id, recipient, body)
+                 SELECT c.id, $3, c.recipient, c.body
+                 FROM unnest($14::uuid[], $15::text[], $16::bytea[]) AS c (id, recipient, body)
+             )
+             INSERT INTO events (id, occurred_at, message_id, copy_id, kind)
+             SELECT e.id, now(), $3, e.copy_id, 'accepted'
+             FROM unnest($17::uuid[], $14::uuid[]) AS e (id, copy_id)",
         )
         .await?;
     let copy_ids: Vec<Uuid> = m.copies.iter().map(|c| c.id).collect();
@@ -89,32 +82,30 @@ pub async fn enqueue(pool: &deadpool_postgres::Pool, m: &NewMessage) -> Result<(
     let bodies: Vec<&[u8]> = m.copies.iter().map(|c| c.body.as_slice()).collect();
     let event_ids: Vec<Uuid> = m.copies.iter().map(|_| Uuid::now_v7()).collect();
     let f = &m.facts;
-    // Sent together: tokio-postgres pipelines them on the connection, in this order.
-    let template_params: [&(dyn ToSql + Sync); 2] = [&f.template_key, &f.subject];
-    let message_params: [&(dyn ToSql + Sync); 13] = [
-        &m.id,
-        &m.sender_id,
-        &m.team_id,
-        &m.visibility,
-        &f.template_key,
-        &f.subject,
-        &f.message_id,
-        &m.envelope_from,
-        &f.deal,
-        &f.lead,
-        &f.project,
-        &m.track,
-        &size,
-    ];
-    let copy_params: [&(dyn ToSql + Sync); 4] = [&m.id, &copy_ids, &recipients, &bodies];
-    let event_params: [&(dyn ToSql + Sync); 3] = [&m.id, &event_ids, &copy_ids];
-    futures_util::try_join!(
-        tx.execute(&template, &template_params),
-        tx.execute(&message, &message_params),
-        tx.execute(&copies, &copy_params),
-        tx.execute(&events, &event_params),
-    )?;
-    tx.commit().await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &f.template_key,
+                &f.subject,
+                &m.id,
+                &m.sender_id,
+                &m.team_id,
+                &m.visibility,
+                &f.message_id,
+                &m.envelope_from,
+                &f.deal,
+                &f.lead,
+                &f.project,
+                &m.track,
+                &size,
+                &copy_ids,
+                &recipients,
+                &bodies,
+                &event_ids,
+            ],
+        )
+        .await?;
     QUEUED.notify_waiters();
     Ok(())
 }
