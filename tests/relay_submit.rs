@@ -388,3 +388,91 @@ fn open_sessions_get_421_on_shutdown() {
     let reply = c.read();
     assert!(reply.starts_with("421 4.3.2"), "{reply:?}");
 }
+
+/// The first non-loopback address of this machine, if it has one.
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|a| a.parse::<std::net::IpAddr>().ok())
+        .find(|a| a.is_ipv4() && !a.is_loopback())
+}
+
+#[test]
+fn a_non_loopback_listener_wants_tls_before_auth_and_limits_sessions_and_idling() {
+    let Some(ip) = non_loopback_address() else {
+        eprintln!("no non-loopback address: skipped");
+        return;
+    };
+    let db = TestDb::migrated();
+    add_user(&db.url, "ann@example.com", PASSWORD);
+    let listen = std::net::SocketAddr::new(ip, common::free_port());
+    let _server = Server::start(
+        &db.url,
+        &[
+            ("SMTP_LISTEN", &listen.to_string()),
+            ("MAX_SMTP_SESSIONS", "1"),
+            ("SMTP_IDLE_TIMEOUT", "2"),
+        ],
+    );
+    let mut c = Client::connect(listen);
+    let ehlo = c.cmd("EHLO client.example");
+    assert!(
+        ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
+    let auth = c.cmd(&format!(
+        "AUTH PLAIN {}",
+        auth_plain("ann@example.com", PASSWORD)
+    ));
+    assert!(auth.starts_with("538 5.7.11"), "{auth}");
+    assert!(c
+        .cmd("MAIL FROM:<ann@example.com>")
+        .starts_with("530 5.7.0"));
+
+    // One session at a time: the second connection is told to come back later.
+    let second = std::net::TcpStream::connect(listen).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(second);
+    assert!(common::read_reply(&mut reader).starts_with("421 4.3.2"));
+
+    // An idle session is closed after SMTP_IDLE_TIMEOUT.
+    let idle = c.read();
+    assert!(idle.starts_with("421 4.4.2"), "{idle:?}");
+    drop(c);
+
+    // After STARTTLS, AUTH PLAIN works on the same listener (smtplib).
+    let script = r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=20)
+s.ehlo(); s.starttls(context=ctx); s.ehlo()
+assert "auth" in s.esmtp_features, s.esmtp_features
+s.login(sys.argv[3], sys.argv[4])
+s.quit()
+print("ok")
+"#;
+    let mut done = (false, String::new());
+    // The refused second connection frees its slot asynchronously; retry briefly.
+    for _ in 0..20 {
+        done = smtp::python(
+            script,
+            &[
+                &ip.to_string(),
+                &listen.port().to_string(),
+                "ann@example.com",
+                PASSWORD,
+            ],
+        );
+        if done.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(done.0, "{}", done.1);
+}
