@@ -132,9 +132,11 @@ async fn run_with_store(
     partitions(&ctx).await?;
     first_user(&ctx).await?;
 
-    // SMTP before HTTP, so that a healthy /healthz means mail is accepted too.
-    let deliver = crate::deliver::start(ctx.clone()).await?;
+    // SMTP before HTTP, so that a healthy /healthz means mail is accepted too. The relay binds
+    // before the workers start: delivery frees the leases this node's name held before a
+    // restart, which must not happen while another process with the same address runs.
     let relay = crate::relay::start(ctx.clone()).await?;
+    let deliver = crate::deliver::start(ctx.clone()).await?;
     let http = crate::http::start(ctx.clone()).map_err(|source| ServeError::HttpBind {
         addr: settings.http_listen,
         source,

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::reply::{self, push};
-use super::{auth, data, ehlo, mail, rcpt, METRICS};
+use super::{auth, data, ehlo, mail, rcpt, RejectReason, METRICS};
 use crate::api::accounts::User;
 use crate::context::Context;
 
@@ -160,6 +160,9 @@ impl Session {
                 read = tokio::time::timeout(idle, stream.read(&mut buf)) => read,
                 // Only between commands: a DATA in progress is let finish.
                 _ = shutdown.cancelled(), if waiting_for_command => {
+                    if self.tx.is_some() {
+                        RejectReason::Shutdown.count();
+                    }
                     let (code, enhanced, text) = reply::SHUTDOWN;
                     self.reply(code, enhanced, text);
                     stream.write_all(&self.out).await?;
@@ -280,6 +283,9 @@ impl Session {
             Err(e) => return self.bad_command(e),
         };
         if self.ctx().shutdown.is_cancelled() {
+            if self.tx.is_some() {
+                RejectReason::Shutdown.count();
+            }
             let (code, enhanced, text) = reply::SHUTDOWN;
             self.reply(code, enhanced, text);
             return Next::Close;
