@@ -16,6 +16,8 @@ pub struct Context {
     pub database_url: String,
     /// Live events for this node's stream clients.
     pub event_hub: crate::notify::stream::Hub,
+    /// How the relay rewrites messages (public URL, default tracking, DKIM).
+    pub rewrite: Arc<crate::rewrite::RewriteSettings>,
     /// The current tracking secret, then rotated-out ones whose tokens still verify.
     pub tracking_secrets: Arc<TrackingSecrets>,
     /// Cancelled when the process begins a graceful shutdown.

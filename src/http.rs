@@ -56,7 +56,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics_page))
         .configure(crate::notify::endpoints::routes)
-        .configure(crate::notify::stream::routes);
+        .configure(crate::notify::stream::routes)
+        .configure(crate::deliver::capture::routes);
 }
 
 /// Binds `HTTP_LISTEN` and returns the running server (already listening).

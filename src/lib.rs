@@ -18,9 +18,12 @@
 pub mod api;
 pub mod config;
 pub mod context;
+pub mod deliver;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod queue;
+pub mod relay;
 pub mod rewrite;
 pub mod serve;
 pub mod store;

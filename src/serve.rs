@@ -14,6 +14,8 @@ use crate::store::{self, Database, StoreError};
 pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Dkim(#[from] crate::rewrite::dkim::DkimError),
     #[error("cannot listen for HTTP on {addr}: {source}")]
     HttpBind {
         addr: std::net::SocketAddr,
@@ -23,6 +25,10 @@ pub enum ServeError {
     Http(std::io::Error),
     #[error("cannot create the first user: {0}")]
     FirstUser(#[from] accounts::AccountError),
+    #[error(transparent)]
+    Relay(#[from] crate::relay::RelayError),
+    #[error(transparent)]
+    Deliver(#[from] crate::deliver::DeliverError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -125,6 +131,7 @@ async fn run_with_store(
         pool,
         database_url,
         event_hub: crate::notify::stream::Hub::default(),
+        rewrite: Arc::new(context::rewrite_settings(&settings)?),
         tracking_secrets,
         shutdown: shutdown.clone(),
     };
@@ -133,6 +140,11 @@ async fn run_with_store(
     tokio::spawn(partition_upkeep(ctx.clone()));
     let notify_tasks = crate::notify::start(&ctx);
 
+    // SMTP before HTTP, so that a healthy /healthz means mail is accepted too. The relay binds
+    // before the workers start: delivery frees the leases this node's name held before a
+    // restart, which must not happen while another process with the same address runs.
+    let relay = crate::relay::start(ctx.clone()).await?;
+    let deliver = crate::deliver::start(ctx.clone()).await?;
     let http = crate::http::start(ctx.clone()).map_err(|source| ServeError::HttpBind {
         addr: settings.http_listen,
         source,
@@ -142,6 +154,9 @@ async fn run_with_store(
 
     let http_task = tokio::spawn(http);
     shutdown.cancelled().await;
+    // Sessions first (their in-flight DATA commits finish), then workers after their attempt.
+    relay.stopped().await;
+    deliver.stopped().await;
     http_handle.stop(true).await;
     match http_task.await {
         Ok(Ok(())) => {}

@@ -31,6 +31,7 @@ pub struct Migration {
 /// Every file of `sql/`, in order. A test checks that this list and the directory agree.
 pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_init.sql"),
+    migration!(2, "0002_delivery_leases.sql"),
     migration!(10, "0010_notify.sql"),
 ];
 

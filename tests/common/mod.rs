@@ -6,6 +6,8 @@
 //! root), and each test gets a fresh database in it. Databases are dropped when the test ends.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -56,7 +58,7 @@ pub fn with_database(url: &str, name: &str) -> String {
     format!("{}/{}{}", &base[..path_start], name, query)
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -319,4 +321,41 @@ pub fn read_reply(reader: &mut BufReader<TcpStream>) -> String {
         }
     }
     reply
+}
+
+/// The secret `Server::start` gives mailtally.
+pub const TEST_TRACKING_SECRET: &str = "test-secret-0123456789abcdef";
+
+/// Maps a tracked copy back to what was submitted: each `{public_url}/c/<token>` becomes the URL
+/// its token verifies to (panics on a token that does not verify), and the pixel is removed.
+/// The rewrite promises that this gives the original bytes.
+pub fn untrack(copy: &str, public_url: &str) -> String {
+    use mailtally::rewrite::{verify, TokenKeys, Verified};
+    let keys = TokenKeys::new(TEST_TRACKING_SECRET.as_bytes(), &[]);
+    let pixel = format!("<img src=\"{public_url}/o/");
+    let mut without_pixel = String::new();
+    let mut rest = copy;
+    while let Some(i) = rest.find(&pixel) {
+        without_pixel.push_str(&rest[..i]);
+        let end = rest[i..].find("/>").expect("pixel tag ends") + 2;
+        rest = &rest[i + end..];
+    }
+    without_pixel.push_str(rest);
+    let click = format!("{public_url}/c/");
+    let mut out = String::new();
+    let mut rest = without_pixel.as_str();
+    while let Some(i) = rest.find(&click) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + click.len()..];
+        let len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .unwrap_or(after.len());
+        match verify(&keys, &after[..len]) {
+            Ok(Verified::Click { url, .. }) => out.push_str(&url),
+            other => panic!("a tracked link that does not verify: {other:?}"),
+        }
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    out
 }

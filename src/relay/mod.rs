@@ -1,0 +1,105 @@
+//! The SMTP submission server: listener, STARTTLS, the session state machine (one file per
+//! phase) and the limits that guard it.
+//!
+//! Owns what a client may say and what it is answered. It must never answer 250 to DATA before
+//! the message is committed in PostgreSQL, never relay for an unauthenticated client outside
+//! SUBMIT_TRUSTED_NETWORKS, and never let an `X-Mailtally-*` header leave through a copy.
+
+mod auth;
+pub mod data;
+mod ehlo;
+mod listener;
+mod mail;
+mod rcpt;
+mod reply;
+mod session;
+pub mod tls;
+
+use std::sync::LazyLock;
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
+use thiserror::Error;
+
+pub use data::{copies_for, Handoff, MessageFacts};
+pub use listener::{start, Relay};
+
+use crate::metrics;
+
+#[derive(Debug, Error)]
+pub enum RelayError {
+    #[error("cannot listen for SMTP on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// The relay's metrics; labels are bounded sets.
+pub struct RelayMetrics {
+    pub sessions_total: IntCounter,
+    pub sessions_active: IntGauge,
+    pub auth_failures_total: IntCounter,
+    pub messages_accepted_total: IntCounter,
+    pub messages_rejected_total: IntCounterVec,
+    pub received_bytes_total: IntCounter,
+    pub messages_untouched_total: IntCounterVec,
+}
+
+pub static METRICS: LazyLock<RelayMetrics> = LazyLock::new(|| {
+    RelayMetrics {
+    sessions_total: metrics::counter("smtp_sessions_total", "SMTP sessions opened"),
+    sessions_active: metrics::gauge("smtp_sessions_active", "SMTP sessions open now"),
+    auth_failures_total: metrics::counter("smtp_auth_failures_total", "failed SMTP AUTH attempts"),
+    messages_accepted_total: metrics::counter(
+        "smtp_messages_accepted_total",
+        "messages committed to the queue and answered 250",
+    ),
+    messages_rejected_total: metrics::counter_vec(
+        "smtp_messages_rejected_total",
+        "messages refused, by reason",
+        &["reason"],
+    ),
+    received_bytes_total: metrics::counter(
+        "smtp_received_bytes_total",
+        "message bytes received by DATA and BDAT",
+    ),
+    messages_untouched_total: metrics::counter_vec(
+        "rewrite_untouched_messages_total",
+        "messages sent on unchanged (signed, encrypted, unparseable, tracking off, DKIM without key)",
+        &["reason"],
+    ),
+}
+});
+
+/// Why a message was refused: the bounded label set of `smtp_messages_rejected_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum RejectReason {
+    Size,
+    Recipients,
+    Auth,
+    Sender,
+    Database,
+    Shutdown,
+}
+
+impl RejectReason {
+    fn label(self) -> &'static str {
+        match self {
+            RejectReason::Size => "size",
+            RejectReason::Recipients => "recipients",
+            RejectReason::Auth => "auth",
+            RejectReason::Sender => "sender",
+            RejectReason::Database => "database",
+            RejectReason::Shutdown => "shutdown",
+        }
+    }
+
+    pub fn count(self) {
+        METRICS
+            .messages_rejected_total
+            .with_label_values(&[self.label()])
+            .inc();
+    }
+}
