@@ -162,6 +162,16 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "file of Apple Mail Privacy Protection CIDRs; unset: the built-in list",
     },
     SettingDoc {
+        key: "EVENT_BATCH_SIZE",
+        default: Some("1000"),
+        help: "events per COPY batch (a batch is also written every 100 ms)",
+    },
+    SettingDoc {
+        key: "EVENT_CHANNEL_CAPACITY",
+        default: Some("65536"),
+        help: "events queued for the writer; beyond, they go to the disk spool",
+    },
+    SettingDoc {
         key: "LOG_FORMAT",
         default: Some("human"),
         help: "human or json",
@@ -383,6 +393,8 @@ pub struct Settings {
     pub dkim_selector: Option<String>,
     pub dkim_key: Option<PathBuf>,
     pub apple_mpp_cidrs: Option<PathBuf>,
+    pub event_batch_size: usize,
+    pub event_channel_capacity: usize,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -428,6 +440,8 @@ impl Settings {
             dkim_selector: opt("DKIM_SELECTOR"),
             dkim_key: opt("DKIM_KEY").map(PathBuf::from),
             apple_mpp_cidrs: opt("APPLE_MPP_CIDRS").map(PathBuf::from),
+            event_batch_size: parse(src, "EVENT_BATCH_SIZE")?,
+            event_channel_capacity: parse(src, "EVENT_CHANNEL_CAPACITY")?,
             log_format: match req("LOG_FORMAT").to_ascii_lowercase().as_str() {
                 "human" | "text" => LogFormat::Human,
                 "json" => LogFormat::Json,
@@ -441,6 +455,13 @@ impl Settings {
             },
             log_level: req("LOG_LEVEL"),
         };
+        if settings.event_batch_size == 0 || settings.event_channel_capacity == 0 {
+            return Err(invalid(
+                "EVENT_BATCH_SIZE",
+                "0",
+                "EVENT_BATCH_SIZE and EVENT_CHANNEL_CAPACITY must be at least 1",
+            ));
+        }
         if settings.retry_schedule.is_empty() {
             return Err(invalid("RETRY_SCHEDULE", "", "needs at least one interval"));
         }

@@ -9,6 +9,10 @@
 //!
 //! - [`store`]: PostgreSQL, its migrations and the embedded default cluster;
 //! - [`api`]: accounts (users, teams, tokens) and the JSON API;
+//! - [`rewrite`]: tokens of the pixel and the tracked links;
+//! - [`track`]: the `/o/` and `/c/` endpoints;
+//! - [`events`]: the event type, the batch writer and the disk spool;
+//! - [`insights`]: classification of opens and clicks;
 //! - [`http`]: the HTTP listener assembling the routes of the stages;
 //! - [`config`], [`metrics`], [`context`], [`serve`]: settings, the Prometheus registry, shared
 //!   state and the `serve` command.
@@ -16,7 +20,11 @@
 pub mod api;
 pub mod config;
 pub mod context;
+pub mod events;
 pub mod http;
+pub mod insights;
 pub mod metrics;
+pub mod rewrite;
 pub mod serve;
 pub mod store;
+pub mod track;

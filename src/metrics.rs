@@ -130,6 +130,8 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
 /// Registers every stage's metrics so that `/metrics` lists them before their first use.
 pub fn init() {
     LazyLock::force(&CORE);
+    LazyLock::force(&crate::events::METRICS);
+    LazyLock::force(&crate::track::METRICS);
 }
 
 /// Refreshes the pool gauges from `pool`.
