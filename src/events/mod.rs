@@ -102,46 +102,57 @@ pub struct EventMetrics {
     pub flush_failures: IntCounter,
 }
 
-pub static METRICS: LazyLock<EventMetrics> = LazyLock::new(|| EventMetrics {
-    channel_depth: metrics::gauge(
-        "event_channel_depth",
-        "events waiting in the channel to the batch writer",
-    ),
-    batch_size: metrics::histogram(
-        "event_batch_size",
-        "events per batch written to PostgreSQL",
-        &[
-            1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-        ],
-    ),
-    flush_duration: metrics::histogram(
-        "event_flush_duration_seconds",
-        "time to COPY one batch of events into PostgreSQL and commit",
-        metrics::LATENCY_BUCKETS,
-    ),
-    written: metrics::counter(
-        "events_written_total",
-        "events committed to PostgreSQL by the batch writer",
-    ),
-    spooled: metrics::counter_vec(
-        "events_spooled_total",
-        "events written to the disk spool, by cause",
-        &["cause"],
-    ),
-    replayed: metrics::counter(
-        "events_replayed_total",
-        "spooled events replayed into PostgreSQL",
-    ),
-    spool_bytes: metrics::gauge("event_spool_bytes", "bytes in the event spool on disk"),
-    spool_corrupt: metrics::counter(
-        "event_spool_corrupt_records_total",
-        "spool records skipped because they were torn or failed their checksum",
-    ),
-    flush_failures: metrics::counter(
-        "event_flush_failures_total",
-        "batches PostgreSQL did not take (outage, timeout)",
-    ),
+pub static METRICS: LazyLock<EventMetrics> = LazyLock::new(|| {
+    let m = event_metrics();
+    // Listed at zero from the start, so that dashboards and alerts see them before any outage.
+    for cause in ["channel_full", "database_down", "database_error"] {
+        m.spooled.with_label_values(&[cause]);
+    }
+    m
 });
+
+fn event_metrics() -> EventMetrics {
+    EventMetrics {
+        channel_depth: metrics::gauge(
+            "event_channel_depth",
+            "events waiting in the channel to the batch writer",
+        ),
+        batch_size: metrics::histogram(
+            "event_batch_size",
+            "events per batch written to PostgreSQL",
+            &[
+                1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+            ],
+        ),
+        flush_duration: metrics::histogram(
+            "event_flush_duration_seconds",
+            "time to COPY one batch of events into PostgreSQL and commit",
+            metrics::LATENCY_BUCKETS,
+        ),
+        written: metrics::counter(
+            "events_written_total",
+            "events committed to PostgreSQL by the batch writer",
+        ),
+        spooled: metrics::counter_vec(
+            "events_spooled_total",
+            "events written to the disk spool, by cause",
+            &["cause"],
+        ),
+        replayed: metrics::counter(
+            "events_replayed_total",
+            "spooled events replayed into PostgreSQL",
+        ),
+        spool_bytes: metrics::gauge("event_spool_bytes", "bytes in the event spool on disk"),
+        spool_corrupt: metrics::counter(
+            "event_spool_corrupt_records_total",
+            "spool records skipped because they were torn or failed their checksum",
+        ),
+        flush_failures: metrics::counter(
+            "event_flush_failures_total",
+            "batches PostgreSQL did not take (outage, timeout)",
+        ),
+    }
+}
 
 /// The producers' side of the pipeline: cheap to clone, never waits.
 #[derive(Clone)]

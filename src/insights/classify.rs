@@ -444,8 +444,9 @@ mod tests {
 
     #[test]
     fn mail_clients_devices_and_systems() {
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
         #[rustfmt::skip]
-        let cases: &[(&str, Option<&str>, Option<&str>, Option<&str>)] = &[
+        let cases: &[Case] = &[
             (GMAIL, Some("Gmail"), None, None),
             (YAHOO, Some("Yahoo Mail"), None, None),
             (OUTLOOK, Some("Outlook"), Some("desktop"), Some("Windows 10")),

@@ -40,18 +40,39 @@ pub struct TrackMetrics {
     pub invalid_tokens: IntCounterVec,
 }
 
-pub static METRICS: LazyLock<TrackMetrics> = LazyLock::new(|| TrackMetrics {
-    requests: metrics::counter_vec(
-        "track_requests_total",
-        "tracking requests with a valid token, by kind (open, click) and class",
-        &["kind", "class"],
-    ),
-    invalid_tokens: metrics::counter_vec(
-        "track_invalid_tokens_total",
-        "tracking requests whose token did not verify, by kind",
-        &["kind"],
-    ),
+pub static METRICS: LazyLock<TrackMetrics> = LazyLock::new(|| {
+    let m = track_metrics();
+    // Every series exists at zero from the start (bounded: 2 kinds x 6 classes).
+    for kind in ["open", "click"] {
+        m.invalid_tokens.with_label_values(&[kind]);
+        for class in [
+            "human",
+            "apple_mpp",
+            "proxy",
+            "scanner",
+            "prefetch",
+            "unknown",
+        ] {
+            m.requests.with_label_values(&[kind, class]);
+        }
+    }
+    m
 });
+
+fn track_metrics() -> TrackMetrics {
+    TrackMetrics {
+        requests: metrics::counter_vec(
+            "track_requests_total",
+            "tracking requests with a valid token, by kind (open, click) and class",
+            &["kind", "class"],
+        ),
+        invalid_tokens: metrics::counter_vec(
+            "track_invalid_tokens_total",
+            "tracking requests whose token did not verify, by kind",
+            &["kind"],
+        ),
+    }
+}
 
 const CACHE_CONTROL: &str = "no-store, no-cache, must-revalidate, private";
 
