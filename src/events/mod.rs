@@ -100,6 +100,7 @@ pub struct EventMetrics {
     pub spool_bytes: IntGauge,
     pub spool_corrupt: IntCounter,
     pub flush_failures: IntCounter,
+    pub rejected: IntCounter,
 }
 
 pub static METRICS: LazyLock<EventMetrics> = LazyLock::new(|| {
@@ -150,6 +151,10 @@ fn event_metrics() -> EventMetrics {
         flush_failures: metrics::counter(
             "event_flush_failures_total",
             "batches PostgreSQL did not take (outage, timeout)",
+        ),
+        rejected: metrics::counter(
+            "events_rejected_total",
+            "events PostgreSQL refused for their contents, dropped (a bug: see the log)",
         ),
     }
 }

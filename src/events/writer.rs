@@ -145,6 +145,20 @@ const TYPES: &[Type] = &[
     Type::TEXT,
 ];
 
+/// Whether an error means "PostgreSQL is away" (retry later) rather than "this batch is bad".
+fn is_outage(e: &WriterError) -> bool {
+    match e {
+        WriterError::Db(db) => match db.code() {
+            // Connection, resources, operator intervention, system errors, rollbacks.
+            Some(code) => ["08", "53", "57", "58", "40", "XX"]
+                .iter()
+                .any(|class| code.code().starts_with(class)),
+            None => true,
+        },
+        _ => true,
+    }
+}
+
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Event>, stop: CancellationToken) {
         let n = self.config.batch_size.max(1);
@@ -211,13 +225,36 @@ impl Writer {
             self.spool_events(batch, "database_down").await;
             return;
         }
-        match self.write(&batch).await {
-            Ok(_) => {}
+        match self.write_checked(&batch).await {
+            Ok(()) => {}
             Err(e) => {
                 self.failed(&e);
                 self.spool_events(batch, "database_error").await;
             }
         }
+    }
+
+    /// Writes a batch; a batch PostgreSQL refuses for its contents (not for an outage) is
+    /// written row by row and the refused rows are dropped with an error, so that one bad row
+    /// can never stop the pipeline by failing every replay. Only outages are returned.
+    async fn write_checked(&mut self, batch: &[Event]) -> Result<(), WriterError> {
+        let e = match self.write(batch).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_outage(&e) => return Err(e),
+            Err(e) => e,
+        };
+        tracing::error!(error = %e, events = batch.len(), "PostgreSQL refused a batch; writing it row by row");
+        for event in batch {
+            match self.write(std::slice::from_ref(event)).await {
+                Ok(_) => {}
+                Err(e) if is_outage(&e) => return Err(e),
+                Err(e) => {
+                    METRICS.rejected.inc();
+                    tracing::error!(error = %e, ?event, "PostgreSQL refused an event; dropped");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn failed(&mut self, e: &WriterError) {
@@ -341,7 +378,7 @@ impl Writer {
                 .spool_corrupt
                 .inc_by(read.corrupt as u64 + u64::from(read.torn));
             for chunk in read.events.chunks(self.config.batch_size.max(1)) {
-                if let Err(e) = self.write(chunk).await {
+                if let Err(e) = self.write_checked(chunk).await {
                     self.failed(&e);
                     return;
                 }

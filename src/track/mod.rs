@@ -14,14 +14,14 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
-use prometheus::IntCounterVec;
+use prometheus::{IntCounter, IntCounterVec};
 use thiserror::Error;
 use uuid::Uuid;
 
 use crate::config::{Cidr, Settings};
 use crate::context::{Context, TrackingSecrets};
 use crate::events::{Event, EventSink, Kind};
-use crate::insights::classify::{self, Classifier, ClassifyError};
+use crate::insights::classify::{self, Class, Classifier, ClassifyError};
 use crate::metrics;
 use crate::rewrite::token::{self, TokenKeys, Verified};
 
@@ -38,41 +38,59 @@ pub enum TrackError {
 pub struct TrackMetrics {
     pub requests: IntCounterVec,
     pub invalid_tokens: IntCounterVec,
+    /// The series of `requests`, resolved once: label lookup costs more than the increment.
+    by_kind_class: [[IntCounter; 6]; 2],
+    invalid: [IntCounter; 2],
 }
 
+const CLASS_LABELS: [&str; 6] = [
+    "human",
+    "apple_mpp",
+    "proxy",
+    "scanner",
+    "prefetch",
+    "unknown",
+];
+
+impl TrackMetrics {
+    fn request(&self, kind: Kind, class: Option<Class>) {
+        let k = usize::from(kind == Kind::Click);
+        let c = match class {
+            Some(Class::Human) => 0,
+            Some(Class::AppleMpp) => 1,
+            Some(Class::Proxy) => 2,
+            Some(Class::Scanner) => 3,
+            Some(Class::Prefetch) => 4,
+            None => 5,
+        };
+        self.by_kind_class[k][c].inc();
+    }
+
+    fn invalid(&self, kind: Kind) {
+        self.invalid[usize::from(kind == Kind::Click)].inc();
+    }
+}
+
+// Every series exists at zero from the start (bounded: 2 kinds x 6 classes).
 pub static METRICS: LazyLock<TrackMetrics> = LazyLock::new(|| {
-    let m = track_metrics();
-    // Every series exists at zero from the start (bounded: 2 kinds x 6 classes).
-    for kind in ["open", "click"] {
-        m.invalid_tokens.with_label_values(&[kind]);
-        for class in [
-            "human",
-            "apple_mpp",
-            "proxy",
-            "scanner",
-            "prefetch",
-            "unknown",
-        ] {
-            m.requests.with_label_values(&[kind, class]);
-        }
-    }
-    m
-});
-
-fn track_metrics() -> TrackMetrics {
+    let requests = metrics::counter_vec(
+        "track_requests_total",
+        "tracking requests with a valid token, by kind (open, click) and class",
+        &["kind", "class"],
+    );
+    let invalid_tokens = metrics::counter_vec(
+        "track_invalid_tokens_total",
+        "tracking requests whose token did not verify, by kind",
+        &["kind"],
+    );
+    let kinds = ["open", "click"];
     TrackMetrics {
-        requests: metrics::counter_vec(
-            "track_requests_total",
-            "tracking requests with a valid token, by kind (open, click) and class",
-            &["kind", "class"],
-        ),
-        invalid_tokens: metrics::counter_vec(
-            "track_invalid_tokens_total",
-            "tracking requests whose token did not verify, by kind",
-            &["kind"],
-        ),
+        by_kind_class: kinds.map(|k| CLASS_LABELS.map(|c| requests.with_label_values(&[k, c]))),
+        invalid: kinds.map(|k| invalid_tokens.with_label_values(&[k])),
+        requests,
+        invalid_tokens,
     }
-}
+});
 
 const CACHE_CONTROL: &str = "no-store, no-cache, must-revalidate, private";
 
@@ -145,13 +163,7 @@ impl Tracker {
             },
             &ua,
         );
-        METRICS
-            .requests
-            .with_label_values(&[
-                kind.as_str(),
-                verdict.class.map_or("unknown", |c| c.as_str()),
-            ])
-            .inc();
+        METRICS.request(kind, verdict.class);
         e.link_idx = link;
         e.class = verdict.class;
         e.reason = Some(verdict.reason.to_string());
@@ -188,7 +200,7 @@ async fn open(req: HttpRequest, ctx: web::Data<Context>) -> HttpResponse {
     let t = &ctx.tracker;
     match token::verify(&t.keys, token(&req)) {
         Ok(Verified::Open { copy }) => t.record(&req, Kind::Open, copy, None),
-        _ => METRICS.invalid_tokens.with_label_values(&["open"]).inc(),
+        _ => METRICS.invalid(Kind::Open),
     }
     // Whatever the token, the client gets its image: a broken image icon helps nobody.
     t.pixel()
@@ -207,7 +219,7 @@ async fn click(req: HttpRequest, ctx: web::Data<Context>) -> HttpResponse {
                 .finish();
         }
     }
-    METRICS.invalid_tokens.with_label_values(&["click"]).inc();
+    METRICS.invalid(Kind::Click);
     HttpResponse::NotFound()
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
