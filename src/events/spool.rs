@@ -48,7 +48,9 @@ pub struct Spool {
 }
 
 struct Active {
-    file: File,
+    /// Locked while this process appends, so that another process sharing the data directory
+    /// never replays (and removes) a segment still being written.
+    file: nix::fcntl::Flock<File>,
     path: PathBuf,
     len: u64,
 }
@@ -130,13 +132,21 @@ impl Spool {
             self.active = None;
         }
         if self.active.is_none() {
-            let path = self.dir.join(format!("events-{:016}.spool", self.next_seq));
-            self.next_seq += 1;
-            let file = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .open(&path)
-                .map_err(io(&path))?;
+            // Another process on the same data directory may have taken the next number.
+            let (file, path) = loop {
+                let path = self.dir.join(format!("events-{:016}.spool", self.next_seq));
+                self.next_seq += 1;
+                match OpenOptions::new().create_new(true).append(true).open(&path) {
+                    Ok(file) => {
+                        let file =
+                            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+                                .map_err(|(_, e)| io(&path)(e.into()))?;
+                        break (file, path);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(io(&path)(e)),
+                }
+            };
             // The new name must survive a crash as well as its contents.
             File::open(&self.dir)
                 .and_then(|d| d.sync_all())
@@ -147,7 +157,7 @@ impl Spool {
             .active
             .as_mut()
             .expect("an active segment was just ensured");
-        active.file.write_all(&buf).map_err(io(&active.path))?;
+        (&*active.file).write_all(&buf).map_err(io(&active.path))?;
         active.file.sync_data().map_err(io(&active.path))?;
         active.len += buf.len() as u64;
         self.bytes += buf.len() as u64;
@@ -214,12 +224,17 @@ pub fn decode_records(bytes: &[u8]) -> SegmentRead {
     read
 }
 
-/// Reads a segment file, warning about what had to be skipped.
-pub fn read_segment(path: &Path) -> Result<SegmentRead, SpoolError> {
+/// Reads a segment file, warning about what had to be skipped; `None` when another process
+/// is still appending to it.
+pub fn read_segment(path: &Path) -> Result<Option<SegmentRead>, SpoolError> {
+    let file = File::open(path).map_err(io(path))?;
+    let mut file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+        Ok(f) => f,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+        Err((_, e)) => return Err(io(path)(e.into())),
+    };
     let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io(path))?;
+    file.read_to_end(&mut bytes).map_err(io(path))?;
     let read = decode_records(&bytes);
     if read.torn {
         tracing::warn!(segment = %path.display(), "event spool: torn last record skipped (crash during an append)");
@@ -227,7 +242,7 @@ pub fn read_segment(path: &Path) -> Result<SegmentRead, SpoolError> {
     if read.corrupt > 0 {
         tracing::warn!(segment = %path.display(), records = read.corrupt, "event spool: records failing their checksum skipped");
     }
-    Ok(read)
+    Ok(Some(read))
 }
 
 #[cfg(test)]
@@ -258,7 +273,7 @@ mod tests {
         spool.append(&[event(99)]).unwrap();
         let segments = spool.seal().unwrap();
         assert_eq!(segments.len(), 2);
-        let first = read_segment(&segments[0]).unwrap();
+        let first = read_segment(&segments[0]).unwrap().unwrap();
         assert_eq!(first.events, events);
         assert!(!first.torn);
         assert_eq!(first.corrupt, 0);
@@ -266,6 +281,13 @@ mod tests {
             spool.remove(s).unwrap();
         }
         assert!(spool.is_empty());
+        // A segment another spool is appending to is left alone.
+        let mut other = Spool::open(dir.path()).unwrap();
+        other.append(&[event(7)]).unwrap();
+        let busy = Spool::open(dir.path()).unwrap().list().unwrap().remove(0).1;
+        assert!(read_segment(&busy).unwrap().is_none());
+        other.seal().unwrap();
+        assert_eq!(read_segment(&busy).unwrap().unwrap().events.len(), 1);
     }
 
     #[test]
@@ -292,7 +314,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events-0000000000000001.spool");
         fs::write(&path, &buf[..whole - 2]).unwrap();
-        let read = read_segment(&path).unwrap();
+        let read = read_segment(&path).unwrap().unwrap();
         assert_eq!(read.events.len(), 2);
         assert!(read.torn);
     }

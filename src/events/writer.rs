@@ -367,7 +367,9 @@ impl Writer {
         for path in segments {
             let p = path.clone();
             let read = match tokio::task::spawn_blocking(move || spool::read_segment(&p)).await {
-                Ok(Ok(r)) => r,
+                Ok(Ok(Some(r))) => r,
+                // Another process sharing the data directory is still writing it.
+                Ok(Ok(None)) => continue,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "cannot read a spool segment");
                     return;
