@@ -234,3 +234,85 @@ async fn forwarded_for_is_honoured_only_from_trusted_proxies() {
     assert_eq!(ip(untrusted_copy).await, "127.0.0.1");
     assert_eq!(ip(trusted_copy).await, "198.51.100.0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timing_rules_use_delivery_times_polled_from_the_database() {
+    let db = TestDb::migrated();
+    let server = Server::start(&db.url, &[]);
+    let client = db.client().await;
+    let seeded = seed(&client, 1, 1).await;
+    let message = seeded[0].message;
+    // Two fresh copies: one delivered just now, one not delivered yet.
+    let (delivered, queued) = (Uuid::now_v7(), Uuid::now_v7());
+    client
+        .execute(
+            "INSERT INTO copies (id, message_id, recipient, status, delivered_at)
+             VALUES ($1, $3, 'a@example.net', 'delivered', now()),
+                    ($2, $3, 'b@example.net', 'queued', NULL)",
+            &[&delivered, &queued, &message],
+        )
+        .await
+        .unwrap();
+    // The delivery cache polls once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for copy in [delivered, queued] {
+        assert_pixel(
+            &raw(
+                server.http,
+                "GET",
+                &open_path(copy),
+                &[("User-Agent", OUTLOOK)],
+            )
+            .unwrap(),
+        );
+    }
+    let r = raw(
+        server.http,
+        "GET",
+        &click_path(delivered, 0),
+        &[("User-Agent", OUTLOOK)],
+    )
+    .unwrap();
+    assert_eq!(r.status, 302);
+    wait_count(
+        &client,
+        "SELECT count(*) FROM events",
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
+    let rows = client
+        .query(
+            "SELECT copy_id, kind, class, reason FROM events ORDER BY copy_id = $1 DESC, kind",
+            &[&delivered],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(Uuid, String, Option<String>, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                delivered,
+                "click".into(),
+                Some("scanner".into()),
+                Some("click within seconds of delivery".into())
+            ),
+            (
+                delivered,
+                "open".into(),
+                Some("prefetch".into()),
+                Some("open within seconds of delivery".into())
+            ),
+            (
+                queued,
+                "open".into(),
+                None,
+                Some("delivery time unknown".into())
+            ),
+        ]
+    );
+}

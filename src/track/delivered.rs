@@ -49,7 +49,11 @@ impl DeliveryCache {
             return Delivery::At(*at);
         }
         match inner.polled_at {
-            Some(t) if t.elapsed() < STALE_AFTER => Delivery::NotRecent,
+            // A copy made within the window may have been delivered since the last poll: only
+            // older copies are known not to have been delivered "seconds ago".
+            Some(t) if t.elapsed() < STALE_AFTER && !created_within_window(copy) => {
+                Delivery::NotRecent
+            }
             _ => Delivery::Unknown,
         }
     }
@@ -107,21 +111,39 @@ impl DeliveryCache {
     }
 }
 
+/// Whether `copy` is a UUIDv7 minted within [`WINDOW`] (ids without a time are taken as old).
+fn created_within_window(copy: Uuid) -> bool {
+    let Some(ts) = copy.get_timestamp() else {
+        return false;
+    };
+    let (secs, _) = ts.to_unix();
+    let horizon = (Utc::now() - WINDOW).timestamp();
+    i64::try_from(secs).is_ok_and(|s| s >= horizon)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn old_copy() -> Uuid {
+        let secs = (Utc::now() - WINDOW * 2).timestamp() as u64;
+        Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, 0))
+    }
+
     #[test]
     fn lookup_states() {
         let cache = DeliveryCache::new();
-        let copy = Uuid::now_v7();
-        assert_eq!(cache.lookup(copy), Delivery::Unknown);
+        let copy = old_copy();
+        assert_eq!(cache.lookup(copy), Delivery::Unknown, "never polled");
         let at = Utc::now();
         cache.insert([(copy, at)]);
         assert_eq!(cache.lookup(copy), Delivery::At(at));
-        assert_eq!(cache.lookup(Uuid::now_v7()), Delivery::NotRecent);
+        assert_eq!(cache.lookup(old_copy()), Delivery::NotRecent);
+        assert_eq!(cache.lookup(Uuid::new_v4()), Delivery::NotRecent);
+        // A fresh copy not seen delivered may have been delivered since the last poll.
+        assert_eq!(cache.lookup(Uuid::now_v7()), Delivery::Unknown);
         // Old deliveries are evicted.
-        let old = Uuid::now_v7();
+        let old = old_copy();
         cache.insert([(old, Utc::now() - WINDOW - TimeDelta::seconds(1))]);
         assert_eq!(cache.lookup(old), Delivery::NotRecent);
     }

@@ -71,7 +71,13 @@ pub async fn seed(client: &tokio_postgres::Client, messages: usize, copies: usiz
         }
         let mut ids = Vec::new();
         for c in 0..copies {
-            let copy = Uuid::now_v7();
+            // Made two hours ago, like its delivery an hour ago: the timing rules do not apply.
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                - 7200;
+            let copy = Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, c as u32));
             client
                 .execute(
                     "INSERT INTO copies (id, message_id, recipient, status, delivered_at)
