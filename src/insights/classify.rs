@@ -169,30 +169,16 @@ impl Classifier {
         if r.head {
             return verdict(Class::Scanner, "HEAD request");
         }
-        let agent = r.user_agent.trim();
-        if agent.contains("GoogleImageProxy") {
-            return verdict(Class::Proxy, "Gmail image proxy");
-        }
-        if agent.contains("YahooMailProxy") {
-            return verdict(Class::Proxy, "Yahoo Mail image proxy");
-        }
-        let lower = agent.to_ascii_lowercase();
-        if let Some((_, reason)) = SCANNER_AGENTS.iter().find(|(k, _)| lower.contains(k)) {
-            return verdict(Class::Scanner, reason);
-        }
-        if ua.crawler {
-            return verdict(Class::Scanner, "crawler agent");
-        }
-        if agent.is_empty() {
-            return verdict(Class::Scanner, "no user agent");
-        }
-        if agent == "Mozilla/5.0" {
+        match ua.rule {
+            Some(AgentRule::Machine(class, reason)) => return verdict(class, reason),
             // MPP fetches the pixel with this bare agent; a link followed with it is a checker.
-            return if r.click {
-                verdict(Class::Scanner, "bare Mozilla/5.0 agent")
-            } else {
-                verdict(Class::AppleMpp, "bare Mozilla/5.0 agent")
-            };
+            Some(AgentRule::BareMozilla) if r.click => {
+                return verdict(Class::Scanner, "bare Mozilla/5.0 agent")
+            }
+            Some(AgentRule::BareMozilla) => {
+                return verdict(Class::AppleMpp, "bare Mozilla/5.0 agent")
+            }
+            None => {}
         }
         // Private Relay users browse from Apple's ranges too: only the pixel counts as MPP.
         if let (false, Some(ip)) = (r.click, r.ip) {
@@ -227,6 +213,37 @@ pub struct UserAgent {
     pub device: Option<String>,
     pub os: Option<String>,
     pub crawler: bool,
+    /// What the agent alone says (cached with the parse: agents repeat, the scan is costly).
+    pub rule: Option<AgentRule>,
+}
+
+/// Evidence in the user agent alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentRule {
+    Machine(Class, &'static str),
+    /// Exactly `Mozilla/5.0`: Apple MPP on a pixel, a checker on a link.
+    BareMozilla,
+}
+
+fn agent_rule(agent: &str, crawler: bool) -> Option<AgentRule> {
+    let agent = agent.trim();
+    if agent.contains("GoogleImageProxy") {
+        return Some(AgentRule::Machine(Class::Proxy, "Gmail image proxy"));
+    }
+    if agent.contains("YahooMailProxy") {
+        return Some(AgentRule::Machine(Class::Proxy, "Yahoo Mail image proxy"));
+    }
+    let lower = agent.to_ascii_lowercase();
+    if let Some((_, reason)) = SCANNER_AGENTS.iter().find(|(k, _)| lower.contains(k)) {
+        return Some(AgentRule::Machine(Class::Scanner, reason));
+    }
+    if crawler {
+        return Some(AgentRule::Machine(Class::Scanner, "crawler agent"));
+    }
+    if agent.is_empty() {
+        return Some(AgentRule::Machine(Class::Scanner, "no user agent"));
+    }
+    (agent == "Mozilla/5.0").then_some(AgentRule::BareMozilla)
 }
 
 thread_local! {
@@ -318,6 +335,7 @@ pub fn parse_user_agent(agent: &str) -> UserAgent {
         device: device.map(str::to_string),
         os: os.map(str::to_string),
         crawler: category == "crawler",
+        rule: agent_rule(agent, category == "crawler"),
     }
 }
 
