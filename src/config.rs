@@ -187,6 +187,16 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "drop raw events older than this many days (whole months), keeping reports; 0 keeps them all",
     },
     SettingDoc {
+        key: "EVENT_BATCH_SIZE",
+        default: Some("1000"),
+        help: "events per COPY batch (a batch is also written every 100 ms)",
+    },
+    SettingDoc {
+        key: "EVENT_CHANNEL_CAPACITY",
+        default: Some("65536"),
+        help: "events queued for the writer; beyond, they go to the disk spool",
+    },
+    SettingDoc {
         key: "LOG_FORMAT",
         default: Some("human"),
         help: "human or json",
@@ -413,6 +423,8 @@ pub struct Settings {
     pub webhook_max_age: Duration,
     pub webhook_disable_after: u32,
     pub retention_days: u32,
+    pub event_batch_size: usize,
+    pub event_channel_capacity: usize,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -460,6 +472,8 @@ impl Settings {
             webhook_max_age: seconds(src, "WEBHOOK_MAX_AGE")?,
             webhook_disable_after: parse(src, "WEBHOOK_DISABLE_AFTER")?,
             retention_days: parse(src, "RETENTION_DAYS")?,
+            event_batch_size: parse(src, "EVENT_BATCH_SIZE")?,
+            event_channel_capacity: parse(src, "EVENT_CHANNEL_CAPACITY")?,
             log_format: match req("LOG_FORMAT").to_ascii_lowercase().as_str() {
                 "human" | "text" => LogFormat::Human,
                 "json" => LogFormat::Json,
@@ -473,6 +487,13 @@ impl Settings {
             },
             log_level: req("LOG_LEVEL"),
         };
+        if settings.event_batch_size == 0 || settings.event_channel_capacity == 0 {
+            return Err(invalid(
+                "EVENT_BATCH_SIZE",
+                "0",
+                "EVENT_BATCH_SIZE and EVENT_CHANNEL_CAPACITY must be at least 1",
+            ));
+        }
         if settings.retry_schedule.is_empty() {
             return Err(invalid("RETRY_SCHEDULE", "", "needs at least one interval"));
         }

@@ -7,6 +7,8 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::events::EventSink;
+use crate::track::Tracker;
 
 #[derive(Clone)]
 pub struct Context {
@@ -22,6 +24,10 @@ pub struct Context {
     pub tracking_secrets: Arc<TrackingSecrets>,
     /// Cancelled when the process begins a graceful shutdown.
     pub shutdown: CancellationToken,
+    /// Where every stage sends its events; never blocks.
+    pub events: EventSink,
+    /// The state of the tracking endpoints.
+    pub tracker: Arc<Tracker>,
 }
 
 #[derive(Debug, Clone)]

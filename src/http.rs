@@ -57,7 +57,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics_page))
         .configure(crate::notify::endpoints::routes)
         .configure(crate::notify::stream::routes)
-        .configure(crate::deliver::capture::routes);
+        .configure(crate::deliver::capture::routes)
+        .configure(crate::track::routes);
 }
 
 /// Binds `HTTP_LISTEN` and returns the running server (already listening).

@@ -7,10 +7,16 @@
 //!
 //! The modules follow the flow of a message and of an event:
 //!
+//! - [`relay`]: the SMTP submission server, one file per SMTP phase;
 //! - [`rewrite`]: per-recipient tracked copies (pixel, signed links, MIME splice);
+//! - [`queue`]: the durable queue in PostgreSQL (enqueue, claim with a lease, retry schedule);
+//! - [`deliver`]: delivery workers, the upstream SMTP transport and the capture sink;
+//! - [`track`]: the `/o/` (eye) and `/c/` (cursor) endpoints;
+//! - [`events`]: the event type, the batch writer and the disk spool;
+//! - [`insights`]: classification, aggregation, reports and the Insights page;
 //! - [`notify`]: webhooks and the live event stream;
-//! - [`store`]: PostgreSQL, its migrations and the embedded default cluster;
 //! - [`api`]: accounts (users, teams, tokens) and the JSON API;
+//! - [`store`]: PostgreSQL, its migrations and the embedded default cluster;
 //! - [`http`]: the HTTP listener assembling the routes of the stages;
 //! - [`config`], [`metrics`], [`context`], [`serve`]: settings, the Prometheus registry, shared
 //!   state and the `serve` command.
@@ -19,7 +25,9 @@ pub mod api;
 pub mod config;
 pub mod context;
 pub mod deliver;
+pub mod events;
 pub mod http;
+pub mod insights;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
@@ -27,3 +35,4 @@ pub mod relay;
 pub mod rewrite;
 pub mod serve;
 pub mod store;
+pub mod track;

@@ -132,6 +132,8 @@ pub fn init() {
     LazyLock::force(&CORE);
     LazyLock::force(&crate::relay::METRICS);
     LazyLock::force(&crate::deliver::METRICS);
+    LazyLock::force(&crate::events::METRICS);
+    LazyLock::force(&crate::track::METRICS);
 }
 
 /// Refreshes the pool gauges from `pool`.

@@ -8,7 +8,10 @@ use tokio_util::sync::CancellationToken;
 use crate::api::accounts;
 use crate::config::Settings;
 use crate::context::{self, Context};
+use crate::events::writer::{self, WriterConfig};
 use crate::store::{self, Database, StoreError};
+use crate::track::delivered::DeliveryCache;
+use crate::track::Tracker;
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -31,6 +34,10 @@ pub enum ServeError {
     Deliver(#[from] crate::deliver::DeliverError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot start the event writer: {0}")]
+    Events(#[from] crate::events::writer::WriterError),
+    #[error(transparent)]
+    Track(#[from] crate::track::TrackError),
 }
 
 /// Opens the database (starting the embedded cluster when no URL is set), applies pending
@@ -126,6 +133,20 @@ async fn run_with_store(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let tracking_secrets = Arc::new(context::tracking_secrets(&settings, &pool).await?);
+    // The writer starts before anything can produce events and stops after HTTP has.
+    let mut writer_config = WriterConfig::new(settings.data_dir.join("spool"));
+    writer_config.batch_size = settings.event_batch_size;
+    writer_config.channel_capacity = settings.event_channel_capacity;
+    let (events, writer) = writer::start(pool.clone(), writer_config)?;
+    let deliveries = DeliveryCache::new();
+    let background = CancellationToken::new();
+    deliveries.spawn_poller(pool.clone(), background.clone());
+    let tracker = Arc::new(Tracker::new(
+        &settings,
+        &tracking_secrets,
+        deliveries,
+        events.clone(),
+    )?);
     let ctx = Context {
         settings: settings.clone(),
         pool,
@@ -134,11 +155,27 @@ async fn run_with_store(
         rewrite: Arc::new(context::rewrite_settings(&settings)?),
         tracking_secrets,
         shutdown: shutdown.clone(),
+        events,
+        tracker,
     };
-    partitions(&ctx).await?;
-    first_user(&ctx).await?;
+    let result = serve_http(&ctx, &settings, &shutdown).await;
+    background.cancel();
+    writer.shutdown().await;
+    if result.is_ok() {
+        tracing::info!("mailtally stopped");
+    }
+    result
+}
+
+async fn serve_http(
+    ctx: &Context,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Result<(), ServeError> {
+    partitions(ctx).await?;
+    first_user(ctx).await?;
     tokio::spawn(partition_upkeep(ctx.clone()));
-    let notify_tasks = crate::notify::start(&ctx);
+    let notify_tasks = crate::notify::start(ctx);
 
     // SMTP before HTTP, so that a healthy /healthz means mail is accepted too. The relay binds
     // before the workers start: delivery frees the leases this node's name held before a
@@ -166,7 +203,6 @@ async fn run_with_store(
     for task in notify_tasks {
         let _ = task.await;
     }
-    tracing::info!("mailtally stopped");
     Ok(())
 }
 

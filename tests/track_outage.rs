@@ -1,0 +1,224 @@
+//! No event is lost while PostgreSQL is down, nor on a graceful stop of mailtally during an
+//! outage. Runs on a private cluster: the shared test cluster must stay up for other tests.
+
+mod common;
+mod track_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Server;
+use mailtally::store::{Cluster, ClusterOptions};
+use track_support::*;
+use uuid::Uuid;
+
+const AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.5.0";
+
+/// One request of the mix, checked; `i` picks the kind, method, copy and link.
+fn request(addr: std::net::SocketAddr, copies: &[Uuid], i: usize) -> Result<(), String> {
+    let copy = copies[i % copies.len()];
+    let method = if i % 10 == 9 { "HEAD" } else { "GET" };
+    if i % 2 == 0 {
+        let r = raw(addr, method, &open_path(copy), &[("User-Agent", AGENT)])
+            .map_err(|e| e.to_string())?;
+        if r.status != 200 || r.header("content-type") != Some(&b"image/gif"[..]) {
+            return Err(format!("open answered {}", r.status));
+        }
+        if method == "GET" {
+            assert_pixel(&r);
+        }
+    } else {
+        let link = (i / 2) % LINKS.len();
+        let r = raw(
+            addr,
+            method,
+            &click_path(copy, link),
+            &[("User-Agent", AGENT)],
+        )
+        .map_err(|e| e.to_string())?;
+        if r.status != 302 || r.header("location") != Some(LINKS[link].as_bytes()) {
+            return Err(format!("click answered {}", r.status));
+        }
+    }
+    Ok(())
+}
+
+/// Sends requests `range` from `threads` threads; returns how many were answered correctly.
+/// Stops early (without failing) once `stop` is set and a request fails.
+fn send(
+    addr: std::net::SocketAddr,
+    copies: &[Uuid],
+    range: std::ops::Range<usize>,
+    threads: usize,
+    sent: Arc<AtomicUsize>,
+    tolerate_failures: bool,
+) -> usize {
+    let next = Arc::new(AtomicUsize::new(range.start));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (next, answered, failed, sent) =
+                (next.clone(), answered.clone(), failed.clone(), sent.clone());
+            let range = range.clone();
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= range.end || failed.load(Ordering::SeqCst) {
+                    return;
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+                let started = Instant::now();
+                match request(addr, copies, i) {
+                    Ok(()) => {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        assert!(
+                            started.elapsed() < Duration::from_secs(2),
+                            "request {i} took {:?}",
+                            started.elapsed()
+                        );
+                    }
+                    Err(e) if tolerate_failures => {
+                        let _ = e;
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    Err(e) => panic!("request {i}: {e}"),
+                }
+            });
+        }
+    });
+    answered.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_event_lost_during_a_database_outage_or_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    // The cluster runs as `postgres` when tests run as root: it must reach its directory.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pg_dir = dir.path().join("pg");
+    let mut cluster = Private(Some(
+        Cluster::ensure_running(&pg_dir, ClusterOptions { durable: false }).unwrap(),
+    ));
+    let url = cluster.get().database_url();
+    mailtally::store::create_database_if_missing(
+        &cluster.get().admin_url(),
+        Cluster::database_name(),
+    )
+    .await
+    .unwrap();
+    let mut server = Server::start(&url, &[]);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let seeded = seed(&client, 2, 3).await;
+    drop(client);
+    let copies: Vec<Uuid> = seeded.iter().flat_map(|m| m.copies.clone()).collect();
+    let addr = server.http;
+
+    // Outage: every request is still answered, at once.
+    cluster.get().stop().unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let answered = send(addr, &copies, 0..2000, 4, sent.clone(), false);
+    assert_eq!(answered, 2000);
+    cluster.restart(&pg_dir);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let count = "SELECT count(*) FROM events WHERE kind IN ('open', 'click')";
+    let n = wait_count(&client, count, 2000, Duration::from_secs(20)).await;
+    assert_eq!(
+        n,
+        2000,
+        "every event of the outage stored\n{}",
+        server.log_text()
+    );
+    let head: i64 = client
+        .query_one(
+            "SELECT count(*) FROM events WHERE method = 'HEAD' AND class = 'scanner'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(head, 200);
+    drop(client);
+
+    // Another outage, and a SIGTERM of mailtally in the middle of the traffic.
+    cluster.get().stop().unwrap();
+    let sent2 = Arc::new(AtomicUsize::new(0));
+    let answered2 = std::thread::scope(|s| {
+        let sender = {
+            let sent2 = sent2.clone();
+            let copies = &copies;
+            s.spawn(move || send(addr, copies, 2000..100_000, 4, sent2, true))
+        };
+        while sent2.load(Ordering::SeqCst) < 500 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let status = server.stop();
+        assert!(status.success(), "graceful stop: {status}");
+        sender.join().unwrap()
+    });
+    assert!(answered2 >= 500, "answered {answered2}");
+    cluster.restart(&pg_dir);
+    server.restart();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let want = 2000 + answered2 as i64;
+    let n = wait_count(&client, count, want, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n_after: i64 = client.query_one(count, &[]).await.unwrap().get(0);
+    // Every answered request is stored; at most the few in flight when the listener closed
+    // were stored without their answer reaching the client.
+    assert!(
+        n >= want,
+        "stored {n}, answered {want}\n{}",
+        server.log_text()
+    );
+    assert!(
+        n_after <= 2000 + sent2.load(Ordering::SeqCst) as i64,
+        "no duplicates"
+    );
+    let distinct: i64 = client
+        .query_one("SELECT count(DISTINCT id) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let all: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(distinct, all);
+    assert!(!server.log_text().contains("panicked"));
+    assert!(server.log_text().contains("replayed"));
+    drop(server);
+}
+
+/// The test's own cluster, stopped when the test ends, passed or not.
+struct Private(Option<Cluster>);
+
+impl Private {
+    fn get(&self) -> &Cluster {
+        self.0.as_ref().unwrap()
+    }
+
+    /// Starts the stopped cluster again (a new handle, so that it owns the server again).
+    fn restart(&mut self, dir: &std::path::Path) {
+        self.0 = None;
+        self.0 = Some(Cluster::ensure_running(dir, ClusterOptions { durable: false }).unwrap());
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            let _ = c.stop();
+        }
+    }
+}
