@@ -134,6 +134,7 @@ pub fn init() {
     LazyLock::force(&crate::deliver::METRICS);
     LazyLock::force(&crate::events::METRICS);
     LazyLock::force(&crate::track::METRICS);
+    LazyLock::force(&crate::notify::metrics::NOTIFY);
 }
 
 /// Refreshes the pool gauges from `pool`.

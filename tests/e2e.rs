@@ -17,7 +17,11 @@ const THUNDERBIRD: &str =
 
 fn corpus_html() -> Option<Vec<std::path::PathBuf>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/html");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).ok()?.flatten().map(|e| e.path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     files.sort();
     Some(files)
 }
@@ -25,7 +29,9 @@ fn corpus_html() -> Option<Vec<std::path::PathBuf>> {
 fn submit(server: &Server, from: &str, to: &[&str], message: &[u8]) {
     let mut c = Client::connect(server.smtp);
     c.cmd("EHLO e2e.test");
-    assert!(c.cmd(&format!("AUTH PLAIN {}", auth_plain(from, PASSWORD))).starts_with("235"));
+    assert!(c
+        .cmd(&format!("AUTH PLAIN {}", auth_plain(from, PASSWORD)))
+        .starts_with("235"));
     assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
     for r in to {
         assert!(c.cmd(&format!("RCPT TO:<{r}>")).starts_with("250"));
@@ -36,7 +42,10 @@ fn submit(server: &Server, from: &str, to: &[&str], message: &[u8]) {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().redirects(0).timeout(Duration::from_secs(10)).build()
+    ureq::AgentBuilder::new()
+        .redirects(0)
+        .timeout(Duration::from_secs(10))
+        .build()
 }
 
 /// Every tracked link of `copy`: (token, what it verifies to).
@@ -80,12 +89,19 @@ fn corpus_mail_through_the_relay_redirects_every_link_and_records_every_event() 
         )
         .into_bytes();
         message.extend_from_slice(&html);
-        submit(&server, "ann@example.com", &["a@example.net", "b@example.net"], &message);
+        submit(
+            &server,
+            "ann@example.com",
+            &["a@example.net", "b@example.net"],
+            &message,
+        );
     }
     let copies_expected = chosen.len() * 2;
     assert!(wait_until(Duration::from_secs(30), || {
-        common::smtp::db_i64(&db.url, "SELECT count(*) FROM copies WHERE status = 'delivered'")
-            == copies_expected as i64
+        common::smtp::db_i64(
+            &db.url,
+            "SELECT count(*) FROM copies WHERE status = 'delivered'",
+        ) == copies_expected as i64
     }));
 
     let http = agent();
@@ -110,7 +126,10 @@ fn corpus_mail_through_the_relay_redirects_every_link_and_records_every_event() 
             .unwrap()
             .into_string()
             .unwrap();
-        assert!(!raw.contains("X-Mailtally-"), "control headers never leave the relay");
+        assert!(
+            !raw.contains("X-Mailtally-"),
+            "control headers never leave the relay"
+        );
         // The pixel: a 1x1 fully transparent image.
         let pixel = raw
             .split(&format!("{public}/o/"))
@@ -148,7 +167,11 @@ fn corpus_mail_through_the_relay_redirects_every_link_and_records_every_event() 
                 .call()
                 .unwrap();
             assert_eq!(resp.status(), 302);
-            assert_eq!(resp.header("location"), Some(url.as_str()), "redirect is the signed URL");
+            assert_eq!(
+                resp.header("location"),
+                Some(url.as_str()),
+                "redirect is the signed URL"
+            );
             clicks += 1;
         }
     }
@@ -156,8 +179,10 @@ fn corpus_mail_through_the_relay_redirects_every_link_and_records_every_event() 
 
     // Every request became an event of the right copy, with the right link index.
     assert!(wait_until(Duration::from_secs(20), || {
-        common::smtp::db_i64(&db.url, "SELECT count(*) FROM events WHERE kind IN ('open', 'click')")
-            == (opens + clicks) as i64
+        common::smtp::db_i64(
+            &db.url,
+            "SELECT count(*) FROM events WHERE kind IN ('open', 'click')",
+        ) == (opens + clicks) as i64
     }));
     let mismatched = common::smtp::db_i64(
         &db.url,

@@ -41,24 +41,38 @@ const DELIVERY_LATENCY_BUCKETS: &[f64] = &[
     21600.0, 86400.0, 432000.0,
 ];
 
-pub static METRICS: LazyLock<DeliverMetrics> = LazyLock::new(|| DeliverMetrics {
-    attempts_total: metrics::counter_vec(
-        "delivery_attempts_total",
-        "delivery attempts by result (delivered, deferred, bounced)",
-        &["result"],
-    ),
-    latency_seconds: metrics::histogram_vec(
-        "delivery_latency_seconds",
-        "time from acceptance to delivery of a copy, by transport",
-        &["via"],
-        DELIVERY_LATENCY_BUCKETS,
-    ),
-    queue_depth: metrics::gauge_vec(
-        "queue_depth_copies",
-        "copies still to deliver, by status (queued, deferred, sending)",
-        &["status"],
-    ),
+pub static METRICS: LazyLock<DeliverMetrics> = LazyLock::new(|| {
+    let m = deliver_metrics();
+    // Listed at zero from the start, so that dashboards and alerts see every series.
+    for result in ["delivered", "deferred", "bounced"] {
+        m.attempts_total.with_label_values(&[result]);
+    }
+    for status in ["queued", "deferred", "sending"] {
+        m.queue_depth.with_label_values(&[status]);
+    }
+    m
 });
+
+fn deliver_metrics() -> DeliverMetrics {
+    DeliverMetrics {
+        attempts_total: metrics::counter_vec(
+            "delivery_attempts_total",
+            "delivery attempts by result (delivered, deferred, bounced)",
+            &["result"],
+        ),
+        latency_seconds: metrics::histogram_vec(
+            "delivery_latency_seconds",
+            "time from acceptance to delivery of a copy, by transport",
+            &["via"],
+            DELIVERY_LATENCY_BUCKETS,
+        ),
+        queue_depth: metrics::gauge_vec(
+            "queue_depth_copies",
+            "copies still to deliver, by status (queued, deferred, sending)",
+            &["status"],
+        ),
+    }
+}
 
 /// How long a claim is held. Longer than a batch can take (each send times out), so that a
 /// live worker never loses its copies; a dead node's copies are retried after it.
