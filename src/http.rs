@@ -54,7 +54,9 @@ fn route_group(path: &str) -> &'static str {
 /// Adds the routes of every stage to `cfg`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
-        .route("/metrics", web::get().to(metrics_page));
+        .route("/metrics", web::get().to(metrics_page))
+        .configure(crate::api::routes)
+        .configure(crate::insights::page::routes);
 }
 
 /// Binds `HTTP_LISTEN` and returns the running server (already listening).

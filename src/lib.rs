@@ -8,7 +8,8 @@
 //! The modules follow the flow of a message and of an event:
 //!
 //! - [`store`]: PostgreSQL, its migrations and the embedded default cluster;
-//! - [`api`]: accounts (users, teams, tokens) and the JSON API;
+//! - [`api`]: accounts (users, teams, tokens), visibility and the JSON API;
+//! - [`insights`]: the aggregation job, report queries and the Insights page;
 //! - [`http`]: the HTTP listener assembling the routes of the stages;
 //! - [`config`], [`metrics`], [`context`], [`serve`]: settings, the Prometheus registry, shared
 //!   state and the `serve` command.
@@ -17,6 +18,7 @@ pub mod api;
 pub mod config;
 pub mod context;
 pub mod http;
+pub mod insights;
 pub mod metrics;
 pub mod serve;
 pub mod store;

@@ -130,6 +130,7 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
 /// Registers every stage's metrics so that `/metrics` lists them before their first use.
 pub fn init() {
     LazyLock::force(&CORE);
+    crate::insights::metrics::init();
 }
 
 /// Refreshes the pool gauges from `pool`.

@@ -27,6 +27,9 @@ pub enum ServeError {
     Signals(std::io::Error),
 }
 
+/// How often `serve` folds new events into the rollups.
+const AGGREGATION_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Opens the database (starting the embedded cluster when no URL is set), applies pending
 /// migrations, and returns it with a pool.
 pub async fn open_store(
@@ -136,7 +139,13 @@ async fn run_with_store(
     tracing::info!(http = %settings.http_listen, public_url = %settings.public_url, "mailtally serving");
 
     let http_task = tokio::spawn(http);
+    let aggregation = tokio::spawn(crate::insights::aggregate::serve_loop(
+        ctx.pool.clone(),
+        AGGREGATION_EVERY,
+        shutdown.clone(),
+    ));
     shutdown.cancelled().await;
+    let _ = aggregation.await;
     http_handle.stop(true).await;
     match http_task.await {
         Ok(Ok(())) => {}
