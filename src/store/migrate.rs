@@ -9,6 +9,17 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio_postgres::Client;
 
+/// Embeds `sql/<name>` (paths relative to this file, so that the build follows the checkout).
+macro_rules! migration {
+    ($version:expr, $name:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../../sql/", $name)),
+        }
+    };
+}
+
 /// One numbered file of `sql/`.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
@@ -17,7 +28,11 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+/// Every file of `sql/`, in order. A test checks that this list and the directory agree.
+pub static MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001_init.sql"),
+    migration!(4, "0004_insights.sql"),
+];
 
 /// Arbitrary constant naming mailtally's migration lock among advisory locks.
 const LOCK_KEY: i64 = 0x6d61_696c_7461_6c6c; // "mailtall"
@@ -123,4 +138,27 @@ async fn apply_locked(
         applied.push(m.version);
     }
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_of_sql_is_listed_in_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/sql");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
+        assert_eq!(listed, files, "add each new sql/ file to MIGRATIONS");
+        for m in MIGRATIONS {
+            let number: i32 = m.name.split('_').next().unwrap().parse().unwrap();
+            assert_eq!(number, m.version, "{} has version {}", m.name, m.version);
+        }
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+    }
 }
