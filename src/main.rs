@@ -165,7 +165,7 @@ async fn aggregate(settings: Settings, batch_size: i64) -> anyhow::Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         let started = std::time::Instant::now();
-        let folded = aggregate::run_until_caught_up(&mut client, batch_size, |n| {
+        let folded = aggregate::run_until_caught_up(&mut client, batch_size, true, |n| {
             // Events written during the run make the total grow.
             if bar.position() + n > bar.length().unwrap_or(0) {
                 bar.set_length(bar.position() + n);

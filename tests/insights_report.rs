@@ -35,7 +35,10 @@ fn assert_rows(
     expected: &BTreeMap<String, Counts>,
     human: bool,
 ) {
-    let (status, body) = get(&server.url(&format!("/api/reports/templates?{query}")), Some(&user.token));
+    let (status, body) = get(
+        &server.url(&format!("/api/reports/templates?{query}")),
+        Some(&user.token),
+    );
     assert_eq!(status, 200, "{body}");
     let got = rows_by_template(&body);
     let want: BTreeMap<&String, &Counts> = expected.iter().filter(|(_, c)| c.sent > 0).collect();
@@ -111,7 +114,9 @@ async fn every_report_figure_matches_what_was_inserted() {
     let exp = expected_templates(&users, &msgs, 0, &|m| m.sender == 1);
     assert_rows(&server, ann, &q, &exp, true);
     let q = format!("team={}", users[2].team_id.unwrap());
-    let exp = expected_templates(&users, &msgs, 0, &|m| users[m.sender].team_id == users[2].team_id);
+    let exp = expected_templates(&users, &msgs, 0, &|m| {
+        users[m.sender].team_id == users[2].team_id
+    });
     assert_rows(&server, ann, &q, &exp, true);
     let exp = expected_templates(&users, &msgs, 0, &|m| m.deal.as_deref() == Some("deal-1"));
     assert_rows(&server, ann, "deal=deal-1&class=all", &exp, false);
@@ -144,11 +149,18 @@ async fn every_report_figure_matches_what_was_inserted() {
             .map(|l| {
                 (
                     l["url"].as_str().unwrap().to_string(),
-                    (l["clicks"].as_i64().unwrap(), l["human_clicks"].as_i64().unwrap()),
+                    (
+                        l["clicks"].as_i64().unwrap(),
+                        l["human_clicks"].as_i64().unwrap(),
+                    ),
                 )
             })
             .collect();
-        assert_eq!(links, expected_links(&users, &msgs, 0, key), "links of {key}");
+        assert_eq!(
+            links,
+            expected_links(&users, &msgs, 0, key),
+            "links of {key}"
+        );
         let client_opens: i64 = body["clients"]
             .as_array()
             .unwrap()
@@ -159,15 +171,26 @@ async fn every_report_figure_matches_what_was_inserted() {
     }
     let (status, body) = get(&server.url("/api/reports/templates/nope"), Some(&ann.token));
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
-    let (status, body) = get(&server.url("/api/reports/templates?from=yesterday"), Some(&ann.token));
+    let (status, body) = get(
+        &server.url("/api/reports/templates?from=yesterday"),
+        Some(&ann.token),
+    );
     assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
 
     // A message's timeline shows the classes the reports counted.
     let m = msgs
         .iter()
-        .find(|m| m.sender == 0 && m.copies.iter().any(|c| c.events.iter().any(|e| e.kind == "click")))
+        .find(|m| {
+            m.sender == 0
+                && m.copies
+                    .iter()
+                    .any(|c| c.events.iter().any(|e| e.kind == "click"))
+        })
         .expect("a message of ann with clicks");
-    let (status, body) = get(&server.url(&format!("/api/messages/{}", m.id)), Some(&ann.token));
+    let (status, body) = get(
+        &server.url(&format!("/api/messages/{}", m.id)),
+        Some(&ann.token),
+    );
     assert_eq!(status, 200, "{body}");
     for c in &m.copies {
         let got = body["copies"]
@@ -180,7 +203,10 @@ async fn every_report_figure_matches_what_was_inserted() {
         assert_eq!(timeline.len(), c.events.len());
         let classes = final_classes(c);
         for (e, class) in c.events.iter().zip(classes) {
-            let t = timeline.iter().find(|t| t["id"] == e.id.to_string()).unwrap();
+            let t = timeline
+                .iter()
+                .find(|t| t["id"] == e.id.to_string())
+                .unwrap();
             assert_eq!(t["class"].as_str(), class, "{t}");
             let icon = match e.kind {
                 "open" => Some("eye"),
@@ -193,7 +219,11 @@ async fn every_report_figure_matches_what_was_inserted() {
     }
 
     // The job's metrics are exported.
-    let metrics = ureq::get(&server.url("/metrics")).call().unwrap().into_string().unwrap();
+    let metrics = ureq::get(&server.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
     for name in [
         "mailtally_aggregation_lag_seconds",
         "mailtally_aggregation_lag_events",

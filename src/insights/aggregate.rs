@@ -243,10 +243,12 @@ pub async fn lag(client: &Client) -> Result<(i64, f64), InsightsError> {
 }
 
 /// Folds until nothing settled is left; `progress` is told the events folded after each batch.
-/// Returns the events folded. Stops early (Ok) when another node holds the watermark.
+/// Returns the events folded. When another node (or a killed run whose backend has not noticed
+/// yet) holds the watermark, `wait` says whether to wait for it or to stop there.
 pub async fn run_until_caught_up(
     client: &mut Client,
     limit: i64,
+    wait: bool,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, InsightsError> {
     let started = Instant::now();
@@ -257,7 +259,9 @@ pub async fn run_until_caught_up(
                 total += b.events;
                 progress(b.events);
             }
-            _ => break,
+            Some(_) => break,
+            None if wait => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            None => break,
         }
     }
     METRICS
@@ -279,7 +283,7 @@ pub async fn serve_loop(
     loop {
         let run = async {
             let mut client = pool.get().await?;
-            run_until_caught_up(&mut client, DEFAULT_BATCH, |_| {}).await
+            run_until_caught_up(&mut client, DEFAULT_BATCH, false, |_| {}).await
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,

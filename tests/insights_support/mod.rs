@@ -53,7 +53,9 @@ pub struct Msg {
 pub struct Rng(u64);
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407))
+        Rng(seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407))
     }
     pub fn next(&mut self, n: u64) -> u64 {
         self.0 = self
@@ -106,7 +108,10 @@ pub fn generate(seed: u64, senders: &[usize], messages: usize) -> Vec<Msg> {
             };
             if status == "delivered" {
                 for _ in 0..r.next(4) {
-                    let mut e = ev("open", delivered_at + Duration::seconds(r.next(86400) as i64));
+                    let mut e = ev(
+                        "open",
+                        delivered_at + Duration::seconds(r.next(86400) as i64),
+                    );
                     match r.next(6) {
                         0 => {
                             e.class = Some("proxy");
@@ -259,8 +264,16 @@ pub async fn insert(
                         "INSERT INTO events (id, occurred_at, message_id, copy_id, kind, link_idx,
                          class, reason, client, device) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
                         &[
-                            &e.id, &e.at, &m.id, &c.id, &e.kind, &e.link_idx, &e.class,
-                            &e.reason, &e.client, &e.device,
+                            &e.id,
+                            &e.at,
+                            &m.id,
+                            &c.id,
+                            &e.kind,
+                            &e.link_idx,
+                            &e.class,
+                            &e.reason,
+                            &e.client,
+                            &e.device,
                         ],
                     )
                     .await
@@ -475,7 +488,7 @@ pub async fn aggregate(db_url: &str, batch: i64) -> u64 {
         .await
         .unwrap();
     tokio::spawn(conn);
-    mailtally::insights::aggregate::run_until_caught_up(&mut client, batch, |_| {})
+    mailtally::insights::aggregate::run_until_caught_up(&mut client, batch, true, |_| {})
         .await
         .unwrap()
 }
