@@ -119,6 +119,9 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
         &[],
     )
     .await?;
+    // Temp tables have no statistics: without them the planner guesses a few rows and joins
+    // them with nested loops.
+    tx.batch_execute("ANALYZE fold_classified").await?;
     tx.batch_execute(
         "
         INSERT INTO fold_state
@@ -137,6 +140,7 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
                max(c.occurred_at)
         FROM fold_classified c JOIN messages m ON m.id = c.message_id
         GROUP BY c.copy_id, m.id;
+        ANALYZE fold_state;
 
         INSERT INTO fold_links
         SELECT c.copy_id, coalesce(l.url, '#' || c.link_idx::text, '#'),
@@ -154,6 +158,8 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
         JOIN fold_state s ON s.copy_id = c.copy_id
         WHERE c.kind = 'open'
         GROUP BY 1, 2, 3;
+        ANALYZE fold_links;
+        ANALYZE fold_clients;
         ",
     )
     .await?;
@@ -231,12 +237,16 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
 
 /// Events not folded yet (settled or not) and the age in seconds of the oldest of them.
 pub async fn lag(client: &Client) -> Result<(i64, f64), InsightsError> {
+    let mark = client
+        .query_one("SELECT txid, seq FROM insights_watermark WHERE id = 1", &[])
+        .await?;
+    let (txid, seq): (i64, i64) = (mark.get(0), mark.get(1));
+    // Parameters, not a join with the watermark row, so that the planner uses the fold index.
     let row = client
         .query_one(
-            "SELECT count(*), coalesce(extract(epoch FROM now() - min(e.occurred_at)), 0)::float8
-             FROM events e, insights_watermark w
-             WHERE w.id = 1 AND (e.txid, e.seq) > (w.txid, w.seq)",
-            &[],
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(occurred_at)), 0)::float8
+             FROM events WHERE (txid, seq) > ($1, $2)",
+            &[&txid, &seq],
         )
         .await?;
     Ok((row.get(0), row.get::<_, f64>(1).max(0.0)))
