@@ -2,12 +2,8 @@
 -- they may see of the team's messages), and an outbox of deliveries, one row per endpoint and
 -- event, so that a notification is sent at least once and recorded exactly once.
 
--- The inserting transaction of each event. Readers that follow the table (notifications) read
--- only events of transactions older than the oldest one still running, in (tx, seq) order:
--- such rows are final, so a cursor over them never skips a row that commits late, which a
--- cursor over `seq` alone would.
-ALTER TABLE events ADD COLUMN tx xid8 NOT NULL DEFAULT pg_current_xact_id();
-CREATE INDEX events_tx_idx ON events (tx, seq);
+-- The producer follows the events table with the same settled-transaction cursor as the
+-- aggregation job: events.txid (0004), in (txid, seq) order.
 
 CREATE TABLE webhook_endpoints (
     id               bigserial PRIMARY KEY,

@@ -58,7 +58,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(crate::notify::endpoints::routes)
         .configure(crate::notify::stream::routes)
         .configure(crate::deliver::capture::routes)
-        .configure(crate::track::routes);
+        .configure(crate::track::routes)
+        .configure(crate::api::routes)
+        .configure(crate::insights::page::routes);
 }
 
 /// Binds `HTTP_LISTEN` and returns the running server (already listening).

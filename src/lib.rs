@@ -15,7 +15,7 @@
 //! - [`events`]: the event type, the batch writer and the disk spool;
 //! - [`insights`]: classification, aggregation, reports and the Insights page;
 //! - [`notify`]: webhooks and the live event stream;
-//! - [`api`]: accounts (users, teams, tokens) and the JSON API;
+//! - [`api`]: accounts (users, teams, tokens), visibility and the JSON API;
 //! - [`store`]: PostgreSQL, its migrations and the embedded default cluster;
 //! - [`http`]: the HTTP listener assembling the routes of the stages;
 //! - [`config`], [`metrics`], [`context`], [`serve`]: settings, the Prometheus registry, shared

@@ -32,6 +32,9 @@ enum Command {
     /// Apply pending migrations and exit.
     #[command(after_long_help = Settings::help_table())]
     Migrate,
+    /// Fold new events into the Insights rollups until caught up, with a progress bar.
+    #[command(after_long_help = Settings::help_table())]
+    Aggregate(AggregateArgs),
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
@@ -48,6 +51,14 @@ struct RewriteArgs {
     /// Template key to use instead of X-Mailtally-Template or the subject.
     #[arg(long)]
     template: Option<String>,
+}
+
+#[derive(Args)]
+struct AggregateArgs {
+    /// Events folded per transaction (smaller: shorter locks and finer progress).
+    #[arg(long, default_value_t = mailtally::insights::aggregate::DEFAULT_BATCH,
+          value_parser = clap::value_parser!(i64).range(1..=10_000_000))]
+    batch_size: i64,
 }
 
 #[derive(Subcommand)]
@@ -145,6 +156,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 .context("cannot write the copy")?;
             Ok(())
         }
+        Command::Aggregate(args) => aggregate(settings, args.batch_size).await,
         Command::User(UserCommand::Add(args)) => {
             let mut password = String::new();
             std::io::stdin()
@@ -185,4 +197,41 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `mailtally aggregate`: catches up with a progress bar sized by the events pending at start.
+async fn aggregate(settings: Settings, batch_size: i64) -> anyhow::Result<()> {
+    use mailtally::insights::aggregate;
+    mailtally::metrics::init();
+    let (db, pool) = mailtally::serve::open_store(&settings).await?;
+    let result = async {
+        let mut client = pool.get().await.context("cannot connect to the database")?;
+        let (pending, _) = aggregate::lag(&client).await?;
+        let bar = indicatif::ProgressBar::new(pending.max(0) as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{wide_bar}] {human_pos}/{human_len} events ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let started = std::time::Instant::now();
+        let folded = aggregate::run_until_caught_up(&mut client, batch_size, true, |n| {
+            // Events written during the run make the total grow.
+            if bar.position() + n > bar.length().unwrap_or(0) {
+                bar.set_length(bar.position() + n);
+            }
+            bar.inc(n);
+        })
+        .await?;
+        bar.finish_and_clear();
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "folded {folded} events in {secs:.2} s ({:.0} events/s)",
+            folded as f64 / secs.max(1e-9)
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    db.close();
+    result
 }

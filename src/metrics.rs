@@ -135,6 +135,7 @@ pub fn init() {
     LazyLock::force(&crate::events::METRICS);
     LazyLock::force(&crate::track::METRICS);
     LazyLock::force(&crate::notify::metrics::NOTIFY);
+    crate::insights::metrics::init();
 }
 
 /// Refreshes the pool gauges from `pool`.

@@ -40,6 +40,9 @@ pub enum ServeError {
     Track(#[from] crate::track::TrackError),
 }
 
+/// How often `serve` folds new events into the rollups.
+const AGGREGATION_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Opens the database (starting the embedded cluster when no URL is set), applies pending
 /// migrations, and returns it with a pool.
 pub async fn open_store(
@@ -190,10 +193,16 @@ async fn serve_http(
     tracing::info!(http = %settings.http_listen, public_url = %settings.public_url, "mailtally serving");
 
     let http_task = tokio::spawn(http);
+    let aggregation = tokio::spawn(crate::insights::aggregate::serve_loop(
+        ctx.pool.clone(),
+        AGGREGATION_EVERY,
+        shutdown.clone(),
+    ));
     shutdown.cancelled().await;
     // Sessions first (their in-flight DATA commits finish), then workers after their attempt.
     relay.stopped().await;
     deliver.stopped().await;
+    let _ = aggregation.await;
     http_handle.stop(true).await;
     match http_task.await {
         Ok(Ok(())) => {}

@@ -50,7 +50,12 @@ fn every_metric_the_dashboards_use_exists_after_a_run_and_promtool_accepts_them(
     let mut c = Client::connect(server.smtp);
     c.cmd("EHLO metrics.test");
     assert!(c.cmd("MAIL FROM:<ann@example.com>").starts_with("530"));
-    assert!(c.cmd(&format!("AUTH PLAIN {}", auth_plain("ann@example.com", PASSWORD))).starts_with("235"));
+    assert!(c
+        .cmd(&format!(
+            "AUTH PLAIN {}",
+            auth_plain("ann@example.com", PASSWORD)
+        ))
+        .starts_with("235"));
     c.cmd("MAIL FROM:<ann@example.com>");
     c.cmd("RCPT TO:<bob@example.net>");
     let reply = c.data(
@@ -67,7 +72,10 @@ fn every_metric_the_dashboards_use_exists_after_a_run_and_promtool_accepts_them(
         .unwrap();
     assert!(hook["id"].is_number());
     assert!(wait_until(Duration::from_secs(20), || {
-        db_i64(&db.url, "SELECT count(*) FROM copies WHERE status = 'delivered'") == 1
+        db_i64(
+            &db.url,
+            "SELECT count(*) FROM copies WHERE status = 'delivered'",
+        ) == 1
     }));
     let raw: serde_json::Value = ureq::get(&server.url("/api/captured"))
         .set("authorization", &format!("Bearer {token}"))
@@ -90,16 +98,26 @@ fn every_metric_the_dashboards_use_exists_after_a_run_and_promtool_accepts_them(
             .and_then(|r| r.split('"').next())
             .unwrap();
         let agent = ureq::AgentBuilder::new().redirects(0).build();
-        let _ = agent.get(&format!("{public}{prefix}{token}")).set("user-agent", "Thunderbird/128.0").call();
+        let _ = agent
+            .get(&format!("{public}{prefix}{token}"))
+            .set("user-agent", "Thunderbird/128.0")
+            .call();
     }
     let _ = ureq::get(&format!("{public}/o/not-a-token")).call();
     assert!(wait_until(Duration::from_secs(15), || {
-        db_i64(&db.url, "SELECT count(*) FROM events WHERE kind IN ('open', 'click')") == 2
+        db_i64(
+            &db.url,
+            "SELECT count(*) FROM events WHERE kind IN ('open', 'click')",
+        ) == 2
     }));
     // Give the aggregation job and the webhook dispatcher a round.
     std::thread::sleep(Duration::from_secs(3));
 
-    let metrics = ureq::get(&server.url("/metrics")).call().unwrap().into_string().unwrap();
+    let metrics = ureq::get(&server.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
     let mut check = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -152,5 +170,9 @@ fn every_metric_the_dashboards_use_exists_after_a_run_and_promtool_accepts_them(
         .arg(dir.join("alerts.yml"))
         .output()
         .unwrap();
-    assert!(rules.status.success(), "{}", String::from_utf8_lossy(&rules.stdout));
+    assert!(
+        rules.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rules.stdout)
+    );
 }

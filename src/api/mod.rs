@@ -1,6 +1,53 @@
-//! The JSON API and the accounts behind it: users, teams, API tokens, password checks.
+//! The JSON API and the accounts behind it: users, teams, API tokens, password checks,
+//! visibility, reports and messages.
 //!
-//! Owns who a caller is. It must never hand out tracking data without the visibility rules,
-//! and never store a password or token in a form that can be read back.
+//! Owns who a caller is and what they may see. It must never hand out tracking data without the
+//! visibility rule of [`visibility`], never tell a caller that something they may not see exists
+//! (404, not 403), and never store a password or token in a form that can be read back.
 
 pub mod accounts;
+pub mod auth;
+pub mod errors;
+pub mod messages;
+pub mod reports;
+pub mod users;
+pub mod visibility;
+
+use actix_web::{web, HttpResponse};
+
+/// The OpenAPI 3 description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
+async fn not_found() -> Result<HttpResponse, errors::ApiError> {
+    Err(errors::ApiError::NotFound("resource"))
+}
+
+/// Adds the `/api` routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api")
+            .app_data(errors::json_config())
+            .app_data(errors::query_config())
+            .app_data(errors::path_config())
+            .route("/openapi.json", web::get().to(openapi))
+            .route("/me", web::get().to(users::me))
+            .route("/users", web::post().to(users::create_user))
+            .route("/tokens", web::post().to(users::create_token))
+            .route("/reports/templates", web::get().to(reports::templates))
+            .route("/reports/templates/{key}", web::get().to(reports::template))
+            .route("/messages", web::get().to(messages::list_handler))
+            .route("/messages/{id}", web::get().to(messages::get_handler))
+            .route("/messages/{id}", web::delete().to(messages::delete_handler))
+            .route(
+                "/messages/{id}/archive",
+                web::post().to(messages::archive_handler),
+            )
+            .default_service(web::to(not_found)),
+    );
+}

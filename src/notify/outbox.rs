@@ -1,7 +1,7 @@
 //! The outbox producer: follows the events table and writes one outbox row per (endpoint, event,
 //! type) that an endpoint subscribed to and its owner may see, and tells the live stream.
 //!
-//! It reads events in (tx, seq) order, only from transactions older than the oldest one still
+//! It reads events in (txid, seq) order, only from transactions older than the oldest one still
 //! running: those rows are final, so the cursor never passes a row that commits later. The
 //! cursor and the rows it produced move in one transaction under a row lock, so two nodes never
 //! produce the same notification twice (and the outbox's unique key would refuse it anyway).
@@ -80,7 +80,7 @@ LEFT JOIN links l ON l.message_id = e.message_id AND l.idx = e.link_idx
 CROSS JOIN LATERAL (VALUES (e.kind), (CASE WHEN e.kind = 'open' THEN 'open.first' END)) AS t(event_type)
 JOIN webhook_endpoints w ON w.disabled_at IS NULL AND t.event_type = ANY (w.event_types)
 JOIN users o ON o.id = w.owner_id AND o.disabled_at IS NULL
-WHERE (e.tx, e.seq) > ($1::text::xid8, $2) AND (e.tx, e.seq) <= ($3::text::xid8, $4)
+WHERE (e.txid, e.seq) > ($1, $2) AND (e.txid, e.seq) <= ($3, $4)
   AND e.kind IN ('delivered', 'deferred', 'bounced', 'open', 'click')
   AND t.event_type IS NOT NULL
   AND ENDPOINT_SEES_MESSAGE
@@ -105,7 +105,7 @@ SELECT pg_notify($5, json_build_object(
 FROM events e
 JOIN messages m ON m.id = e.message_id
 JOIN copies c ON c.id = e.copy_id
-WHERE (e.tx, e.seq) > ($1::text::xid8, $2) AND (e.tx, e.seq) <= ($3::text::xid8, $4)
+WHERE (e.txid, e.seq) > ($1, $2) AND (e.txid, e.seq) <= ($3, $4)
   AND e.kind IN ('delivered', 'deferred', 'bounced', 'open', 'click', 'reply')";
 
 /// One producer step; returns how many events it read.
@@ -121,11 +121,11 @@ pub async fn produce(ctx: &Context) -> Result<usize, OutboxError> {
     let (last_tx, last_seq): (i64, i64) = (mark.get(0), mark.get(1));
     let rows = tx
         .query(
-            "SELECT tx::text::bigint, seq FROM events
-             WHERE (tx, seq) > ($1::text::xid8, $2)
-               AND tx < pg_snapshot_xmin(pg_current_snapshot())
-             ORDER BY tx, seq LIMIT $3",
-            &[&last_tx.to_string(), &last_seq, &BATCH],
+            "SELECT txid, seq FROM events
+             WHERE (txid, seq) > ($1, $2)
+               AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+             ORDER BY txid, seq LIMIT $3",
+            &[&last_tx, &last_seq, &BATCH],
         )
         .await?;
     let Some(end) = rows.last() else {
@@ -136,13 +136,12 @@ pub async fn produce(ctx: &Context) -> Result<usize, OutboxError> {
     let (end_tx, end_seq): (i64, i64) = (end.get(0), end.get(1));
     let hold = ctx.settings.webhook_click_hold.as_secs_f64();
     let sql = PRODUCE_SQL.replace("ENDPOINT_SEES_MESSAGE", ENDPOINT_SEES_MESSAGE);
-    let (last_tx_s, end_tx_s) = (last_tx.to_string(), end_tx.to_string());
     let queued = tx
-        .query(&sql, &[&last_tx_s, &last_seq, &end_tx_s, &end_seq, &hold])
+        .query(&sql, &[&last_tx, &last_seq, &end_tx, &end_seq, &hold])
         .await?;
     tx.execute(
         STREAM_SQL,
-        &[&last_tx_s, &last_seq, &end_tx_s, &end_seq, &CHANNEL],
+        &[&last_tx, &last_seq, &end_tx, &end_seq, &CHANNEL],
     )
     .await?;
     tx.execute(

@@ -32,6 +32,7 @@ pub struct Migration {
 pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_init.sql"),
     migration!(2, "0002_delivery_leases.sql"),
+    migration!(4, "0004_insights.sql"),
     migration!(6, "0006_copies_delivered_idx.sql"),
     migration!(10, "0010_notify.sql"),
 ];

@@ -1,0 +1,95 @@
+//! API errors: a stable `error` code and a human message, as JSON, with the matching status.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("a valid API token is required (Authorization: Bearer ...)")]
+    Unauthorized,
+    #[error("only administrators may do this")]
+    Forbidden,
+    /// Also what a caller gets for something they may not see: its existence is not revealed.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the database is unavailable")]
+    Unavailable(#[from] deadpool_postgres::PoolError),
+    #[error("internal error")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("internal error")]
+    Insights(#[from] crate::insights::InsightsError),
+    #[error("internal error")]
+    Account(crate::api::accounts::AccountError),
+}
+
+impl From<crate::api::accounts::AccountError> for ApiError {
+    fn from(e: crate::api::accounts::AccountError) -> Self {
+        use crate::api::accounts::AccountError as A;
+        match e {
+            A::BadEmail(_) | A::WeakPassword => ApiError::BadRequest(e.to_string()),
+            A::Exists(_) => ApiError::Conflict(e.to_string()),
+            other => ApiError::Account(other),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Db(_) | ApiError::Insights(_) | ApiError::Account(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if self.status_code().is_server_error() {
+            tracing::error!(error = ?self, "API request failed");
+        }
+        let mut resp = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized) {
+            resp.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        resp.json(serde_json::json!({"error": self.code(), "message": self.to_string()}))
+    }
+}
+
+/// Turns actix's own extractor failures (bad JSON, bad query string) into our error shape.
+pub fn json_config() -> actix_web::web::JsonConfig {
+    actix_web::web::JsonConfig::default()
+        .limit(64 * 1024)
+        .error_handler(|e, _| ApiError::BadRequest(e.to_string()).into())
+}
+
+pub fn query_config() -> actix_web::web::QueryConfig {
+    actix_web::web::QueryConfig::default()
+        .error_handler(|e, _| ApiError::BadRequest(e.to_string()).into())
+}
+
+pub fn path_config() -> actix_web::web::PathConfig {
+    actix_web::web::PathConfig::default()
+        .error_handler(|_, _| ApiError::NotFound("resource").into())
+}

@@ -1,0 +1,92 @@
+//! `POST /api/users` (admins: create a user, answer with their first token), `POST /api/tokens`
+//! (another token for the caller) and `GET /api/me`.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+use super::accounts::{self, Role};
+use super::auth::Caller;
+use super::errors::ApiError;
+use crate::context::Context;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUserBody {
+    pub email: String,
+    /// For SMTP AUTH; a random one when absent (the user then submits from trusted networks or
+    /// gets a password later).
+    pub password: Option<String>,
+    pub team: Option<String>,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+pub async fn create_user(
+    ctx: web::Data<Context>,
+    caller: Caller,
+    body: web::Json<NewUserBody>,
+) -> Result<HttpResponse, ApiError> {
+    if caller.0.role != Role::Admin {
+        return Err(ApiError::Forbidden);
+    }
+    let body = body.into_inner();
+    let password = body
+        .password
+        .unwrap_or_else(|| accounts::new_api_token()[3..27].to_string());
+    let role = if body.admin {
+        Role::Admin
+    } else {
+        Role::Member
+    };
+    let mut client = ctx.pool.get().await?;
+    let team = body
+        .team
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let new = accounts::add_user(&mut client, &body.email, &password, team, role).await?;
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "id": new.user.id,
+        "email": new.user.email,
+        "team_id": new.user.team_id,
+        "role": new.user.role.as_str(),
+        "token": new.api_token,
+    })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTokenBody {
+    pub label: Option<String>,
+}
+
+pub async fn create_token(
+    ctx: web::Data<Context>,
+    caller: Caller,
+    body: Option<web::Json<NewTokenBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let label: String = body
+        .and_then(|b| b.into_inner().label)
+        .unwrap_or_default()
+        .chars()
+        .take(100)
+        .collect();
+    let token = accounts::new_api_token();
+    let client = ctx.pool.get().await?;
+    let id: i64 = client
+        .query_one(
+            "INSERT INTO api_tokens (user_id, token_hash, label) VALUES ($1, $2, $3) RETURNING id",
+            &[&caller.0.id, &accounts::token_hash(&token), &label],
+        )
+        .await?
+        .get(0);
+    Ok(HttpResponse::Created().json(serde_json::json!({"id": id, "label": label, "token": token})))
+}
+
+pub async fn me(caller: Caller) -> HttpResponse {
+    let u = caller.0;
+    HttpResponse::Ok().json(serde_json::json!({
+        "id": u.id, "email": u.email, "team_id": u.team_id, "role": u.role.as_str(),
+        "default_visibility": u.default_visibility,
+    }))
+}

@@ -1,0 +1,62 @@
+//! THE visibility rule, written once as SQL. Every query that can reach tracking data (messages,
+//! copies, events, per-copy state, rollups) puts [`visible`] in its WHERE clause.
+//!
+//! - `private`: only the sender sees the message, its events and its share of every report;
+//! - `team`: the sender's team (the team the message was sent under) sees it too;
+//! - `shared`: every user sees it.
+//!
+//! Admins get nothing more: they manage users and settings, not other people's mail.
+
+use tokio_postgres::types::ToSql;
+
+use super::accounts::User;
+
+/// Who is looking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Viewer {
+    pub user_id: i64,
+    pub team_id: Option<i64>,
+}
+
+impl From<&User> for Viewer {
+    fn from(u: &User) -> Self {
+        Viewer {
+            user_id: u.id,
+            team_id: u.team_id,
+        }
+    }
+}
+
+/// Positional parameters collected while a query is assembled, so that every user-given value
+/// travels as a parameter and never as SQL text.
+#[derive(Default)]
+pub struct Params {
+    values: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Params {
+    /// Adds a value and returns its placeholder (`$n`).
+    pub fn push<T: ToSql + Sync + Send + 'static>(&mut self, value: T) -> String {
+        self.values.push(Box::new(value));
+        format!("${}", self.values.len())
+    }
+
+    pub fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.values
+            .iter()
+            .map(|v| v.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+/// The condition under which `viewer` sees the row `alias`, which has the columns `sender_id`,
+/// `team_id` and `visibility` (messages, insights_copy_state and every rollup). A viewer without
+/// a team matches no team (NULL compares false; rollups store 0 for "no team", never a team id).
+pub fn visible(alias: &str, viewer: Viewer, params: &mut Params) -> String {
+    let user = params.push(viewer.user_id);
+    let team = params.push(viewer.team_id);
+    format!(
+        "({alias}.visibility = 'shared' OR {alias}.sender_id = {user}
+          OR ({alias}.visibility = 'team' AND {alias}.team_id = {team}))"
+    )
+}

@@ -1,0 +1,81 @@
+//! Classification that needs hindsight: what one event cannot tell at ingest, the copy's other
+//! events can. Written once as SQL and used both by the aggregation job and by the message
+//! timeline, so that a timeline always shows the class the reports counted.
+//!
+//! Rules (on top of the ingest class; only events the ingest called `human` or `proxy` change):
+//! - sweep: a click belonging to a run of [`SWEEP_CLICKS`] or more clicks of the same copy within
+//!   [`SWEEP_SECONDS`] seconds is `scanner` (link checkers follow every link at once);
+//! - prefetch: an open or click whose ingest reason starts with [`DELIVERY_UNKNOWN_REASON`] (the
+//!   tracker did not know the delivery time) and that happened within [`PREFETCH_SECONDS`] of the
+//!   copy's `delivered` event is `prefetch`.
+//!
+//! Human = `human` + `proxy`, as in DESIGN.md.
+
+/// A run of this many clicks of one copy...
+pub const SWEEP_CLICKS: i64 = 3;
+/// ...within this many seconds is a scanner's sweep.
+pub const SWEEP_SECONDS: i64 = 5;
+/// An open or click this close to delivery (either side) is a prefetch when the ingest could
+/// not tell.
+pub const PREFETCH_SECONDS: i64 = 10;
+/// The ingest reason prefix meaning "the copy's delivery time was unknown at ingest".
+pub const DELIVERY_UNKNOWN_REASON: &str = "delivery_time_unknown";
+
+/// SQL yielding every event of the copies listed by `copies_sql` (a query returning `copy_id`),
+/// with `final_class` and `final_reason` after hindsight. Columns: id, copy_id, message_id, kind,
+/// occurred_at, link_idx, client, device, os, seq, final_class, final_reason.
+pub fn classified_events_sql(copies_sql: &str) -> String {
+    format!(
+        "WITH ev AS (
+            SELECT e.id, e.copy_id, e.message_id, e.kind, e.occurred_at, e.link_idx, e.class,
+                   e.reason, e.client, e.device, e.os, e.seq,
+                   min(e.occurred_at) FILTER (WHERE e.kind = 'delivered')
+                       OVER (PARTITION BY e.copy_id) AS delivered_at
+            FROM events e
+            WHERE e.copy_id IN ({copies_sql})
+         ), runs AS (
+            SELECT id, copy_id, occurred_at,
+                   count(*) OVER w AS n_ahead, max(occurred_at) OVER w AS ahead_end
+            FROM ev WHERE kind = 'click'
+            WINDOW w AS (PARTITION BY copy_id ORDER BY occurred_at
+                         RANGE BETWEEN CURRENT ROW AND interval '{SWEEP_SECONDS} seconds' FOLLOWING)
+         ), sweeps AS (
+            -- a click is in a sweep when some earlier-or-equal click starts a dense run that
+            -- reaches it
+            SELECT id, occurred_at,
+                   max(CASE WHEN n_ahead >= {SWEEP_CLICKS} THEN ahead_end END)
+                       OVER (PARTITION BY copy_id ORDER BY occurred_at
+                             RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sweep_until
+            FROM runs
+         )
+         SELECT ev.id, ev.copy_id, ev.message_id, ev.kind, ev.occurred_at, ev.link_idx,
+                ev.client, ev.device, ev.os, ev.seq,
+                CASE
+                  WHEN ev.kind NOT IN ('open', 'click') THEN NULL
+                  WHEN coalesce(ev.class, 'human') NOT IN ('human', 'proxy') THEN ev.class
+                  WHEN s.sweep_until >= ev.occurred_at THEN 'scanner'
+                  WHEN ev.reason LIKE '{DELIVERY_UNKNOWN_REASON}%'
+                       AND ev.occurred_at BETWEEN ev.delivered_at - interval '{PREFETCH_SECONDS} seconds'
+                                              AND ev.delivered_at + interval '{PREFETCH_SECONDS} seconds'
+                    THEN 'prefetch'
+                  ELSE coalesce(ev.class, 'human')
+                END AS final_class,
+                CASE
+                  WHEN ev.kind NOT IN ('open', 'click') THEN ev.reason
+                  WHEN coalesce(ev.class, 'human') NOT IN ('human', 'proxy') THEN ev.reason
+                  WHEN s.sweep_until >= ev.occurred_at
+                    THEN 'sweep: {SWEEP_CLICKS} or more clicks within {SWEEP_SECONDS} s'
+                  WHEN ev.reason LIKE '{DELIVERY_UNKNOWN_REASON}%'
+                       AND ev.occurred_at BETWEEN ev.delivered_at - interval '{PREFETCH_SECONDS} seconds'
+                                              AND ev.delivered_at + interval '{PREFETCH_SECONDS} seconds'
+                    THEN 'within {PREFETCH_SECONDS} s of delivery'
+                  ELSE ev.reason
+                END AS final_reason
+         FROM ev LEFT JOIN sweeps s ON s.id = ev.id AND s.occurred_at = ev.occurred_at"
+    )
+}
+
+/// SQL condition on a class column: true for the classes that count as a person.
+pub fn is_human_sql(class_column: &str) -> String {
+    format!("{class_column} IN ('human', 'proxy')")
+}

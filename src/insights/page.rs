@@ -1,0 +1,515 @@
+//! The Insights page at `/insights`: server-rendered HTML, no script, no external asset.
+//! Signing in posts an API token that is kept in an HttpOnly, SameSite=Strict cookie.
+//! Everything user-controlled goes through [`esc`].
+
+use std::fmt::Write;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::chart::{self, Point};
+use super::report::{self, ClassFilter, ReportFilter};
+use crate::api::accounts::User;
+use crate::api::auth::{cookie, user_for_token, COOKIE};
+use crate::api::errors::ApiError;
+use crate::api::messages::{self, ListQuery};
+use crate::api::visibility::Viewer;
+use crate::context::Context;
+
+#[derive(Debug, Error)]
+pub enum PageError {
+    #[error("not found")]
+    NotFound,
+    #[error("the service is unavailable")]
+    Api(#[from] ApiError),
+}
+
+impl From<deadpool_postgres::PoolError> for PageError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        PageError::Api(e.into())
+    }
+}
+
+impl From<super::InsightsError> for PageError {
+    fn from(e: super::InsightsError) -> Self {
+        PageError::Api(e.into())
+    }
+}
+
+impl ResponseError for PageError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            PageError::NotFound => StatusCode::NOT_FOUND,
+            PageError::Api(e) => e.status_code(),
+        }
+    }
+    fn error_response(&self) -> HttpResponse {
+        if self.status_code().is_server_error() {
+            tracing::error!(error = ?self, "Insights page failed");
+        }
+        html(
+            self.status_code(),
+            &layout(
+                "Insights",
+                None,
+                &format!(
+                    "<h1>{}</h1><p><a href=\"/insights\">Back to templates</a></p>",
+                    esc(&self.to_string())
+                ),
+            ),
+        )
+    }
+}
+
+/// HTML-escapes text for element content and quoted attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Percent-encodes a path segment or query value.
+pub fn url_part(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+const EYE: &str = r##"<svg class="icon eye" width="18" height="18" viewBox="0 0 24 24" aria-label="open" role="img"><title>open</title><path d="M1 12s4-7 11-7 11 7 11 7-4 7-11 7S1 12 1 12z" fill="none" stroke="currentColor" stroke-width="2"/><circle cx="12" cy="12" r="3" fill="currentColor"/></svg>"##;
+const CURSOR: &str = r##"<svg class="icon cursor" width="18" height="18" viewBox="0 0 24 24" aria-label="click" role="img"><title>click</title><path d="M4 2l7 19 2.5-7.5L21 11z" fill="currentColor"/></svg>"##;
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem}th,td{padding:.3rem .6rem;border-bottom:1px solid #ddd;text-align:right}
+th:first-child,td:first-child{text-align:left}td.l,th.l{text-align:left}
+.machine{color:#999}.machine .icon{opacity:.5}.human .icon{color:#2b6cb0}
+nav a{margin-right:1rem}.switch a.on{font-weight:bold;text-decoration:none;color:#222}.err{color:#b00}";
+
+fn layout(title: &str, user: Option<&User>, body: &str) -> String {
+    let who = match user {
+        Some(u) => format!(
+            "<nav><a href=\"/insights\">Templates</a><span>{}</span> \
+             <form method=\"post\" action=\"/insights/logout\" style=\"display:inline\">\
+             <button type=\"submit\">Sign out</button></form></nav>",
+            esc(&u.email)
+        ),
+        None => String::new(),
+    };
+    format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} - mailtally Insights</title><style>{STYLE}</style></head>\
+         <body>{who}{body}</body></html>",
+        esc(title)
+    )
+}
+
+fn html(status: StatusCode, body: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'",
+        ))
+        .insert_header(("X-Frame-Options", "DENY"))
+        .body(body.to_string())
+}
+
+fn sign_in_form(error: Option<&str>) -> String {
+    let err = error
+        .map(|e| format!("<p class=\"err\">{}</p>", esc(e)))
+        .unwrap_or_default();
+    format!(
+        "<h1>mailtally Insights</h1>{err}<form method=\"post\" action=\"/insights/login\">\
+         <label>API token <input type=\"password\" name=\"token\" id=\"token\" autocomplete=\"off\" required></label> \
+         <button type=\"submit\" id=\"sign-in\">Sign in</button></form>"
+    )
+}
+
+async fn signed_in(ctx: &Context, req: &HttpRequest) -> Result<Option<User>, PageError> {
+    match cookie(req, COOKIE) {
+        Some(token) => Ok(user_for_token(ctx, &token).await?),
+        None => Ok(None),
+    }
+}
+
+fn to_sign_in() -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header(("Location", "/insights"))
+        .finish()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ClassQuery {
+    pub class: Option<String>,
+}
+
+fn class_of(q: &ClassQuery) -> ClassFilter {
+    match q.class.as_deref() {
+        Some("all") => ClassFilter::All,
+        _ => ClassFilter::Human,
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|r| format!("{:.1}%", r * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn switch(base: &str, class: ClassFilter) -> String {
+    let (h, a) = match class {
+        ClassFilter::Human => ("on", ""),
+        ClassFilter::All => ("", "on"),
+    };
+    format!(
+        "<p class=\"switch\">Count: <a class=\"{h}\" id=\"class-human\" href=\"{base}?class=human\">people only</a> \
+         <a class=\"{a}\" id=\"class-all\" href=\"{base}?class=all\">all events</a></p>"
+    )
+}
+
+/// The figures' header and cells, in the order of the templates table.
+const FIGURE_HEADERS: &str = "<th>Sent</th><th>Delivered</th><th>Bounced</th><th>Opens</th>\
+    <th>Unique opens</th><th>Human unique opens</th><th>Clicks</th><th>Unique clicks</th>\
+    <th>Human unique clicks</th><th>Open rate</th><th>Click rate</th><th>Click-to-open</th>\
+    <th>Bounce rate</th>";
+
+fn figure_cells(f: &report::Figures, class: ClassFilter) -> String {
+    // With "people only" the opens and clicks columns show human figures too.
+    let (opens, uopens, clicks, uclicks) = match class {
+        ClassFilter::Human => (
+            f.human_opens,
+            f.human_unique_opens,
+            f.human_clicks,
+            f.human_unique_clicks,
+        ),
+        ClassFilter::All => (f.opens, f.unique_opens, f.clicks, f.unique_clicks),
+    };
+    format!(
+        "<td class=\"sent\">{}</td><td class=\"delivered\">{}</td><td class=\"bounced\">{}</td>\
+         <td class=\"opens\">{opens}</td><td class=\"unique-opens\">{uopens}</td>\
+         <td class=\"human-unique-opens\">{}</td><td class=\"clicks\">{clicks}</td>\
+         <td class=\"unique-clicks\">{uclicks}</td><td class=\"human-unique-clicks\">{}</td>\
+         <td class=\"open-rate\">{}</td><td class=\"click-rate\">{}</td>\
+         <td class=\"click-to-open\">{}</td><td class=\"bounce-rate\">{}</td>",
+        f.sent,
+        f.delivered,
+        f.bounced,
+        f.human_unique_opens,
+        f.human_unique_clicks,
+        pct(f.open_rate),
+        pct(f.click_rate),
+        pct(f.click_to_open),
+        pct(f.bounce_rate),
+    )
+}
+
+pub async fn index(
+    ctx: web::Data<Context>,
+    req: HttpRequest,
+    q: web::Query<ClassQuery>,
+) -> Result<HttpResponse, PageError> {
+    let Some(user) = signed_in(&ctx, &req).await? else {
+        return Ok(html(
+            StatusCode::OK,
+            &layout("Sign in", None, &sign_in_form(None)),
+        ));
+    };
+    let class = class_of(&q);
+    let filter = ReportFilter {
+        class,
+        ..ReportFilter::default()
+    };
+    let client = ctx.pool.get().await?;
+    let rows = report::templates(&**client, Viewer::from(&user), &filter).await?;
+    let mut body = format!("<h1>Templates</h1>{}", switch("/insights", class));
+    let _ = write!(
+        body,
+        "<table id=\"templates\"><thead><tr><th>Template</th>{FIGURE_HEADERS}</tr></thead><tbody>"
+    );
+    for r in &rows {
+        let _ = write!(
+            body,
+            "<tr data-template=\"{k}\"><td><a href=\"/insights/templates/{u}?class={c}\">{k}</a></td>{}</tr>",
+            figure_cells(&r.figures, class),
+            k = esc(&r.template),
+            u = url_part(&r.template),
+            c = class_name(class),
+        );
+    }
+    if rows.is_empty() {
+        body.push_str("<tr><td colspan=\"14\">Nothing sent yet.</td></tr>");
+    }
+    body.push_str("</tbody></table>");
+    Ok(html(
+        StatusCode::OK,
+        &layout("Templates", Some(&user), &body),
+    ))
+}
+
+fn class_name(c: ClassFilter) -> &'static str {
+    match c {
+        ClassFilter::Human => "human",
+        ClassFilter::All => "all",
+    }
+}
+
+pub async fn template(
+    ctx: web::Data<Context>,
+    req: HttpRequest,
+    key: web::Path<String>,
+    q: web::Query<ClassQuery>,
+) -> Result<HttpResponse, PageError> {
+    let Some(user) = signed_in(&ctx, &req).await? else {
+        return Ok(to_sign_in());
+    };
+    let class = class_of(&q);
+    let viewer = Viewer::from(&user);
+    let filter = ReportFilter {
+        class,
+        ..ReportFilter::default()
+    };
+    let client = ctx.pool.get().await?;
+    let detail = report::template(&**client, viewer, &key, &filter)
+        .await?
+        .ok_or(PageError::NotFound)?;
+    let k = esc(&detail.row.template);
+    let mut body = format!(
+        "<h1>Template <span id=\"template-key\">{k}</span></h1>{}",
+        switch(&format!("/insights/templates/{}", url_part(&key)), class)
+    );
+    let _ = write!(
+        body,
+        "<table id=\"figures\"><thead><tr><th>Template</th>{FIGURE_HEADERS}</tr></thead>\
+         <tbody><tr><td>{k}</td>{}</tr></tbody></table>",
+        figure_cells(&detail.row.figures, class)
+    );
+    let points: Vec<Point> = detail
+        .daily
+        .iter()
+        .map(|d| Point {
+            day: d.day.to_string(),
+            opens: match class {
+                ClassFilter::Human => d.figures.human_opens,
+                ClassFilter::All => d.figures.opens,
+            },
+            clicks: match class {
+                ClassFilter::Human => d.figures.human_clicks,
+                ClassFilter::All => d.figures.clicks,
+            },
+        })
+        .collect();
+    let _ = write!(
+        body,
+        "<h2>Opens and clicks per day of sending</h2>{}",
+        chart::daily_svg(&points)
+    );
+    body.push_str("<h2>Top links</h2><table id=\"links\"><thead><tr><th>Link</th><th>Clicks</th><th>Human clicks</th><th>Unique clicks</th><th>Human unique clicks</th></tr></thead><tbody>");
+    for l in &detail.top_links {
+        let _ = write!(
+            body,
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&l.url),
+            l.clicks,
+            l.human_clicks,
+            l.unique_clicks,
+            l.human_unique_clicks
+        );
+    }
+    body.push_str("</tbody></table><h2>Mail clients and devices</h2><table id=\"clients\"><thead><tr><th>Client</th><th class=\"l\">Device</th><th>Opens</th><th>Human opens</th><th>Unique opens</th><th>Human unique opens</th></tr></thead><tbody>");
+    for c in &detail.clients {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(if c.client.is_empty() { "unknown" } else { &c.client }),
+            esc(&c.device),
+            c.opens,
+            c.human_opens,
+            c.unique_opens,
+            c.human_unique_opens
+        );
+    }
+    body.push_str("</tbody></table>");
+    let recent = messages::list(
+        &**client,
+        viewer,
+        &ListQuery {
+            template: Some(key.to_string()),
+            limit: Some(50),
+            ..ListQuery::default()
+        },
+    )
+    .await?;
+    body.push_str("<h2>Messages</h2><table id=\"messages\"><thead><tr><th>Subject</th><th class=\"l\">Sender</th><th class=\"l\">Sent at</th><th>Copies</th><th>Opens</th><th>Clicks</th></tr></thead><tbody>");
+    for m in &recent {
+        let _ = write!(
+            body,
+            "<tr><td><a class=\"message\" href=\"/insights/messages/{id}\">{}</a></td><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(m.subject.as_deref().unwrap_or("(no subject)")),
+            esc(&m.sender),
+            m.created_at.format("%Y-%m-%d %H:%M"),
+            m.copies,
+            m.opens,
+            m.clicks,
+            id = m.id,
+        );
+    }
+    body.push_str("</tbody></table>");
+    Ok(html(
+        StatusCode::OK,
+        &layout(&detail.row.template, Some(&user), &body),
+    ))
+}
+
+pub async fn message(
+    ctx: web::Data<Context>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, PageError> {
+    let Some(user) = signed_in(&ctx, &req).await? else {
+        return Ok(to_sign_in());
+    };
+    let id = uuid::Uuid::parse_str(id.trim()).map_err(|_| PageError::NotFound)?;
+    let client = ctx.pool.get().await?;
+    let m = messages::detail(&**client, Viewer::from(&user), id)
+        .await?
+        .ok_or(PageError::NotFound)?;
+    let s = &m.summary;
+    let subject = esc(s.subject.as_deref().unwrap_or("(no subject)"));
+    let mut body = format!(
+        "<h1 id=\"subject\">{subject}</h1><p>Template <a href=\"/insights/templates/{}\">{}</a> \
+         &middot; from {} &middot; {} &middot; {}</p>",
+        url_part(&s.template),
+        esc(&s.template),
+        esc(&s.sender),
+        esc(&s.visibility),
+        s.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+    );
+    for c in &m.copies {
+        let _ = write!(
+            body,
+            "<section class=\"copy\"><h2>{}</h2><p>Status: <span class=\"status\">{}</span></p>\
+             <table class=\"timeline\"><thead><tr><th class=\"l\"></th><th class=\"l\">When</th><th class=\"l\">Event</th><th class=\"l\">Class</th><th class=\"l\">Reason / detail</th></tr></thead><tbody>",
+            esc(&c.recipient),
+            esc(&c.status)
+        );
+        for e in &c.timeline {
+            let icon = match e.icon {
+                Some("eye") => EYE,
+                Some("cursor") => CURSOR,
+                _ => "",
+            };
+            let row_class = match e.human {
+                Some(true) => "human",
+                Some(false) => "machine",
+                None => "delivery",
+            };
+            let mut detail = Vec::new();
+            if let Some(r) = &e.reason {
+                detail.push(esc(r));
+            }
+            if let Some(u) = &e.url {
+                detail.push(esc(u));
+            }
+            for v in [&e.client, &e.device, &e.os].into_iter().flatten() {
+                detail.push(esc(v));
+            }
+            let _ = write!(
+                body,
+                "<tr class=\"event {row_class} kind-{kind}\"><td class=\"l\">{icon}</td><td class=\"l\">{}</td>\
+                 <td class=\"l\">{kind}</td><td class=\"l cls\">{}</td><td class=\"l reason\">{}</td></tr>",
+                e.at.format("%Y-%m-%d %H:%M:%S"),
+                esc(e.class.as_deref().unwrap_or("")),
+                detail.join(" &middot; "),
+                kind = esc(&e.kind),
+            );
+        }
+        body.push_str("</tbody></table></section>");
+    }
+    Ok(html(
+        StatusCode::OK,
+        &layout(
+            s.subject.as_deref().unwrap_or("Message"),
+            Some(&user),
+            &body,
+        ),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    pub token: String,
+}
+
+pub async fn login(ctx: web::Data<Context>, form: web::Form<LoginForm>) -> HttpResponse {
+    let token = form.token.trim();
+    match user_for_token(&ctx, token).await {
+        Ok(Some(_)) => HttpResponse::SeeOther()
+            .insert_header(("Location", "/insights"))
+            .insert_header((
+                "Set-Cookie",
+                // Only a token that authenticated reaches here: base64url, safe as a value.
+                format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000"),
+            ))
+            .finish(),
+        Ok(None) => html(
+            StatusCode::UNAUTHORIZED,
+            &layout(
+                "Sign in",
+                None,
+                &sign_in_form(Some("That token is not valid.")),
+            ),
+        ),
+        Err(e) => PageError::from(e).error_response(),
+    }
+}
+
+pub async fn logout() -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header(("Location", "/insights"))
+        .insert_header((
+            "Set-Cookie",
+            format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        ))
+        .finish()
+}
+
+/// Adds the `/insights` routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/insights", web::get().to(index))
+        .route("/insights/", web::get().to(index))
+        .route("/insights/login", web::post().to(login))
+        .route("/insights/logout", web::post().to(logout))
+        .route("/insights/templates/{key}", web::get().to(template))
+        .route("/insights/messages/{id}", web::get().to(message));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping() {
+        assert_eq!(
+            esc("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+        assert_eq!(url_part("a b/é"), "a%20b%2F%C3%A9");
+    }
+}

@@ -1,0 +1,342 @@
+//! Report queries. They read per-copy state and rollups only, never the events table, and take
+//! their visibility condition from `api::visibility`.
+
+use chrono::NaiveDate;
+use serde::Serialize;
+use tokio_postgres::GenericClient;
+
+use super::InsightsError;
+use crate::api::visibility::{visible, Params, Viewer};
+
+/// Which events count in the rates: people only (`human` + `proxy`) or everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassFilter {
+    #[default]
+    Human,
+    All,
+}
+
+/// Filters of the template reports. Dates are days of sending (UTC), both ends included.
+#[derive(Debug, Clone, Default)]
+pub struct ReportFilter {
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+    pub sender: Option<i64>,
+    pub team: Option<i64>,
+    pub deal: Option<String>,
+    pub lead: Option<String>,
+    pub project: Option<String>,
+    pub template: Option<String>,
+    pub class: ClassFilter,
+}
+
+impl ReportFilter {
+    fn by_crm(&self) -> bool {
+        self.deal.is_some() || self.lead.is_some() || self.project.is_some()
+    }
+}
+
+/// The counts every report row is made of.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Figures {
+    pub sent: i64,
+    pub delivered: i64,
+    pub bounced: i64,
+    pub opens: i64,
+    pub unique_opens: i64,
+    pub human_opens: i64,
+    pub human_unique_opens: i64,
+    pub clicks: i64,
+    pub unique_clicks: i64,
+    pub human_clicks: i64,
+    pub human_unique_clicks: i64,
+    /// unique openers / delivered (of the chosen class); null when nothing was delivered
+    pub open_rate: Option<f64>,
+    /// unique clickers / delivered
+    pub click_rate: Option<f64>,
+    /// unique clickers / unique openers
+    pub click_to_open: Option<f64>,
+    /// bounced / sent
+    pub bounce_rate: Option<f64>,
+}
+
+fn ratio(a: i64, b: i64) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
+}
+
+impl Figures {
+    fn from_row(row: &tokio_postgres::Row, offset: usize, class: ClassFilter) -> Figures {
+        let g = |i: usize| row.get::<_, i64>(offset + i);
+        let (sent, bounced) = (g(0), g(1));
+        let mut f = Figures {
+            sent,
+            delivered: sent - bounced,
+            bounced,
+            opens: g(2),
+            human_opens: g(3),
+            unique_opens: g(4),
+            human_unique_opens: g(5),
+            clicks: g(6),
+            human_clicks: g(7),
+            unique_clicks: g(8),
+            human_unique_clicks: g(9),
+            ..Figures::default()
+        };
+        let (openers, clickers) = match class {
+            ClassFilter::Human => (f.human_unique_opens, f.human_unique_clicks),
+            ClassFilter::All => (f.unique_opens, f.unique_clicks),
+        };
+        f.open_rate = ratio(openers, f.delivered);
+        f.click_rate = ratio(clickers, f.delivered);
+        f.click_to_open = ratio(clickers, openers);
+        f.bounce_rate = ratio(f.bounced, f.sent);
+        f
+    }
+}
+
+/// The sums of [`Figures`]' counts over a source made by [`figures_source`]; ten bigints.
+const SUMS: &str = "sum(sent)::bigint, sum(bounced)::bigint, sum(opens)::bigint,
+    sum(human_opens)::bigint, sum(unique_opens)::bigint, sum(human_unique_opens)::bigint,
+    sum(clicks)::bigint, sum(human_clicks)::bigint, sum(unique_clicks)::bigint,
+    sum(human_unique_clicks)::bigint";
+
+/// Conditions common to both sources on a row `alias` with template_key, day, sender_id, team_id.
+fn dims_where(alias: &str, f: &ReportFilter, viewer: Viewer, p: &mut Params) -> String {
+    let mut w = vec![visible(alias, viewer, p)];
+    if let Some(v) = f.from {
+        w.push(format!("{alias}.day >= {}", p.push(v)));
+    }
+    if let Some(v) = f.to {
+        w.push(format!("{alias}.day <= {}", p.push(v)));
+    }
+    if let Some(v) = f.sender {
+        w.push(format!("{alias}.sender_id = {}", p.push(v)));
+    }
+    if let Some(v) = f.team {
+        w.push(format!("{alias}.team_id = {}", p.push(v)));
+    }
+    if let Some(v) = &f.template {
+        w.push(format!("{alias}.template_key = {}", p.push(v.clone())));
+    }
+    w.join(" AND ")
+}
+
+/// Conditions on the message `m` for the CRM filters.
+fn crm_where(f: &ReportFilter, p: &mut Params) -> String {
+    let mut w = vec!["true".to_string()];
+    for (col, v) in [
+        ("deal", &f.deal),
+        ("lead", &f.lead),
+        ("project", &f.project),
+    ] {
+        if let Some(v) = v {
+            w.push(format!("m.{col} = {}", p.push(v.clone())));
+        }
+    }
+    w.join(" AND ")
+}
+
+/// Rows with template_key, day and the ten counts: the daily rollup, or (with CRM filters,
+/// which rollups do not carry) the per-copy state of the matching messages.
+fn figures_source(f: &ReportFilter, viewer: Viewer, p: &mut Params) -> String {
+    if f.by_crm() {
+        let dims = dims_where("s", f, viewer, p);
+        let crm = crm_where(f, p);
+        format!(
+            "SELECT s.template_key, s.day, 1 AS sent, s.bounced::int AS bounced, s.opens,
+                    s.human_opens, (s.opens > 0)::int AS unique_opens,
+                    (s.human_opens > 0)::int AS human_unique_opens, s.clicks, s.human_clicks,
+                    (s.clicks > 0)::int AS unique_clicks,
+                    (s.human_clicks > 0)::int AS human_unique_clicks
+             FROM insights_copy_state s JOIN messages m ON m.id = s.message_id
+             WHERE {dims} AND {crm}"
+        )
+    } else {
+        let dims = dims_where("r", f, viewer, p);
+        format!("SELECT r.* FROM insights_daily r WHERE {dims}")
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateRow {
+    pub template: String,
+    pub name: String,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+/// One row per template with something sent that the viewer may see, most sent first.
+pub async fn templates(
+    client: &impl GenericClient,
+    viewer: Viewer,
+    filter: &ReportFilter,
+) -> Result<Vec<TemplateRow>, InsightsError> {
+    let mut p = Params::default();
+    let source = figures_source(filter, viewer, &mut p);
+    let sql = format!(
+        "SELECT x.template_key, coalesce(t.name, ''), {SUMS}
+         FROM ({source}) x LEFT JOIN templates t ON t.key = x.template_key
+         GROUP BY x.template_key, t.name
+         HAVING sum(sent) > 0
+         ORDER BY sum(sent) DESC, x.template_key"
+    );
+    let rows = client.query(&sql, &p.refs()).await?;
+    Ok(rows
+        .iter()
+        .map(|r| TemplateRow {
+            template: r.get(0),
+            name: r.get(1),
+            figures: Figures::from_row(r, 2, filter.class),
+        })
+        .collect())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DayRow {
+    pub day: NaiveDate,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkRow {
+    pub url: String,
+    pub clicks: i64,
+    pub human_clicks: i64,
+    pub unique_clicks: i64,
+    pub human_unique_clicks: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientRow {
+    pub client: String,
+    pub device: String,
+    pub opens: i64,
+    pub human_opens: i64,
+    pub unique_opens: i64,
+    pub human_unique_opens: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateDetail {
+    #[serde(flatten)]
+    pub row: TemplateRow,
+    pub class: ClassFilter,
+    /// by day of sending
+    pub daily: Vec<DayRow>,
+    pub top_links: Vec<LinkRow>,
+    pub clients: Vec<ClientRow>,
+}
+
+/// How many links and clients a template report lists.
+const TOP: i64 = 20;
+
+/// A template's figures with a daily series, top links and clients; `None` when the viewer
+/// sees nothing sent with it.
+pub async fn template(
+    client: &impl GenericClient,
+    viewer: Viewer,
+    key: &str,
+    filter: &ReportFilter,
+) -> Result<Option<TemplateDetail>, InsightsError> {
+    let mut filter = filter.clone();
+    filter.template = Some(key.to_string());
+    let Some(row) = templates(client, viewer, &filter).await?.into_iter().next() else {
+        return Ok(None);
+    };
+
+    let mut p = Params::default();
+    let source = figures_source(&filter, viewer, &mut p);
+    let sql = format!("SELECT x.day, {SUMS} FROM ({source}) x GROUP BY x.day ORDER BY x.day");
+    let daily = client
+        .query(&sql, &p.refs())
+        .await?
+        .iter()
+        .map(|r| DayRow {
+            day: r.get(0),
+            figures: Figures::from_row(r, 1, filter.class),
+        })
+        .collect();
+
+    let mut p = Params::default();
+    let order = match filter.class {
+        ClassFilter::Human => "sum(human_clicks) DESC, sum(clicks) DESC",
+        ClassFilter::All => "sum(clicks) DESC",
+    };
+    let source = if filter.by_crm() {
+        let dims = dims_where("s", &filter, viewer, &mut p);
+        let crm = crm_where(&filter, &mut p);
+        format!(
+            "SELECT l.url, l.clicks, l.human_clicks, (l.clicks > 0)::int AS unique_clicks,
+                    (l.human_clicks > 0)::int AS human_unique_clicks
+             FROM insights_copy_links l JOIN insights_copy_state s USING (copy_id)
+             JOIN messages m ON m.id = s.message_id WHERE {dims} AND {crm}"
+        )
+    } else {
+        let dims = dims_where("r", &filter, viewer, &mut p);
+        format!("SELECT r.* FROM insights_links r WHERE {dims}")
+    };
+    let limit = p.push(TOP);
+    let sql = format!(
+        "SELECT url, sum(clicks)::bigint, sum(human_clicks)::bigint, sum(unique_clicks)::bigint,
+                sum(human_unique_clicks)::bigint
+         FROM ({source}) x GROUP BY url HAVING sum(clicks) > 0
+         ORDER BY {order}, url LIMIT {limit}"
+    );
+    let top_links = client
+        .query(&sql, &p.refs())
+        .await?
+        .iter()
+        .map(|r| LinkRow {
+            url: r.get(0),
+            clicks: r.get(1),
+            human_clicks: r.get(2),
+            unique_clicks: r.get(3),
+            human_unique_clicks: r.get(4),
+        })
+        .collect();
+
+    let mut p = Params::default();
+    let source = if filter.by_crm() {
+        let dims = dims_where("s", &filter, viewer, &mut p);
+        let crm = crm_where(&filter, &mut p);
+        format!(
+            "SELECT c.client, c.device, c.opens, c.human_opens, (c.opens > 0)::int AS unique_opens,
+                    (c.human_opens > 0)::int AS human_unique_opens
+             FROM insights_copy_clients c JOIN insights_copy_state s USING (copy_id)
+             JOIN messages m ON m.id = s.message_id WHERE {dims} AND {crm}"
+        )
+    } else {
+        let dims = dims_where("r", &filter, viewer, &mut p);
+        format!("SELECT r.* FROM insights_clients r WHERE {dims}")
+    };
+    let limit = p.push(TOP);
+    let sql = format!(
+        "SELECT client, device, sum(opens)::bigint, sum(human_opens)::bigint,
+                sum(unique_opens)::bigint, sum(human_unique_opens)::bigint
+         FROM ({source}) x GROUP BY client, device HAVING sum(opens) > 0
+         ORDER BY sum(unique_opens) DESC, client, device LIMIT {limit}"
+    );
+    let clients = client
+        .query(&sql, &p.refs())
+        .await?
+        .iter()
+        .map(|r| ClientRow {
+            client: r.get(0),
+            device: r.get(1),
+            opens: r.get(2),
+            human_opens: r.get(3),
+            unique_opens: r.get(4),
+            human_unique_opens: r.get(5),
+        })
+        .collect();
+
+    Ok(Some(TemplateDetail {
+        row,
+        class: filter.class,
+        daily,
+        top_links,
+        clients,
+    }))
+}
