@@ -117,8 +117,15 @@ fn corpus_mail_through_the_relay_redirects_every_link_and_records_every_event() 
 
     let mut clicks = 0;
     let mut opens = 0;
+    // template -> (copies, opens, clicks, copies clicked), from what this test does.
+    let mut did: std::collections::BTreeMap<String, (i64, i64, i64, i64)> = Default::default();
     for c in captured {
         let copy_id = c["copy_id"].as_str().unwrap();
+        let template = common::smtp::db_rows(
+            &db.url,
+            &format!("SELECT m.template_key FROM messages m JOIN copies c ON c.message_id = m.id WHERE c.id = '{copy_id}'"),
+        )[0][0]
+            .clone();
         let raw = http
             .get(&server.url(&format!("/api/captured/{copy_id}/raw")))
             .set("authorization", &format!("Bearer {token}"))
@@ -151,6 +158,11 @@ fn corpus_mail_through_the_relay_redirects_every_link_and_records_every_event() 
 
         // Every tracked link redirects to the URL stored for its index, byte for byte.
         let links = tracked_links(&raw, &public, &keys);
+        let entry = did.entry(template).or_default();
+        entry.0 += 1;
+        entry.1 += 1;
+        entry.2 += links.len() as i64;
+        entry.3 += i64::from(!links.is_empty());
         for (token, index, url) in &links {
             let stored = common::smtp::db_rows(
                 &db.url,
@@ -196,4 +208,87 @@ fn corpus_mail_through_the_relay_redirects_every_link_and_records_every_event() 
         "SELECT count(DISTINCT copy_id) FROM events WHERE kind = 'open'",
     );
     assert_eq!(per_copy_opens as usize, copies_expected);
+
+    // The report, once the aggregation job has folded everything: every figure of every
+    // template equals what this test did. Opens and clicks this soon after delivery are
+    // machines (prefetch, scanner), so the human figures come from the classes stored.
+    let expected_clicks: i64 = did.values().map(|d| d.2).sum();
+    let mut report = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            report = http
+                .get(&server.url("/api/reports/templates?class=all"))
+                .set("authorization", &format!("Bearer {token}"))
+                .call()
+                .unwrap()
+                .into_json()
+                .unwrap();
+            let rows = report["templates"]
+                .as_array()
+                .or(report.as_array())
+                .cloned()
+                .unwrap_or_default();
+            rows.iter()
+                .map(|r| r["clicks"].as_i64().unwrap_or(0))
+                .sum::<i64>()
+                == expected_clicks
+                && rows
+                    .iter()
+                    .map(|r| r["opens"].as_i64().unwrap_or(0))
+                    .sum::<i64>()
+                    == opens as i64
+        }),
+        "report never caught up: {report}"
+    );
+    let rows = report["templates"]
+        .as_array()
+        .or(report.as_array())
+        .cloned()
+        .unwrap();
+    assert_eq!(rows.len(), did.len());
+    for row in &rows {
+        let key = row["template"]
+            .as_str()
+            .or(row["key"].as_str())
+            .or(row["template_key"].as_str())
+            .unwrap();
+        let (copies, opened, clicked, clickers) = did[key];
+        let human = |kind: &str| {
+            common::smtp::db_i64(
+                &db.url,
+                &format!(
+                    "SELECT count(DISTINCT e.copy_id) FROM events e JOIN messages m ON m.id = e.message_id
+                      WHERE m.template_key = '{key}' AND e.kind = '{kind}' AND e.class IN ('human', 'proxy')"
+                ),
+            )
+        };
+        let rate = |a: i64, b: i64| if b > 0 { a as f64 / b as f64 } else { f64::NAN };
+        assert_eq!(row["sent"], copies, "{row}");
+        assert_eq!(row["delivered"], copies, "{row}");
+        assert_eq!(row["bounced"], 0, "{row}");
+        assert_eq!(row["opens"], opened, "{row}");
+        assert_eq!(row["unique_opens"], copies, "{row}");
+        assert_eq!(row["clicks"], clicked, "{row}");
+        assert_eq!(row["unique_clicks"], clickers, "{row}");
+        assert_eq!(row["human_unique_opens"], human("open"), "{row}");
+        assert_eq!(row["human_unique_clicks"], human("click"), "{row}");
+        assert_eq!(
+            row["open_rate"].as_f64(),
+            Some(rate(copies, copies)),
+            "{row}"
+        );
+        if clickers > 0 {
+            assert_eq!(
+                row["click_rate"].as_f64(),
+                Some(rate(clickers, copies)),
+                "{row}"
+            );
+            assert_eq!(
+                row["click_to_open"].as_f64(),
+                Some(rate(clickers, copies)),
+                "{row}"
+            );
+        }
+        assert_eq!(row["bounce_rate"].as_f64(), Some(0.0), "{row}");
+    }
 }
