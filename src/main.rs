@@ -38,9 +38,19 @@ enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Erase one recipient: every copy sent to them, its events and stored address, and their
+    /// share of every report.
+    Erase(EraseArgs),
     /// Read one message on stdin and write what the relay would deliver to one recipient
     /// (uses the configured tracking secret and PUBLIC_URL).
     Rewrite(RewriteArgs),
+}
+
+#[derive(Args)]
+struct EraseArgs {
+    /// The recipient's e-mail address (compared case-insensitively).
+    #[arg(long)]
+    recipient: String,
 }
 
 #[derive(Args)]
@@ -117,6 +127,21 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 .await
                 .context("migration failed")?;
             db.close();
+            Ok(())
+        }
+        Command::Erase(args) => {
+            let (db, pool) = mailtally::serve::open_store(&settings).await?;
+            let result = async {
+                let mut client = pool.get().await.context("cannot connect to the database")?;
+                let tx = client.transaction().await?;
+                let n = mailtally::insights::aggregate::forget_recipient(&tx, &args.recipient).await?;
+                tx.commit().await?;
+                anyhow::Ok(n)
+            }
+            .await;
+            db.close();
+            let n = result.context("erasure failed")?;
+            println!("erased {n} copies sent to {}", args.recipient.trim());
             Ok(())
         }
         Command::Rewrite(args) => {

@@ -312,7 +312,7 @@ async fn timing_rules_use_delivery_times_polled_from_the_database() {
                 queued,
                 "open".into(),
                 None,
-                Some("delivery time unknown".into())
+                Some("delivery_time_unknown".into())
             ),
         ]
     );

@@ -6,6 +6,7 @@
 //! (404, not 403), and never store a password or token in a form that can be read back.
 
 pub mod accounts;
+pub mod erase;
 pub mod auth;
 pub mod errors;
 pub mod messages;
@@ -39,6 +40,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/me", web::get().to(users::me))
             .route("/users", web::post().to(users::create_user))
             .route("/tokens", web::post().to(users::create_token))
+            .route("/erase", web::post().to(erase::erase_handler))
             .route("/reports/templates", web::get().to(reports::templates))
             .route("/reports/templates/{key}", web::get().to(reports::template))
             .route("/messages", web::get().to(messages::list_handler))

@@ -344,3 +344,44 @@ pub async fn forget_message(
     fold_copies(tx).await?;
     Ok(())
 }
+
+/// Erases one recipient: every copy sent to `recipient` (compared case-insensitively), its
+/// events and pending notifications, and its share of every rollup, inside the caller's
+/// transaction. Returns how many copies were erased. Like [`forget_message`], it waits for a
+/// running batch so that the job never folds events of a copy being erased.
+pub async fn forget_recipient(
+    tx: &tokio_postgres::Transaction<'_>,
+    recipient: &str,
+) -> Result<u64, InsightsError> {
+    tx.batch_execute(TEMP_TABLES).await?;
+    tx.execute(
+        "SELECT 1 FROM insights_watermark WHERE id = 1 FOR UPDATE",
+        &[],
+    )
+    .await?;
+    let copies = tx
+        .execute(
+            "INSERT INTO fold_copies
+             SELECT id FROM copies WHERE lower(recipient) = lower($1)",
+            &[&recipient.trim()],
+        )
+        .await?;
+    tx.execute(
+        "DELETE FROM events e USING fold_copies f WHERE e.copy_id = f.copy_id",
+        &[],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM webhook_outbox o USING fold_copies f WHERE o.copy_id = f.copy_id",
+        &[],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM copies c USING fold_copies f WHERE c.id = f.copy_id",
+        &[],
+    )
+    .await?;
+    // With no copy and no events left, the fold takes their old state out of the rollups.
+    fold_copies(tx).await?;
+    Ok(copies)
+}

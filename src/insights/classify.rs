@@ -2,7 +2,7 @@
 //!
 //! Pure functions of the request facts and the copy's delivery time; no I/O, so the tracking
 //! handlers can call them inline. When the delivery time is not known the timing rules cannot
-//! be applied: such an event gets no class and the reason "delivery time unknown", and the
+//! be applied: such an event gets no class and the reason `delivery_time_unknown`, and the
 //! aggregation job decides later from the stored rows.
 
 use std::cell::RefCell;
@@ -200,7 +200,7 @@ impl Classifier {
             Delivery::NotRecent => verdict(Class::Human, "no machine evidence"),
             Delivery::Unknown => Verdict {
                 class: None,
-                reason: "delivery time unknown",
+                reason: super::hindsight::DELIVERY_UNKNOWN_REASON,
             },
         }
     }
@@ -445,8 +445,8 @@ mod tests {
             (true, delivered_ago(9), Some(Class::Scanner), "click within seconds of delivery"),
             (true, delivered_ago(30), Some(Class::Human), "no machine evidence"),
             (true, Delivery::NotRecent, Some(Class::Human), "no machine evidence"),
-            (false, Delivery::Unknown, None, "delivery time unknown"),
-            (true, Delivery::Unknown, None, "delivery time unknown"),
+            (false, Delivery::Unknown, None, super::hindsight::DELIVERY_UNKNOWN_REASON),
+            (true, Delivery::Unknown, None, super::hindsight::DELIVERY_UNKNOWN_REASON),
         ];
         for (click, delivery, class, reason) in cases {
             let got = run(*click, false, home, CHROME, *delivery);

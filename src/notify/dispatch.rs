@@ -13,10 +13,6 @@ use super::metrics::NOTIFY;
 use super::signing;
 use crate::context::Context;
 
-/// Clicks of one copy this close together are a scanner following every link, not a person.
-pub const SWEEP_WINDOW_SECONDS: f64 = 5.0;
-/// How many clicks within the window make a sweep.
-pub const SWEEP_CLICKS: i64 = 3;
 const LEASE_SECONDS: f64 = 60.0;
 const CLAIM: i64 = 32;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,27 +112,18 @@ async fn claim(ctx: &Context) -> Result<Vec<Claimed>, DispatchError> {
     Ok(claimed)
 }
 
-/// Whether a click, seen after its hold, turned out to be a machine: its class changed since
-/// ingest, or it belongs to a sweep of several clicks of one copy within seconds.
+/// Whether a click, seen after its hold, turned out to be a machine: the class the reports
+/// give it (ingest class plus hindsight: sweeps, prefetch) is not a person's.
 async fn click_is_machine(ctx: &Context, row: &Claimed) -> Result<bool, DispatchError> {
     let client = ctx.pool.get().await?;
-    let found = client
-        .query_opt(
-            "SELECT e.class,
-                    (SELECT count(*) FROM events s
-                      WHERE s.copy_id = e.copy_id AND s.kind = 'click'
-                        AND s.occurred_at BETWEEN e.occurred_at - make_interval(secs => $2)
-                                              AND e.occurred_at + make_interval(secs => $2))
-               FROM events e WHERE e.id = $1",
-            &[&row.event_id, &SWEEP_WINDOW_SECONDS],
-        )
-        .await?;
+    let sql = format!(
+        "SELECT final_class FROM ({}) classified WHERE id = $2",
+        crate::insights::hindsight::classified_events_sql("SELECT $1::uuid")
+    );
+    let found = client.query_opt(&sql, &[&row.copy_id, &row.event_id]).await?;
     Ok(match found {
-        Some(r) => {
-            let class: Option<String> = r.get(0);
-            let near: i64 = r.get(1);
-            !matches!(class.as_deref(), Some("human") | Some("proxy")) || near >= SWEEP_CLICKS
-        }
+        Some(r) => !matches!(r.get::<_, Option<&str>>(0), Some("human") | Some("proxy")),
+        // The event is gone (its message was deleted): nobody is told.
         None => true,
     })
 }

@@ -1,0 +1,36 @@
+//! `POST /api/erase` (administrators): removes every copy, event and stored address of one
+//! recipient and corrects the reports, as `mailtally erase --recipient` does.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+use super::auth::Caller;
+use super::errors::ApiError;
+use crate::api::accounts::Role;
+use crate::context::Context;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EraseBody {
+    pub recipient: String,
+}
+
+pub async fn erase_handler(
+    ctx: web::Data<Context>,
+    caller: Caller,
+    body: web::Json<EraseBody>,
+) -> Result<HttpResponse, ApiError> {
+    if caller.0.role != Role::Admin {
+        return Err(ApiError::Forbidden);
+    }
+    let recipient = body.recipient.trim();
+    if recipient.is_empty() || recipient.len() > 320 || !recipient.contains('@') {
+        return Err(ApiError::BadRequest("recipient must be an e-mail address".into()));
+    }
+    let mut client = ctx.pool.get().await?;
+    let tx = client.transaction().await?;
+    let copies = crate::insights::aggregate::forget_recipient(&tx, recipient).await?;
+    tx.commit().await?;
+    tracing::info!(copies, by = caller.0.id, "recipient erased");
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "erased_copies": copies })))
+}
