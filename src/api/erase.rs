@@ -25,7 +25,9 @@ pub async fn erase_handler(
     }
     let recipient = body.recipient.trim();
     if recipient.is_empty() || recipient.len() > 320 || !recipient.contains('@') {
-        return Err(ApiError::BadRequest("recipient must be an e-mail address".into()));
+        return Err(ApiError::BadRequest(
+            "recipient must be an e-mail address".into(),
+        ));
     }
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;

@@ -6,8 +6,8 @@
 //! (404, not 403), and never store a password or token in a form that can be read back.
 
 pub mod accounts;
-pub mod erase;
 pub mod auth;
+pub mod erase;
 pub mod errors;
 pub mod messages;
 pub mod reports;

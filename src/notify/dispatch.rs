@@ -120,7 +120,9 @@ async fn click_is_machine(ctx: &Context, row: &Claimed) -> Result<bool, Dispatch
         "SELECT final_class FROM ({}) classified WHERE id = $2",
         crate::insights::hindsight::classified_events_sql("SELECT $1::uuid")
     );
-    let found = client.query_opt(&sql, &[&row.copy_id, &row.event_id]).await?;
+    let found = client
+        .query_opt(&sql, &[&row.copy_id, &row.event_id])
+        .await?;
     Ok(match found {
         Some(r) => !matches!(r.get::<_, Option<&str>>(0), Some("human") | Some("proxy")),
         // The event is gone (its message was deleted): nobody is told.
