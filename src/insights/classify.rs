@@ -200,7 +200,7 @@ impl Classifier {
             Delivery::NotRecent => verdict(Class::Human, "no machine evidence"),
             Delivery::Unknown => Verdict {
                 class: None,
-                reason: super::hindsight::DELIVERY_UNKNOWN_REASON,
+                reason: crate::insights::hindsight::DELIVERY_UNKNOWN_REASON,
             },
         }
     }
@@ -445,8 +445,8 @@ mod tests {
             (true, delivered_ago(9), Some(Class::Scanner), "click within seconds of delivery"),
             (true, delivered_ago(30), Some(Class::Human), "no machine evidence"),
             (true, Delivery::NotRecent, Some(Class::Human), "no machine evidence"),
-            (false, Delivery::Unknown, None, super::hindsight::DELIVERY_UNKNOWN_REASON),
-            (true, Delivery::Unknown, None, super::hindsight::DELIVERY_UNKNOWN_REASON),
+            (false, Delivery::Unknown, None, crate::insights::hindsight::DELIVERY_UNKNOWN_REASON),
+            (true, Delivery::Unknown, None, crate::insights::hindsight::DELIVERY_UNKNOWN_REASON),
         ];
         for (click, delivery, class, reason) in cases {
             let got = run(*click, false, home, CHROME, *delivery);
