@@ -434,12 +434,17 @@ fn a_scanner_sweep_within_the_hold_fires_no_click_notification() {
 #[test]
 fn the_event_stream_delivers_an_open_to_the_sender_within_a_second_and_nothing_to_others() {
     let w = world();
-    let connect = |email: &str| {
+    // ann as the Insights page connects (its cookie), bob as an API client (a bearer token).
+    let connect = |email: &str, cookie: bool| {
         let mut stream = std::net::TcpStream::connect(w.server.http).unwrap();
+        let auth = if cookie {
+            format!("cookie: mailtally_token={}", w.token(email))
+        } else {
+            format!("authorization: Bearer {}", w.token(email))
+        };
         write!(
             stream,
-            "GET /api/events/stream HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\naccept: text/event-stream\r\n\r\n",
-            w.token(email)
+            "GET /api/events/stream HTTP/1.1\r\nhost: x\r\n{auth}\r\naccept: text/event-stream\r\n\r\n"
         )
         .unwrap();
         stream
@@ -475,8 +480,27 @@ fn the_event_stream_delivers_an_open_to_the_sender_within_a_second_and_nothing_t
         }
         rx
     };
-    let ann = connect("ann@north.test");
-    let bob = connect("bob@south.test");
+    let ann = connect("ann@north.test", true);
+    let bob = connect("bob@south.test", false);
+    // The page loads the notice's script, which the page's CSP allows.
+    let page = ureq::get(&w.server.url("/insights"))
+        .set(
+            "cookie",
+            &format!("mailtally_token={}", w.token("ann@north.test")),
+        )
+        .call()
+        .unwrap();
+    assert!(page
+        .header("content-security-policy")
+        .unwrap()
+        .contains("script-src 'self'"));
+    assert!(page.into_string().unwrap().contains("/insights/live.js"));
+    let js = ureq::get(&w.server.url("/insights/live.js"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(js.contains("EventSource('/api/events/stream')") && js.contains("textContent"));
     let (msg, copy) = w.message("ann@north.test", "private", "live");
     let started = Instant::now();
     let open = w.event(msg, copy, "open", Some("human"), None);

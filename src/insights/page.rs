@@ -103,10 +103,14 @@ nav a{margin-right:1rem}.switch a.on{font-weight:bold;text-decoration:none;color
 
 fn layout(title: &str, user: Option<&User>, body: &str) -> String {
     let who = match user {
+        // The live notice: a small script (served by the stream) shows "opened just now".
         Some(u) => format!(
             "<nav><a href=\"/insights\">Templates</a><span>{}</span> \
              <form method=\"post\" action=\"/insights/logout\" style=\"display:inline\">\
-             <button type=\"submit\">Sign out</button></form></nav>",
+             <button type=\"submit\">Sign out</button></form></nav>\
+             <div id=\"mt-live\" role=\"status\" hidden style=\"position:fixed;bottom:1rem;right:1rem;\
+             background:#2b6cb0;color:#fff;padding:.6rem 1rem;border-radius:6px\"></div>\
+             <script src=\"/insights/live.js\" defer></script>",
             esc(&u.email)
         ),
         None => String::new(),
@@ -126,7 +130,8 @@ fn html(status: StatusCode, body: &str) -> HttpResponse {
         .insert_header(("Cache-Control", "no-store"))
         .insert_header((
             "Content-Security-Policy",
-            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; \
+             script-src 'self'; connect-src 'self'",
         ))
         .insert_header(("X-Frame-Options", "DENY"))
         .body(body.to_string())

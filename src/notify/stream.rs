@@ -125,8 +125,47 @@ async fn listen_once(ctx: &Context, hub: &Hub, url: &str) -> Result<(), tokio_po
     }
 }
 
+/// The stream's caller: a bearer token, or the Insights page's cookie (a browser's
+/// EventSource cannot set headers; the cookie is HttpOnly and SameSite=Strict).
+async fn stream_caller(req: &HttpRequest, ctx: &Context) -> Result<User, HttpResponse> {
+    if req.headers().contains_key("authorization") {
+        return caller(req, ctx).await;
+    }
+    let token = crate::api::auth::cookie(req, crate::api::auth::COOKIE).unwrap_or_default();
+    match crate::api::auth::user_for_token(ctx, &token).await {
+        Ok(Some(user)) => Ok(user),
+        _ => caller(req, ctx).await,
+    }
+}
+
+/// The Insights page's live notice: "opened just now", from the stream. Text only (textContent),
+/// so nothing in an event can become markup.
+const LIVE_JS: &str = r#"(function () {
+  var box = document.getElementById('mt-live');
+  if (!box || !window.EventSource) return;
+  var hide;
+  new EventSource('/api/events/stream').addEventListener('event', function (m) {
+    try {
+      var e = JSON.parse(m.data);
+      if (e.kind !== 'open' || (e.class && e.class !== 'human' && e.class !== 'proxy')) return;
+      box.textContent = 'Opened just now: ' + (e.subject || e.template) + ' by ' + e.recipient;
+      box.hidden = false;
+      clearTimeout(hide);
+      hide = setTimeout(function () { box.hidden = true; }, 10000);
+    } catch (err) {}
+  });
+})();
+"#;
+
+async fn live_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("cache-control", "no-cache"))
+        .body(LIVE_JS)
+}
+
 async fn stream(req: HttpRequest, ctx: web::Data<Context>) -> HttpResponse {
-    let user = match caller(&req, &ctx).await {
+    let user = match stream_caller(&req, &ctx).await {
         Ok(u) => u,
         Err(resp) => return resp,
     };
@@ -188,5 +227,6 @@ fn tokio_stream_from(
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/events/stream", web::get().to(stream));
+    cfg.route("/api/events/stream", web::get().to(stream))
+        .route("/insights/live.js", web::get().to(live_js));
 }
