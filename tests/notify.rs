@@ -126,6 +126,7 @@ fn world() -> World {
         &[
             ("WEBHOOK_CLICK_HOLD", "1.5"),
             ("WEBHOOK_RETRY_SCHEDULE", "0.3"),
+            ("WEBHOOK_DISABLE_AFTER", "4"),
         ],
     );
     let mut users = HashMap::new();
@@ -519,4 +520,46 @@ fn the_event_stream_delivers_an_open_to_the_sender_within_a_second_and_nothing_t
     std::thread::sleep(Duration::from_millis(1000));
     let leaked: Vec<String> = bob.try_iter().filter(|l| l.starts_with("data:")).collect();
     assert!(leaked.is_empty(), "bob saw {leaked:?}");
+}
+
+#[test]
+fn an_endpoint_that_keeps_failing_is_disabled_and_says_why() {
+    let w = world();
+    let broken = Receiver::start(usize::MAX);
+    w.endpoint("ann@north.test", &broken.url, &["open"], "user", false);
+    let (msg, copy) = w.message("ann@north.test", "private", "broken");
+    w.event(msg, copy, "open", Some("human"), None);
+    w.event(msg, copy, "open", Some("human"), None);
+    wait_until(
+        "the endpoint to be disabled",
+        Duration::from_secs(15),
+        || {
+            !w.outbox("SELECT 1 FROM webhook_endpoints WHERE disabled_at IS NOT NULL")
+                .is_empty()
+        },
+    );
+    let attempts = broken.received().len();
+    assert!(attempts >= 4, "{attempts} attempts before disabling");
+    let list: serde_json::Value = ureq::get(&w.server.url("/api/webhooks"))
+        .set(
+            "authorization",
+            &format!("Bearer {}", w.token("ann@north.test")),
+        )
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert!(list[0]["disabled_at"].is_string(), "{list}");
+    assert!(
+        list[0]["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("in a row"),
+        "{list}"
+    );
+    // Nothing more is sent to a disabled endpoint.
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = broken.received().len();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(broken.received().len(), after);
 }
