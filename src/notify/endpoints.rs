@@ -2,11 +2,13 @@
 //! the owner may see of the team's messages), and `GET /api/webhooks/{id}/deliveries` to see
 //! what was sent and how it went.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::signing;
-use crate::api::accounts::{self, User};
+use crate::api::accounts::User;
+use crate::api::auth::Caller;
+use crate::api::errors::ApiError;
 use crate::context::Context;
 
 /// The event types an endpoint may subscribe to.
@@ -18,52 +20,6 @@ pub const EVENT_TYPES: &[&str] = &[
     "deferred",
     "bounced",
 ];
-
-fn error(status: actix_web::http::StatusCode, code: &str, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(serde_json::json!({ "error": code, "message": message }))
-}
-
-/// The caller named by the bearer token, or the JSON error to answer.
-pub async fn caller(req: &HttpRequest, ctx: &Context) -> Result<User, HttpResponse> {
-    use actix_web::http::StatusCode;
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
-    let Some(token) = token else {
-        return Err(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "an API token is required (Authorization: Bearer ...)",
-        ));
-    };
-    let client = ctx.pool.get().await.map_err(|_| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            "the database is unreachable; retry",
-        )
-    })?;
-    match accounts::authenticate_token(&**client, token).await {
-        Ok(Some(user)) => Ok(user),
-        Ok(None) => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "unknown or revoked API token",
-        )),
-        Err(_) => Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            "the database is unreachable; retry",
-        )),
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,76 +63,44 @@ fn validate(new: &NewEndpoint, user: &User) -> Result<String, String> {
     }
 }
 
-async fn create(req: HttpRequest, ctx: web::Data<Context>, body: web::Bytes) -> HttpResponse {
-    use actix_web::http::StatusCode;
-    let user = match caller(&req, &ctx).await {
-        Ok(u) => u,
-        Err(resp) => return resp,
-    };
-    let new: NewEndpoint = match serde_json::from_slice(&body) {
-        Ok(n) => n,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("invalid JSON body: {e}"),
-            )
-        }
-    };
-    let scope = match validate(&new, &user) {
-        Ok(s) => s,
-        Err(msg) => return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_endpoint", &msg),
-    };
+/// An endpoint id from the path; anything else names no endpoint.
+fn endpoint_id(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::NotFound("webhook endpoint"))
+}
+
+async fn create(
+    ctx: web::Data<Context>,
+    caller: Caller,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let user = caller.0;
+    let new: NewEndpoint = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let scope = validate(&new, &user).map_err(ApiError::Unprocessable)?;
     let secret = signing::new_secret();
-    let Ok(client) = ctx.pool.get().await else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            "the database is unreachable; retry",
-        );
-    };
+    let client = ctx.pool.get().await?;
     let row = client
         .query_one(
             "INSERT INTO webhook_endpoints (owner_id, scope, url, secret, event_types, include_machine)
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, created_at",
             &[&user.id, &scope, &new.url.trim(), &secret, &new.event_types, &new.include_machine],
         )
-        .await;
-    match row {
-        Ok(row) => HttpResponse::Created().json(serde_json::json!({
-            "id": row.get::<_, i64>(0),
-            "url": new.url.trim(),
-            "scope": scope,
-            "event_types": new.event_types,
-            "include_machine": new.include_machine,
-            // Shown once: the receiver verifies signatures with it.
-            "secret": secret,
-            "created_at": row.get::<_, chrono::DateTime<chrono::Utc>>(1),
-        })),
-        Err(e) => {
-            tracing::warn!(error = ?e, "cannot create a webhook endpoint");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database_unavailable",
-                "the database is unreachable; retry",
-            )
-        }
-    }
+        .await?;
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "id": row.get::<_, i64>(0),
+        "url": new.url.trim(),
+        "scope": scope,
+        "event_types": new.event_types,
+        "include_machine": new.include_machine,
+        // Shown once: the receiver verifies signatures with it.
+        "secret": secret,
+        "created_at": row.get::<_, chrono::DateTime<chrono::Utc>>(1),
+    })))
 }
 
-async fn list(req: HttpRequest, ctx: web::Data<Context>) -> HttpResponse {
-    use actix_web::http::StatusCode;
-    let user = match caller(&req, &ctx).await {
-        Ok(u) => u,
-        Err(resp) => return resp,
-    };
-    let Ok(client) = ctx.pool.get().await else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            "the database is unreachable; retry",
-        );
-    };
+async fn list(ctx: web::Data<Context>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let client = ctx.pool.get().await?;
     let rows = client
         .query(
             "SELECT w.id, w.url, w.scope, w.event_types, w.include_machine, w.failures_in_row,
@@ -187,62 +111,38 @@ async fn list(req: HttpRequest, ctx: web::Data<Context>) -> HttpResponse {
                FROM webhook_endpoints w LEFT JOIN webhook_outbox o ON o.endpoint_id = w.id
               WHERE w.owner_id = $1
               GROUP BY w.id ORDER BY w.id",
-            &[&user.id],
+            &[&caller.0.id],
         )
-        .await;
-    match rows {
-        Ok(rows) => HttpResponse::Ok().json(
-            rows.iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "id": r.get::<_, i64>(0),
-                        "url": r.get::<_, String>(1),
-                        "scope": r.get::<_, String>(2),
-                        "event_types": r.get::<_, Vec<String>>(3),
-                        "include_machine": r.get::<_, bool>(4),
-                        "failures_in_row": r.get::<_, i32>(5),
-                        "disabled_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(6),
-                        "disabled_reason": r.get::<_, Option<String>>(7),
-                        "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(8),
-                        "pending": r.get::<_, i64>(9),
-                        "delivered": r.get::<_, i64>(10),
-                        "failed": r.get::<_, i64>(11),
-                    })
+        .await?;
+    Ok(HttpResponse::Ok().json(
+        rows.iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.get::<_, i64>(0),
+                    "url": r.get::<_, String>(1),
+                    "scope": r.get::<_, String>(2),
+                    "event_types": r.get::<_, Vec<String>>(3),
+                    "include_machine": r.get::<_, bool>(4),
+                    "failures_in_row": r.get::<_, i32>(5),
+                    "disabled_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(6),
+                    "disabled_reason": r.get::<_, Option<String>>(7),
+                    "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(8),
+                    "pending": r.get::<_, i64>(9),
+                    "delivered": r.get::<_, i64>(10),
+                    "failed": r.get::<_, i64>(11),
                 })
-                .collect::<Vec<_>>(),
-        ),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            "the database is unreachable; retry",
-        ),
-    }
+            })
+            .collect::<Vec<_>>(),
+    ))
 }
 
 async fn deliveries(
-    req: HttpRequest,
     ctx: web::Data<Context>,
+    caller: Caller,
     id: web::Path<String>,
-) -> HttpResponse {
-    use actix_web::http::StatusCode;
-    let user = match caller(&req, &ctx).await {
-        Ok(u) => u,
-        Err(resp) => return resp,
-    };
-    let Ok(id) = id.parse::<i64>() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such webhook endpoint",
-        );
-    };
-    let Ok(client) = ctx.pool.get().await else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            "the database is unreachable; retry",
-        );
-    };
+) -> Result<HttpResponse, ApiError> {
+    let id = endpoint_id(&id)?;
+    let client = ctx.pool.get().await?;
     let rows = client
         .query(
             "SELECT o.id, o.event_type, o.event_id, o.status, o.attempts, o.last_status, o.last_error,
@@ -250,75 +150,47 @@ async fn deliveries(
                FROM webhook_outbox o JOIN webhook_endpoints w ON w.id = o.endpoint_id
               WHERE w.id = $1 AND w.owner_id = $2
               ORDER BY o.created_at DESC LIMIT 500",
-            &[&id, &user.id],
+            &[&id, &caller.0.id],
         )
-        .await;
-    match rows {
-        Ok(rows) => HttpResponse::Ok().json(
-            rows.iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "id": r.get::<_, uuid::Uuid>(0),
-                        "event_type": r.get::<_, String>(1),
-                        "event_id": r.get::<_, uuid::Uuid>(2),
-                        "status": r.get::<_, String>(3),
-                        "attempts": r.get::<_, i32>(4),
-                        "last_status": r.get::<_, Option<i32>>(5),
-                        "last_error": r.get::<_, Option<String>>(6),
-                        "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(7),
-                        "delivered_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(8),
-                        "next_attempt_at": r.get::<_, chrono::DateTime<chrono::Utc>>(9),
-                        "payload": r.get::<_, serde_json::Value>(10),
-                    })
+        .await?;
+    Ok(HttpResponse::Ok().json(
+        rows.iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.get::<_, uuid::Uuid>(0),
+                    "event_type": r.get::<_, String>(1),
+                    "event_id": r.get::<_, uuid::Uuid>(2),
+                    "status": r.get::<_, String>(3),
+                    "attempts": r.get::<_, i32>(4),
+                    "last_status": r.get::<_, Option<i32>>(5),
+                    "last_error": r.get::<_, Option<String>>(6),
+                    "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(7),
+                    "delivered_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(8),
+                    "next_attempt_at": r.get::<_, chrono::DateTime<chrono::Utc>>(9),
+                    "payload": r.get::<_, serde_json::Value>(10),
                 })
-                .collect::<Vec<_>>(),
-        ),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            "the database is unreachable; retry",
-        ),
-    }
+            })
+            .collect::<Vec<_>>(),
+    ))
 }
 
-async fn delete(req: HttpRequest, ctx: web::Data<Context>, id: web::Path<String>) -> HttpResponse {
-    use actix_web::http::StatusCode;
-    let user = match caller(&req, &ctx).await {
-        Ok(u) => u,
-        Err(resp) => return resp,
-    };
-    let Ok(id) = id.parse::<i64>() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such webhook endpoint",
-        );
-    };
-    let Ok(client) = ctx.pool.get().await else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            "the database is unreachable; retry",
-        );
-    };
-    match client
+async fn delete(
+    ctx: web::Data<Context>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = endpoint_id(&id)?;
+    let client = ctx.pool.get().await?;
+    let deleted = client
         .execute(
             "DELETE FROM webhook_endpoints WHERE id = $1 AND owner_id = $2",
-            &[&id, &user.id],
+            &[&id, &caller.0.id],
         )
-        .await
-    {
-        Ok(1) => HttpResponse::NoContent().finish(),
-        Ok(_) => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such webhook endpoint",
-        ),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            "the database is unreachable; retry",
-        ),
+        .await?;
+    if deleted == 1 {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound("webhook endpoint"))
     }
 }
 

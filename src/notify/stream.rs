@@ -12,9 +12,9 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
-use super::endpoints::caller;
 use super::metrics::NOTIFY;
 use crate::api::accounts::User;
+use crate::api::errors::ApiError;
 use crate::context::Context;
 
 /// The PostgreSQL notification channel.
@@ -127,15 +127,13 @@ async fn listen_once(ctx: &Context, hub: &Hub, url: &str) -> Result<(), tokio_po
 
 /// The stream's caller: a bearer token, or the Insights page's cookie (a browser's
 /// EventSource cannot set headers; the cookie is HttpOnly and SameSite=Strict).
-async fn stream_caller(req: &HttpRequest, ctx: &Context) -> Result<User, HttpResponse> {
-    if req.headers().contains_key("authorization") {
-        return caller(req, ctx).await;
-    }
-    let token = crate::api::auth::cookie(req, crate::api::auth::COOKIE).unwrap_or_default();
-    match crate::api::auth::user_for_token(ctx, &token).await {
-        Ok(Some(user)) => Ok(user),
-        _ => caller(req, ctx).await,
-    }
+async fn stream_caller(req: &HttpRequest, ctx: &Context) -> Result<User, ApiError> {
+    let token = crate::api::auth::bearer(req)
+        .or_else(|| crate::api::auth::cookie(req, crate::api::auth::COOKIE))
+        .unwrap_or_default();
+    crate::api::auth::user_for_token(ctx, &token)
+        .await?
+        .ok_or(ApiError::Unauthorized)
 }
 
 /// The Insights page's live notice: "opened just now", from the stream. Text only (textContent),
@@ -167,7 +165,7 @@ async fn live_js() -> HttpResponse {
 async fn stream(req: HttpRequest, ctx: web::Data<Context>) -> HttpResponse {
     let user = match stream_caller(&req, &ctx).await {
         Ok(u) => u,
-        Err(resp) => return resp,
+        Err(e) => return actix_web::ResponseError::error_response(&e),
     };
     let mut rx = ctx.event_hub.subscribe();
     let shutdown = ctx.shutdown.clone();
