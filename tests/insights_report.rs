@@ -259,7 +259,7 @@ async fn an_event_committed_late_is_not_skipped() {
         .execute(insert_open, &[&uuid::Uuid::now_v7(), &msgs[1].id, &c2.id])
         .await
         .unwrap();
-    aggregate(&db.url, 100).await;
+    aggregate_settled(&db.url, 100).await;
     slow_tx.commit().await.unwrap();
     aggregate(&db.url, 100).await;
 

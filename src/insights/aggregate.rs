@@ -253,8 +253,11 @@ pub async fn lag(client: &Client) -> Result<(i64, f64), InsightsError> {
 }
 
 /// Folds until nothing settled is left; `progress` is told the events folded after each batch.
-/// Returns the events folded. When another node (or a killed run whose backend has not noticed
-/// yet) holds the watermark, `wait` says whether to wait for it or to stop there.
+/// Returns the events folded. `wait` is for a run that must leave every event committed before
+/// it started folded (the `aggregate` command, tests): it waits for a watermark held by another
+/// node, and for events that are not settled yet because some older transaction, in any
+/// database of the cluster, is still running (for at most [`SETTLE_WAIT`]). Without `wait` (the job in `serve`) the run stops
+/// there and the next tick goes on.
 pub async fn run_until_caught_up(
     client: &mut Client,
     limit: i64,
@@ -263,14 +266,34 @@ pub async fn run_until_caught_up(
 ) -> Result<u64, InsightsError> {
     let started = Instant::now();
     let mut total = 0;
+    let target: Option<(i64, i64)> = if wait {
+        client
+            .query_opt(
+                "SELECT txid, seq FROM events ORDER BY txid DESC, seq DESC LIMIT 1",
+                &[],
+            )
+            .await?
+            .map(|r| (r.get(0), r.get(1)))
+    } else {
+        None
+    };
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(100));
     loop {
         match fold_batch(client, limit).await? {
             Some(b) if b.events > 0 => {
                 total += b.events;
                 progress(b.events);
             }
-            Some(_) => break,
-            None if wait => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            Some(_) => match target {
+                Some((txid, seq))
+                    if started.elapsed() < SETTLE_WAIT
+                        && !folded_past(client, txid, seq).await? =>
+                {
+                    pause().await
+                }
+                _ => break,
+            },
+            None if wait => pause().await,
             None => break,
         }
     }
@@ -281,6 +304,23 @@ pub async fn run_until_caught_up(
     METRICS.lag_events.set(events);
     METRICS.lag_seconds.set(seconds);
     Ok(total)
+}
+
+/// How long a waiting run waits for events held back by an older open transaction before it
+/// leaves them to the next run.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether the watermark has reached the event (`txid`, `seq`), or that event is gone (erased).
+async fn folded_past(client: &Client, txid: i64, seq: i64) -> Result<bool, InsightsError> {
+    let row = client
+        .query_one(
+            "SELECT (w.txid, w.seq) >= ($1, $2)
+                    OR NOT EXISTS (SELECT 1 FROM events WHERE (txid, seq) = ($1, $2))
+             FROM insights_watermark w WHERE w.id = 1",
+            &[&txid, &seq],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// The job inside `serve`: a run every `every`, until shutdown. Errors are logged and retried at

@@ -483,12 +483,22 @@ pub async fn users(pool: &deadpool_postgres::Pool) -> Vec<TestUser> {
 }
 
 /// Runs the aggregation job in-process until caught up.
+/// Folds every event committed so far, as `mailtally aggregate` does.
 pub async fn aggregate(db_url: &str, batch: i64) -> u64 {
+    aggregate_with(db_url, batch, true).await
+}
+
+/// Folds what is settled now and stops, as the job inside `serve` does.
+pub async fn aggregate_settled(db_url: &str, batch: i64) -> u64 {
+    aggregate_with(db_url, batch, false).await
+}
+
+async fn aggregate_with(db_url: &str, batch: i64, wait: bool) -> u64 {
     let (mut client, conn) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(conn);
-    mailtally::insights::aggregate::run_until_caught_up(&mut client, batch, true, |_| {})
+    mailtally::insights::aggregate::run_until_caught_up(&mut client, batch, wait, |_| {})
         .await
         .unwrap()
 }
