@@ -187,6 +187,26 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "drop raw events older than this many days (whole months), keeping reports; 0 keeps them all",
     },
     SettingDoc {
+        key: "SENDER_RATE_PER_MINUTE",
+        default: Some("600"),
+        help: "most messages a minute each sender's group emails and follow-ups leave at; 0: no limit",
+    },
+    SettingDoc {
+        key: "FOLLOWUP_CHECK_EVERY",
+        default: Some("15"),
+        help: "seconds between two looks for due follow-ups",
+    },
+    SettingDoc {
+        key: "MAILBOX_KEY",
+        default: None,
+        help: "secret (32+ characters) that encrypts IMAP passwords at rest; unset: reply detection off",
+    },
+    SettingDoc {
+        key: "MAILBOX_POLL_EVERY",
+        default: Some("60"),
+        help: "seconds between two looks into a mailbox whose server has no IMAP IDLE",
+    },
+    SettingDoc {
         key: "EVENT_BATCH_SIZE",
         default: Some("1000"),
         help: "events per COPY batch (a batch is also written every 100 ms)",
@@ -423,6 +443,10 @@ pub struct Settings {
     pub webhook_max_age: Duration,
     pub webhook_disable_after: u32,
     pub retention_days: u32,
+    pub sender_rate_per_minute: u32,
+    pub followup_check_every: Duration,
+    pub mailbox_key: Option<String>,
+    pub mailbox_poll_every: Duration,
     pub event_batch_size: usize,
     pub event_channel_capacity: usize,
     pub log_format: LogFormat,
@@ -472,6 +496,10 @@ impl Settings {
             webhook_max_age: seconds(src, "WEBHOOK_MAX_AGE")?,
             webhook_disable_after: parse(src, "WEBHOOK_DISABLE_AFTER")?,
             retention_days: parse(src, "RETENTION_DAYS")?,
+            sender_rate_per_minute: parse(src, "SENDER_RATE_PER_MINUTE")?,
+            followup_check_every: seconds(src, "FOLLOWUP_CHECK_EVERY")?,
+            mailbox_key: opt("MAILBOX_KEY"),
+            mailbox_poll_every: seconds(src, "MAILBOX_POLL_EVERY")?,
             event_batch_size: parse(src, "EVENT_BATCH_SIZE")?,
             event_channel_capacity: parse(src, "EVENT_CHANNEL_CAPACITY")?,
             log_format: match req("LOG_FORMAT").to_ascii_lowercase().as_str() {
@@ -492,6 +520,13 @@ impl Settings {
                 "EVENT_BATCH_SIZE",
                 "0",
                 "EVENT_BATCH_SIZE and EVENT_CHANNEL_CAPACITY must be at least 1",
+            ));
+        }
+        if settings.mailbox_key.as_ref().is_some_and(|k| k.len() < 32) {
+            return Err(invalid(
+                "MAILBOX_KEY",
+                "(hidden)",
+                "needs at least 32 characters",
             ));
         }
         if settings.retry_schedule.is_empty() {

@@ -22,6 +22,7 @@
 //!   state and the `serve` command.
 
 pub mod api;
+pub mod compose;
 pub mod config;
 pub mod context;
 pub mod deliver;

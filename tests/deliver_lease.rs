@@ -43,6 +43,7 @@ async fn a_reclaimed_copy_records_one_outcome_only() {
             id: Uuid::now_v7(),
             recipient: "bob@example.net".into(),
             body: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+            ..Default::default()
         }],
     };
     queue::enqueue(&pool, &message).await.unwrap();

@@ -243,6 +243,7 @@ pub async fn detail(
             icon: match kind.as_str() {
                 "open" => Some("eye"),
                 "click" => Some("cursor"),
+                "reply" => Some("reply"),
                 _ => None,
             },
             human: class.as_deref().map(|c| c == "human" || c == "proxy"),

@@ -9,8 +9,10 @@ pub mod accounts;
 pub mod auth;
 pub mod erase;
 pub mod errors;
+pub mod group_emails;
 pub mod messages;
 pub mod reports;
+pub mod templates;
 pub mod users;
 pub mod visibility;
 
@@ -41,6 +43,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/users", web::post().to(users::create_user))
             .route("/tokens", web::post().to(users::create_token))
             .route("/erase", web::post().to(erase::erase_handler))
+            .route("/me/signature", web::put().to(templates::put_signature))
+            .route("/templates", web::get().to(templates::list))
+            .route("/templates", web::post().to(templates::create))
+            .route("/templates/{key}", web::get().to(templates::get))
+            .route("/templates/{key}", web::put().to(templates::update))
+            .route("/templates/{key}", web::delete().to(templates::delete))
+            .service(
+                web::resource("/group-emails")
+                    .app_data(web::PayloadConfig::new(group_emails::MAX_BODY))
+                    .route(web::post().to(group_emails::create)),
+            )
             .route("/reports/templates", web::get().to(reports::templates))
             .route("/reports/templates/{key}", web::get().to(reports::template))
             .route("/messages", web::get().to(messages::list_handler))

@@ -137,7 +137,8 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
                min(c.occurred_at) FILTER (WHERE c.kind = 'open' AND c.final_class IN ('human', 'proxy')),
                min(c.occurred_at) FILTER (WHERE c.kind = 'click'),
                min(c.occurred_at) FILTER (WHERE c.kind = 'click' AND c.final_class IN ('human', 'proxy')),
-               max(c.occurred_at)
+               max(c.occurred_at),
+               count(*) FILTER (WHERE c.kind = 'reply')
         FROM fold_classified c JOIN messages m ON m.id = c.message_id
         GROUP BY c.copy_id, m.id;
         ANALYZE fold_state;
@@ -169,11 +170,13 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
     tx.batch_execute(&format!(
         "
         INSERT INTO insights_daily AS r ({DIMS}, sent, bounced, opens, human_opens, unique_opens,
-            human_unique_opens, clicks, human_clicks, unique_clicks, human_unique_clicks)
+            human_unique_opens, clicks, human_clicks, unique_clicks, human_unique_clicks,
+            replies, unique_replies)
         SELECT {DIMS}, sum(sg), sum(sg * bounced::int), sum(sg * opens), sum(sg * human_opens),
                sum(sg * (opens > 0)::int), sum(sg * (human_opens > 0)::int),
                sum(sg * clicks), sum(sg * human_clicks),
-               sum(sg * (clicks > 0)::int), sum(sg * (human_clicks > 0)::int)
+               sum(sg * (clicks > 0)::int), sum(sg * (human_clicks > 0)::int),
+               sum(sg * replies), sum(sg * (replies > 0)::int)
         FROM (SELECT 1 AS sg, * FROM fold_state
               UNION ALL
               SELECT -1, s.* FROM insights_copy_state s JOIN fold_copies f USING (copy_id)) d
@@ -185,7 +188,9 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
             human_unique_opens = r.human_unique_opens + EXCLUDED.human_unique_opens,
             clicks = r.clicks + EXCLUDED.clicks, human_clicks = r.human_clicks + EXCLUDED.human_clicks,
             unique_clicks = r.unique_clicks + EXCLUDED.unique_clicks,
-            human_unique_clicks = r.human_unique_clicks + EXCLUDED.human_unique_clicks;
+            human_unique_clicks = r.human_unique_clicks + EXCLUDED.human_unique_clicks,
+            replies = r.replies + EXCLUDED.replies,
+            unique_replies = r.unique_replies + EXCLUDED.unique_replies;
 
         INSERT INTO insights_links AS r ({DIMS}, url, clicks, human_clicks, unique_clicks,
             human_unique_clicks)

@@ -94,6 +94,7 @@ pub fn url_part(s: &str) -> String {
 
 const EYE: &str = r##"<svg class="icon eye" width="18" height="18" viewBox="0 0 24 24" aria-label="open" role="img"><title>open</title><path d="M1 12s4-7 11-7 11 7 11 7-4 7-11 7S1 12 1 12z" fill="none" stroke="currentColor" stroke-width="2"/><circle cx="12" cy="12" r="3" fill="currentColor"/></svg>"##;
 const CURSOR: &str = r##"<svg class="icon cursor" width="18" height="18" viewBox="0 0 24 24" aria-label="click" role="img"><title>click</title><path d="M4 2l7 19 2.5-7.5L21 11z" fill="currentColor"/></svg>"##;
+const REPLY: &str = r##"<svg class="icon reply" width="18" height="18" viewBox="0 0 24 24" aria-label="reply" role="img"><title>reply</title><path d="M10 9V5l-7 7 7 7v-4.1c5 0 8.5 1.6 11 5.1-1-5-4-10-11-11z" fill="currentColor"/></svg>"##;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}th,td{padding:.3rem .6rem;border-bottom:1px solid #ddd;text-align:right}
@@ -193,7 +194,7 @@ fn switch(base: &str, class: ClassFilter) -> String {
 const FIGURE_HEADERS: &str = "<th>Sent</th><th>Delivered</th><th>Bounced</th><th>Opens</th>\
     <th>Unique opens</th><th>Human unique opens</th><th>Clicks</th><th>Unique clicks</th>\
     <th>Human unique clicks</th><th>Open rate</th><th>Click rate</th><th>Click-to-open</th>\
-    <th>Bounce rate</th>";
+    <th>Bounce rate</th><th>Replies</th><th>Unique replies</th><th>Reply rate</th>";
 
 fn figure_cells(f: &report::Figures, class: ClassFilter) -> String {
     // With "people only" the opens and clicks columns show human figures too.
@@ -212,7 +213,9 @@ fn figure_cells(f: &report::Figures, class: ClassFilter) -> String {
          <td class=\"human-unique-opens\">{}</td><td class=\"clicks\">{clicks}</td>\
          <td class=\"unique-clicks\">{uclicks}</td><td class=\"human-unique-clicks\">{}</td>\
          <td class=\"open-rate\">{}</td><td class=\"click-rate\">{}</td>\
-         <td class=\"click-to-open\">{}</td><td class=\"bounce-rate\">{}</td>",
+         <td class=\"click-to-open\">{}</td><td class=\"bounce-rate\">{}</td>\
+         <td class=\"replies\">{}</td><td class=\"unique-replies\">{}</td>\
+         <td class=\"reply-rate\">{}</td>",
         f.sent,
         f.delivered,
         f.bounced,
@@ -222,6 +225,9 @@ fn figure_cells(f: &report::Figures, class: ClassFilter) -> String {
         pct(f.click_rate),
         pct(f.click_to_open),
         pct(f.bounce_rate),
+        f.replies,
+        f.unique_replies,
+        pct(f.reply_rate),
     )
 }
 
@@ -418,6 +424,7 @@ pub async fn message(
             let icon = match e.icon {
                 Some("eye") => EYE,
                 Some("cursor") => CURSOR,
+                Some("reply") => REPLY,
                 _ => "",
             };
             let row_class = match e.human {

@@ -51,6 +51,9 @@ pub struct Figures {
     pub unique_clicks: i64,
     pub human_clicks: i64,
     pub human_unique_clicks: i64,
+    /// Replies found in the sender's mailbox (auto-replies and bounces not counted).
+    pub replies: i64,
+    pub unique_replies: i64,
     /// unique openers / delivered (of the chosen class); null when nothing was delivered
     pub open_rate: Option<f64>,
     /// unique clickers / delivered
@@ -59,6 +62,8 @@ pub struct Figures {
     pub click_to_open: Option<f64>,
     /// bounced / sent
     pub bounce_rate: Option<f64>,
+    /// unique repliers / delivered
+    pub reply_rate: Option<f64>,
 }
 
 fn ratio(a: i64, b: i64) -> Option<f64> {
@@ -81,6 +86,8 @@ impl Figures {
             human_clicks: g(7),
             unique_clicks: g(8),
             human_unique_clicks: g(9),
+            replies: g(10),
+            unique_replies: g(11),
             ..Figures::default()
         };
         let (openers, clickers) = match class {
@@ -91,15 +98,16 @@ impl Figures {
         f.click_rate = ratio(clickers, f.delivered);
         f.click_to_open = ratio(clickers, openers);
         f.bounce_rate = ratio(f.bounced, f.sent);
+        f.reply_rate = ratio(f.unique_replies, f.delivered);
         f
     }
 }
 
-/// The sums of [`Figures`]' counts over a source made by [`figures_source`]; ten bigints.
+/// The sums of [`Figures`]' counts over a source made by [`figures_source`]; twelve bigints.
 const SUMS: &str = "sum(sent)::bigint, sum(bounced)::bigint, sum(opens)::bigint,
     sum(human_opens)::bigint, sum(unique_opens)::bigint, sum(human_unique_opens)::bigint,
     sum(clicks)::bigint, sum(human_clicks)::bigint, sum(unique_clicks)::bigint,
-    sum(human_unique_clicks)::bigint";
+    sum(human_unique_clicks)::bigint, sum(replies)::bigint, sum(unique_replies)::bigint";
 
 /// Conditions common to both sources on a row `alias` with template_key, day, sender_id, team_id.
 fn dims_where(alias: &str, f: &ReportFilter, viewer: Viewer, p: &mut Params) -> String {
@@ -148,7 +156,8 @@ fn figures_source(f: &ReportFilter, viewer: Viewer, p: &mut Params) -> String {
                     s.human_opens, (s.opens > 0)::int AS unique_opens,
                     (s.human_opens > 0)::int AS human_unique_opens, s.clicks, s.human_clicks,
                     (s.clicks > 0)::int AS unique_clicks,
-                    (s.human_clicks > 0)::int AS human_unique_clicks
+                    (s.human_clicks > 0)::int AS human_unique_clicks,
+                    s.replies, (s.replies > 0)::int AS unique_replies
              FROM insights_copy_state s JOIN messages m ON m.id = s.message_id
              WHERE {dims} AND {crm}"
         )

@@ -5,6 +5,7 @@
 //! for a copy whose lease it no longer holds, and never lose a committed copy.
 
 pub mod claim;
+pub mod pacing;
 pub mod retry;
 
 use std::sync::LazyLock;
@@ -45,11 +46,17 @@ pub struct NewMessage {
     pub copies: Vec<NewCopy>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct NewCopy {
     pub id: Uuid,
     pub recipient: String,
     pub body: Vec<u8>,
+    /// The copy's own Message-ID, when it was composed for its recipient alone.
+    pub header_message_id: Option<String>,
+    /// The merge values it was composed with.
+    pub fields: Option<serde_json::Value>,
+    /// Not delivered before this time (pacing, scheduled sends); `None`: at once.
+    pub not_before: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Wakes this process's delivery workers when mail is queued (other nodes poll).
@@ -57,8 +64,35 @@ pub static QUEUED: LazyLock<Notify> = LazyLock::new(Notify::new);
 
 /// Stores the message, its copies and an `accepted` event per copy in one transaction.
 pub async fn enqueue(pool: &deadpool_postgres::Pool, m: &NewMessage) -> Result<(), QueueError> {
-    let size = i32::try_from(m.size_bytes).map_err(|_| QueueError::TooLarge(m.size_bytes))?;
     let client = pool.get().await?;
+    insert(&client, m).await?;
+    QUEUED.notify_waiters();
+    Ok(())
+}
+
+/// Like [`enqueue`], with each copy given the next free slot of the sender's sending rate
+/// (`per_minute`; 0: no pacing) in the same transaction.
+pub async fn enqueue_paced(
+    pool: &deadpool_postgres::Pool,
+    m: &mut NewMessage,
+    per_minute: u32,
+) -> Result<(), QueueError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    pacing::assign(&tx, m, per_minute).await?;
+    insert(&tx, m).await?;
+    tx.commit().await?;
+    QUEUED.notify_waiters();
+    Ok(())
+}
+
+/// The statement behind [`enqueue`], on the caller's connection or transaction (which then
+/// wakes the workers with [`QUEUED`] after its commit).
+pub async fn insert(
+    client: &impl deadpool_postgres::GenericClient,
+    m: &NewMessage,
+) -> Result<(), QueueError> {
+    let size = i32::try_from(m.size_bytes).map_err(|_| QueueError::TooLarge(m.size_bytes))?;
     // One statement, so one round trip and one commit: the CTEs insert the template, the
     // message, its copies (unnest: any number of recipients) and their `accepted` events; the
     // foreign keys are checked at the end of the statement.
@@ -76,9 +110,12 @@ pub async fn enqueue(pool: &deadpool_postgres::Pool, m: &NewMessage) -> Result<(
                  INSERT INTO links (message_id, idx, url)
                  SELECT $3, l.idx, l.url FROM unnest($18::int4[], $19::text[]) AS l (idx, url)
              ), copy AS (
-                 INSERT INTO copies (id, message_id, recipient, body)
-                 SELECT c.id, $3, c.recipient, c.body
-                 FROM unnest($14::uuid[], $15::text[], $16::bytea[]) AS c (id, recipient, body)
+                 INSERT INTO copies (id, message_id, recipient, body, header_message_id, fields,
+                     next_attempt_at)
+                 SELECT c.id, $3, c.recipient, c.body, c.mid, c.fields, coalesce(c.not_before, now())
+                 FROM unnest($14::uuid[], $15::text[], $16::bytea[], $21::text[], $22::jsonb[],
+                             $23::timestamptz[])
+                      AS c (id, recipient, body, mid, fields, not_before)
              )
              INSERT INTO events (id, occurred_at, message_id, copy_id, kind)
              SELECT e.id, now(), $3, e.copy_id, 'accepted'
@@ -88,6 +125,15 @@ pub async fn enqueue(pool: &deadpool_postgres::Pool, m: &NewMessage) -> Result<(
     let copy_ids: Vec<Uuid> = m.copies.iter().map(|c| c.id).collect();
     let recipients: Vec<&str> = m.copies.iter().map(|c| c.recipient.as_str()).collect();
     let bodies: Vec<&[u8]> = m.copies.iter().map(|c| c.body.as_slice()).collect();
+    let message_ids: Vec<Option<&str>> = m
+        .copies
+        .iter()
+        .map(|c| c.header_message_id.as_deref())
+        .collect();
+    let fields: Vec<Option<&serde_json::Value>> =
+        m.copies.iter().map(|c| c.fields.as_ref()).collect();
+    let not_before: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+        m.copies.iter().map(|c| c.not_before).collect();
     let event_ids: Vec<Uuid> = m.copies.iter().map(|_| Uuid::now_v7()).collect();
     let link_indexes: Vec<i32> = m.links.iter().map(|l| l.0).collect();
     let link_urls: Vec<&str> = m.links.iter().map(|l| l.1.as_str()).collect();
@@ -116,9 +162,11 @@ pub async fn enqueue(pool: &deadpool_postgres::Pool, m: &NewMessage) -> Result<(
                 &link_indexes,
                 &link_urls,
                 &m.untouched,
+                &message_ids,
+                &fields,
+                &not_before,
             ],
         )
         .await?;
-    QUEUED.notify_waiters();
     Ok(())
 }

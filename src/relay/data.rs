@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::session::{Mode, Next, Session};
 use super::{RejectReason, METRICS};
 use crate::queue::{self, NewCopy, NewMessage};
-use crate::rewrite::{self, RewriteSettings, TokenKeys, TrackMode};
+use crate::rewrite::{self, RewriteSettings, TokenKeys};
 
 pub(super) fn data(s: &mut Session) -> Next {
     if !s.may_submit() {
@@ -131,7 +131,7 @@ pub(super) async fn finish(s: &mut Session) -> Next {
         .track
         .clone()
         .unwrap_or_else(|| s.ctx().settings.default_track.clone());
-    let message = NewMessage {
+    let mut message = NewMessage {
         id: Uuid::now_v7(),
         sender_id: tx.sender.id,
         team_id: tx.sender.team_id,
@@ -148,10 +148,17 @@ pub(super) async fn finish(s: &mut Session) -> Next {
                 id,
                 recipient,
                 body,
+                ..Default::default()
             })
             .collect(),
     };
-    match queue::enqueue(&s.ctx().pool, &message).await {
+    let queued = if message.facts.separate {
+        let rate = s.ctx().settings.sender_rate_per_minute;
+        queue::enqueue_paced(&s.ctx().pool, &mut message, rate).await
+    } else {
+        queue::enqueue(&s.ctx().pool, &message).await
+    };
+    match queued {
         Ok(()) => {
             METRICS.messages_accepted_total.inc();
             s.reply(250, "2.0.0", &format!("Ok: queued as {}", message.id));
@@ -183,6 +190,8 @@ pub struct MessageFacts {
     pub deal: Option<String>,
     pub lead: Option<String>,
     pub project: Option<String>,
+    /// `X-Mailtally-Group: separate`: copies addressed one by one, sent at the sender's pace.
+    pub separate: bool,
 }
 
 /// The rewrite stage's result for one message: its facts, tracked links, why it went out
@@ -192,15 +201,6 @@ pub struct Handoff {
     pub links: Vec<(i32, String)>,
     pub untouched: Option<&'static str>,
     pub copies: Vec<(Uuid, String, Vec<u8>)>,
-}
-
-fn track_text(mode: TrackMode) -> &'static str {
-    match mode {
-        TrackMode::OpensAndClicks => "opens,clicks",
-        TrackMode::Opens => "opens",
-        TrackMode::Clicks => "clicks",
-        TrackMode::Off => "off",
-    }
 }
 
 /// The hand-off to the rewrite stage: the message is rewritten once, then each recipient's
@@ -222,11 +222,12 @@ pub fn copies_for(
         template_key: c.template.clone(),
         subject: c.subject.clone(),
         message_id: c.message_id.clone(),
-        track: Some(track_text(c.track).to_string()),
+        track: Some(c.track.as_str().to_string()),
         visibility,
         deal: c.deal.clone(),
         lead: c.lead.clone(),
         project: c.project.clone(),
+        separate: c.separate,
     };
     let copies = recipients
         .iter()

@@ -16,6 +16,8 @@ pub struct Controls {
     pub project: Option<String>,
     pub subject: Option<String>,
     pub message_id: Option<String>,
+    /// `X-Mailtally-Group: separate`: each recipient's copy is addressed to them alone.
+    pub separate: bool,
 }
 
 pub(crate) const PREFIX: &str = "x-mailtally-";
@@ -51,6 +53,7 @@ pub(crate) fn read(
         project: get("x-mailtally-project"),
         subject,
         message_id: get("message-id"),
+        separate: get("x-mailtally-group").is_some_and(|v| v.eq_ignore_ascii_case("separate")),
     }
 }
 

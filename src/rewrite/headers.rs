@@ -95,9 +95,55 @@ pub(crate) fn eol_of(raw: &[u8]) -> &'static [u8] {
     }
 }
 
+/// The message addressed to `recipient` alone: its top-level `To` and `Cc` fields give way to
+/// one `To: <recipient>` where the first of them was (or at the end of the header block).
+/// Every other byte stays.
+pub fn addressed_to(msg: &[u8], recipient: &str) -> Vec<u8> {
+    let fields = fields(msg, 0, msg.len());
+    let eol = eol_of(msg);
+    let end = fields.last().map(|f| f.span.end).unwrap_or(0);
+    let mut out = Vec::with_capacity(msg.len() + recipient.len() + 8);
+    let mut at = 0;
+    let mut written = false;
+    for f in fields
+        .iter()
+        .filter(|f| f.is(msg, "to") || f.is(msg, "cc"))
+    {
+        out.extend_from_slice(&msg[at..f.span.start]);
+        if !written {
+            out.extend_from_slice(format!("To: <{recipient}>").as_bytes());
+            out.extend_from_slice(eol);
+            written = true;
+        }
+        at = f.span.end;
+    }
+    if !written {
+        out.extend_from_slice(&msg[at..end]);
+        out.extend_from_slice(format!("To: <{recipient}>").as_bytes());
+        out.extend_from_slice(eol);
+        at = end;
+    }
+    out.extend_from_slice(&msg[at..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addressed_to_one_recipient() {
+        let raw = b"From: a@x\r\nTo: b@y,\r\n c@z\r\nSubject: s\r\nCc: d@w\r\n\r\nTo: body\r\n";
+        assert_eq!(
+            addressed_to(raw, "c@z"),
+            b"From: a@x\r\nTo: <c@z>\r\nSubject: s\r\n\r\nTo: body\r\n".to_vec()
+        );
+        let raw = b"From: a@x\nSubject: s\n\nbody";
+        assert_eq!(
+            addressed_to(raw, "c@z"),
+            b"From: a@x\nSubject: s\nTo: <c@z>\n\nbody".to_vec()
+        );
+    }
 
     #[test]
     fn folded_fields() {

@@ -47,6 +47,10 @@ impl RewriteSettings {
             dkim: None,
         }
     }
+
+    pub fn default_track_text(&self) -> &'static str {
+        self.default_track.as_str()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +67,15 @@ impl TrackMode {
     }
     pub fn clicks(self) -> bool {
         matches!(self, TrackMode::OpensAndClicks | TrackMode::Clicks)
+    }
+    /// As `X-Mailtally-Track` and the `messages.track` column write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackMode::OpensAndClicks => "opens,clicks",
+            TrackMode::Opens => "opens",
+            TrackMode::Clicks => "clicks",
+            TrackMode::Off => "off",
+        }
     }
 }
 
@@ -165,10 +178,15 @@ impl std::fmt::Debug for Prepared {
 }
 
 impl Prepared {
-    /// The bytes to deliver to one recipient. `recipient` is not needed by the current
-    /// format (tokens name the copy, which the relay maps to its recipient).
-    pub fn render(&self, keys: &TokenKeys, copy: Uuid, _recipient: &str) -> Vec<u8> {
-        let out = copy::fill(&self.template, &self.patches, &self.links, keys, copy);
+    /// The bytes to deliver to one recipient: the tokens name the copy; with
+    /// `X-Mailtally-Group: separate` the copy is addressed to `recipient` alone.
+    pub fn render(&self, keys: &TokenKeys, copy: Uuid, recipient: &str) -> Vec<u8> {
+        let mut out = copy::fill(&self.template, &self.patches, &self.links, keys, copy);
+        // A signature over the headers would break; an unparseable message is left alone.
+        let may_readdress = matches!(self.untouched, None | Some(Untouched::TrackingOff));
+        if self.controls.separate && may_readdress {
+            out = headers::addressed_to(&out, recipient);
+        }
         match &self.signer {
             Some(signer) => match signer.header(&out) {
                 Ok(h) => {

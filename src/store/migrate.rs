@@ -35,6 +35,9 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_insights.sql"),
     migration!(6, "0006_copies_delivered_idx.sql"),
     migration!(10, "0010_notify.sql"),
+    migration!(11, "0011_compose.sql"),
+    migration!(12, "0012_followups.sql"),
+    migration!(13, "0013_replies.sql"),
 ];
 
 /// Arbitrary constant naming mailtally's migration lock among advisory locks.
