@@ -38,3 +38,25 @@ CREATE TABLE unsubscribes (
     recipient   text PRIMARY KEY,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- The first moment at or after `base` when the clock in time zone `tz` shows `hour`:00. An
+-- unknown zone counts as UTC, so that one bad field never stops the scheduler.
+CREATE FUNCTION mailtally_at_hour(base timestamptz, tz text, hour integer)
+RETURNS timestamptz LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    zone text := coalesce(nullif(tz, ''), 'UTC');
+    local timestamp;
+    candidate timestamp;
+BEGIN
+    BEGIN
+        local := base AT TIME ZONE zone;
+    EXCEPTION WHEN invalid_parameter_value OR data_exception THEN
+        zone := 'UTC';
+        local := base AT TIME ZONE zone;
+    END;
+    candidate := date_trunc('day', local) + make_interval(hours => hour);
+    IF candidate < local THEN
+        candidate := candidate + interval '1 day';
+    END IF;
+    RETURN candidate AT TIME ZONE zone;
+END $$;

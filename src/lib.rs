@@ -27,6 +27,7 @@ pub mod config;
 pub mod context;
 pub mod deliver;
 pub mod events;
+pub mod followup;
 pub mod http;
 pub mod insights;
 pub mod metrics;

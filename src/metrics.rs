@@ -135,6 +135,7 @@ pub fn init() {
     LazyLock::force(&crate::events::METRICS);
     LazyLock::force(&crate::track::METRICS);
     LazyLock::force(&crate::notify::metrics::NOTIFY);
+    LazyLock::force(&crate::followup::schedule::FOLLOWUPS);
     crate::insights::metrics::init();
 }
 

@@ -244,6 +244,17 @@ pub async fn find_by_email(
     Ok(row.as_ref().map(user_from_row))
 }
 
+/// The enabled user with this id.
+pub async fn find_by_id(client: &impl GenericClient, id: i64) -> Result<Option<User>, AccountError> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1 AND u.disabled_at IS NULL"),
+            &[&id],
+        )
+        .await?;
+    Ok(row.as_ref().map(user_from_row))
+}
+
 pub async fn count_users(client: &impl GenericClient) -> Result<i64, AccountError> {
     Ok(client
         .query_one("SELECT count(*) FROM users", &[])

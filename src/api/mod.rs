@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod automations;
 pub mod erase;
 pub mod errors;
 pub mod group_emails;
@@ -43,6 +44,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/users", web::post().to(users::create_user))
             .route("/tokens", web::post().to(users::create_token))
             .route("/erase", web::post().to(erase::erase_handler))
+            .route("/automations", web::get().to(automations::list))
+            .route("/automations", web::post().to(automations::create))
+            .route("/automations/{id}", web::delete().to(automations::delete))
+            .route("/unsubscribes", web::post().to(automations::unsubscribe))
             .route("/me/signature", web::put().to(templates::put_signature))
             .route("/templates", web::get().to(templates::list))
             .route("/templates", web::post().to(templates::create))

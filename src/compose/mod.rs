@@ -67,8 +67,9 @@ impl Recipient {
 /// Where a composed message sits in a conversation (follow-ups answer an earlier copy).
 #[derive(Debug, Clone)]
 pub struct Thread {
-    pub in_reply_to: String,
-    pub references: String,
+    /// The Message-ID answered, when the earlier copy had one.
+    pub in_reply_to: Option<String>,
+    pub references: Option<String>,
     /// The subject as sent, without merge fields: "Re: " is put before it.
     pub subject: String,
 }
@@ -183,8 +184,8 @@ impl Composition {
                 html,
                 text,
                 message_id: message_id.clone(),
-                in_reply_to: self.thread.as_ref().map(|t| t.in_reply_to.clone()),
-                references: self.thread.as_ref().map(|t| t.references.clone()),
+                in_reply_to: self.thread.as_ref().and_then(|t| t.in_reply_to.clone()),
+                references: self.thread.as_ref().and_then(|t| t.references.clone()),
                 controls: controls.clone(),
             };
             let raw = build::build(&draft)?;
