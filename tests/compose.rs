@@ -109,7 +109,8 @@ fn a_group_email_gives_each_recipient_their_own_copy_once() {
         let name = if i % 5 == 0 { "there".to_string() } else { format!("Name{i}") };
         assert!(html.contains(&format!("<p>Hi {name},</p>")), "{html}");
         assert!(text.starts_with(&format!("Hi {name}, see ")), "{text}");
-        assert!(html.contains("<p class=\"sig\">Ann, ACME</p></body>"), "signature: {html}");
+        let sig = html.find("<p class=\"sig\">Ann, ACME</p>").expect("the signature");
+        assert!(sig > html.find("the offer").unwrap() && sig < html.find("</body>").unwrap(), "{html}");
         assert!(text.trim_end().ends_with("-- \r\nAnn, ACME") || text.trim_end().ends_with("-- \nAnn, ACME"), "{text:?}");
         assert!(!html.contains("https://example.com/offer\""), "the link is tracked");
         assert!(!dump.contains("X-Mailtally"), "control headers never leave");
@@ -224,14 +225,14 @@ fn separate_group_over_smtp_addresses_each_copy_alone_at_the_senders_pace() {
     }
     got.sort();
     assert_eq!(got, rcpts);
-    // 120 a minute: the four copies were due half a second apart.
-    let due = db_rows(
+    // 120 a minute: the four copies left half a second apart, none before its slot.
+    let delivered = db_rows(
         &db.url,
-        "SELECT extract(epoch FROM next_attempt_at - min(next_attempt_at) OVER ())::text
-         FROM copies ORDER BY next_attempt_at",
+        "SELECT extract(epoch FROM delivered_at - min(delivered_at) OVER ())::text
+         FROM copies ORDER BY delivered_at",
     );
-    let offsets: Vec<f64> = due.iter().map(|r| r[0].parse().unwrap()).collect();
-    for (i, o) in offsets.iter().enumerate() {
-        assert!((o - 0.5 * i as f64).abs() < 0.01, "{offsets:?}");
+    let offsets: Vec<f64> = delivered.iter().map(|r| r[0].parse().unwrap()).collect();
+    for (i, o) in offsets.iter().enumerate().skip(1) {
+        assert!(*o >= 0.5 * i as f64 - 0.05, "delivered too early: {offsets:?}");
     }
 }
