@@ -6,45 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::smtp::{add_user, auth_plain, db_i64, db_rows, wait_until, Client, Sink};
+use common::api::{call, received, Received};
+use common::smtp::{add_user, auth_plain, db_i64, db_rows, delivered, wait_until, Client, Sink};
 use common::{Server, TestDb};
 use serde_json::{json, Value};
 
 const PASSWORD: &str = "correct horse battery";
-
-fn call(method: &str, url: &str, token: &str, body: Option<&Value>, key: Option<&str>) -> (u16, Value) {
-    let mut req = ureq::request(method, url).set("Authorization", &format!("Bearer {token}"));
-    if let Some(k) = key {
-        req = req.set("Idempotency-Key", k);
-    }
-    let res = match body {
-        Some(b) => req.send_json(b.clone()),
-        None => req.call(),
-    };
-    match res {
-        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
-        Err(e) => panic!("{method} {url}: {e}"),
-    }
-}
-
-/// The decoded HTML and the headers of a delivered copy.
-fn parsed(dump: &str) -> (String, String, String, Vec<String>) {
-    let raw = dump.replace('\n', "\r\n");
-    let m = mail_parser::MessageParser::default()
-        .parse(raw.as_bytes())
-        .expect("the copy parses");
-    let to: Vec<String> = m
-        .to()
-        .map(|a| a.iter().filter_map(|x| x.address().map(str::to_string)).collect())
-        .unwrap_or_default();
-    (
-        m.subject().unwrap_or("").to_string(),
-        m.body_html(0).map(|h| h.into_owned()).unwrap_or_default(),
-        m.body_text(0).map(|h| h.into_owned()).unwrap_or_default(),
-        to,
-    )
-}
 
 fn recipients(n: usize) -> Vec<Value> {
     (0..n)
@@ -64,13 +31,22 @@ fn a_group_email_gives_each_recipient_their_own_copy_once() {
     let sink = Sink::start(&[]);
     let server = Server::start(
         &db.url,
-        &[("UPSTREAM_URL", &sink.url()), ("SENDER_RATE_PER_MINUTE", "0")],
+        &[
+            ("UPSTREAM_URL", &sink.url()),
+            ("SENDER_RATE_PER_MINUTE", "0"),
+        ],
     );
     let token = add_user(&db.url, "ann@example.com", PASSWORD);
     let api = |p: &str| server.url(p);
 
-    let (status, body) = call("PUT", &api("/api/me/signature"), &token, Some(&json!({
-        "html": "<p class=\"sig\">Ann, ACME</p>", "text": "Ann, ACME"})), None);
+    let (status, body) = call(
+        "PUT",
+        &api("/api/me/signature"),
+        &token,
+        Some(&json!({
+        "html": "<p class=\"sig\">Ann, ACME</p>", "text": "Ann, ACME"})),
+        None,
+    );
     assert_eq!(status, 200, "{body}");
     let template = json!({
         "key": "intro", "name": "Intro",
@@ -78,22 +54,40 @@ fn a_group_email_gives_each_recipient_their_own_copy_once() {
         "html": "<html><body><p>Hi {{first_name|there}},</p><p>see <a href=\"https://example.com/offer\">the offer</a></p></body></html>",
         "text": "Hi {{first_name|there}}, see https://example.com/offer",
     });
-    let (status, body) = call("POST", &api("/api/templates"), &token, Some(&template), None);
+    let (status, body) = call(
+        "POST",
+        &api("/api/templates"),
+        &token,
+        Some(&template),
+        None,
+    );
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["key"], "intro");
-    let (status, _) = call("POST", &api("/api/templates"), &token, Some(&template), None);
+    let (status, _) = call(
+        "POST",
+        &api("/api/templates"),
+        &token,
+        Some(&template),
+        None,
+    );
     assert_eq!(status, 409, "a key is created once");
     let (status, list) = call("GET", &api("/api/templates"), &token, None, None);
     assert_eq!(status, 200);
     assert_eq!(list["templates"].as_array().unwrap().len(), 1);
 
     let request = json!({"template": "intro", "recipients": recipients(50), "deal": "d-7"});
-    let (status, first) = call("POST", &api("/api/group-emails"), &token, Some(&request), Some("k-1"));
+    let (status, first) = call(
+        "POST",
+        &api("/api/group-emails"),
+        &token,
+        Some(&request),
+        Some("k-1"),
+    );
     assert_eq!(status, 202, "{first}");
     assert_eq!(first["copies"], 50);
 
     assert!(
-        wait_until(Duration::from_secs(60), || sink.count() >= 50),
+        wait_until(Duration::from_secs(60), || delivered(&db.url) == 50),
         "50 copies delivered: {} so far\n{}",
         sink.count(),
         server.log_text()
@@ -101,37 +95,91 @@ fn a_group_email_gives_each_recipient_their_own_copy_once() {
     let mut seen_to = std::collections::BTreeSet::new();
     let mut pixels = std::collections::BTreeSet::new();
     for dump in sink.messages() {
-        let (subject, html, text, to) = parsed(&dump);
+        let Received {
+            subject,
+            html,
+            text,
+            to,
+            ..
+        } = received(&dump);
         assert_eq!(to.len(), 1, "To names one recipient: {to:?}");
-        let i: usize = to[0].trim_start_matches('r').split('@').next().unwrap().parse().unwrap();
+        let i: usize = to[0]
+            .trim_start_matches('r')
+            .split('@')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(seen_to.insert(i));
         assert_eq!(subject, format!("An offer for Co {i}"));
-        let name = if i % 5 == 0 { "there".to_string() } else { format!("Name{i}") };
+        let name = if i % 5 == 0 {
+            "there".to_string()
+        } else {
+            format!("Name{i}")
+        };
         assert!(html.contains(&format!("<p>Hi {name},</p>")), "{html}");
         assert!(text.starts_with(&format!("Hi {name}, see ")), "{text}");
-        let sig = html.find("<p class=\"sig\">Ann, ACME</p>").expect("the signature");
-        assert!(sig > html.find("the offer").unwrap() && sig < html.find("</body>").unwrap(), "{html}");
-        assert!(text.trim_end().ends_with("-- \r\nAnn, ACME") || text.trim_end().ends_with("-- \nAnn, ACME"), "{text:?}");
-        assert!(!html.contains("https://example.com/offer\""), "the link is tracked");
+        let sig = html
+            .find("<p class=\"sig\">Ann, ACME</p>")
+            .expect("the signature");
+        assert!(
+            sig > html.find("the offer").unwrap() && sig < html.find("</body>").unwrap(),
+            "{html}"
+        );
+        assert!(
+            text.trim_end().ends_with("-- \r\nAnn, ACME")
+                || text.trim_end().ends_with("-- \nAnn, ACME"),
+            "{text:?}"
+        );
+        assert!(
+            !html.contains("https://example.com/offer\""),
+            "the link is tracked"
+        );
         assert!(!dump.contains("X-Mailtally"), "control headers never leave");
-        let pixel = html.split("/o/").nth(1).expect("a pixel").split('"').next().unwrap().to_string();
+        let pixel = html
+            .split("/o/")
+            .nth(1)
+            .expect("a pixel")
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
         assert!(pixels.insert(pixel), "each copy has its own tokens");
     }
     assert_eq!(seen_to.len(), 50);
-    assert_eq!(db_i64(&db.url, "SELECT count(*) FROM messages"), 1, "one message in reports");
     assert_eq!(
-        db_i64(&db.url, "SELECT count(DISTINCT header_message_id) FROM copies"),
+        db_i64(&db.url, "SELECT count(*) FROM messages"),
+        1,
+        "one message in reports"
+    );
+    assert_eq!(
+        db_i64(
+            &db.url,
+            "SELECT count(DISTINCT header_message_id) FROM copies"
+        ),
         50,
         "each copy has its own Message-ID"
     );
 
     // The same request again: the first answer, nothing sent.
-    let (status, again) = call("POST", &api("/api/group-emails"), &token, Some(&request), Some("k-1"));
+    let (status, again) = call(
+        "POST",
+        &api("/api/group-emails"),
+        &token,
+        Some(&request),
+        Some("k-1"),
+    );
     assert_eq!(status, 200, "{again}");
     assert_eq!(again, first);
     // The same key with another request is refused.
     let other = json!({"template": "intro", "recipients": recipients(2)});
-    let (status, body) = call("POST", &api("/api/group-emails"), &token, Some(&other), Some("k-1"));
+    let (status, body) = call(
+        "POST",
+        &api("/api/group-emails"),
+        &token,
+        Some(&other),
+        Some("k-1"),
+    );
     assert_eq!(status, 422, "{body}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(db_i64(&db.url, "SELECT count(*) FROM copies"), 50);
@@ -162,7 +210,13 @@ fn merge_values_cannot_inject_and_missing_fields_send_nothing() {
         ]));
         let (status, body) = call("POST", &url, &token, Some(&req), None);
         assert_eq!(status, 422, "{body}");
-        assert!(body["message"].as_str().unwrap().contains("bob@example.net"), "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("bob@example.net"),
+            "{body}"
+        );
     }
     // A field without a default that one recipient lacks.
     let req = inline(json!([
@@ -171,26 +225,42 @@ fn merge_values_cannot_inject_and_missing_fields_send_nothing() {
     ]));
     let (status, body) = call("POST", &url, &token, Some(&req), None);
     assert_eq!(status, 422);
-    assert!(body["message"].as_str().unwrap().contains("`name`"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("`name`"),
+        "{body}"
+    );
     // Header values of the request itself.
     let mut req = inline(json!([{"email": "ok@example.net", "fields": {"name": "Ok"}}]));
     req["deal"] = json!("d\r\nBcc: x@example.org");
     assert_eq!(call("POST", &url, &token, Some(&req), None).0, 422);
-    let req = inline(json!([{"email": "not an address\r\nBcc: x@example.org", "fields": {"name": "Ok"}}]));
+    let req = inline(
+        json!([{"email": "not an address\r\nBcc: x@example.org", "fields": {"name": "Ok"}}]),
+    );
     assert_eq!(call("POST", &url, &token, Some(&req), None).0, 422);
-    assert_eq!(db_i64(&db.url, "SELECT count(*) FROM copies"), 0, "nothing was queued");
+    assert_eq!(
+        db_i64(&db.url, "SELECT count(*) FROM copies"),
+        0,
+        "nothing was queued"
+    );
 
     // HTML in a value is escaped, in text and in attributes.
     let script = "<script>alert(\"x\")</script>";
     let req = inline(json!([{"email": "eve@example.net", "fields": {"name": script}}]));
     let (status, body) = call("POST", &url, &token, Some(&req), None);
     assert_eq!(status, 202, "{body}");
-    assert!(wait_until(Duration::from_secs(20), || sink.count() == 1));
+    assert!(wait_until(Duration::from_secs(20), || delivered(&db.url) == 1));
     let dump = &sink.messages()[0];
-    let (subject, html, _, _) = parsed(dump);
+    let Received { subject, html, .. } = received(dump);
     assert!(!html.contains("<script>"), "{html}");
-    assert!(html.contains("Dear &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;, no note"), "{html}");
-    assert_eq!(subject, format!("Hello {script}"), "a subject is text, not HTML");
+    assert!(
+        html.contains("Dear &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;, no note"),
+        "{html}"
+    );
+    assert_eq!(
+        subject,
+        format!("Hello {script}"),
+        "a subject is text, not HTML"
+    );
     assert!(!dump.contains("\nBcc:"));
 }
 
@@ -200,13 +270,26 @@ fn separate_group_over_smtp_addresses_each_copy_alone_at_the_senders_pace() {
     let sink = Sink::start(&[]);
     let server = Server::start(
         &db.url,
-        &[("UPSTREAM_URL", &sink.url()), ("SENDER_RATE_PER_MINUTE", "120")],
+        &[
+            ("UPSTREAM_URL", &sink.url()),
+            ("SENDER_RATE_PER_MINUTE", "120"),
+        ],
     );
     add_user(&db.url, "ann@example.com", PASSWORD);
-    let rcpts = ["a@example.net", "b@example.net", "c@example.org", "d@example.org"];
+    let rcpts = [
+        "a@example.net",
+        "b@example.net",
+        "c@example.org",
+        "d@example.org",
+    ];
     let mut c = Client::connect(server.smtp);
     c.cmd("EHLO client.example");
-    assert!(c.cmd(&format!("AUTH PLAIN {}", auth_plain("ann@example.com", PASSWORD))).starts_with("235"));
+    assert!(c
+        .cmd(&format!(
+            "AUTH PLAIN {}",
+            auth_plain("ann@example.com", PASSWORD)
+        ))
+        .starts_with("235"));
     assert!(c.cmd("MAIL FROM:<ann@example.com>").starts_with("250"));
     for r in rcpts {
         assert!(c.cmd(&format!("RCPT TO:<{r}>")).starts_with("250"));
@@ -214,12 +297,16 @@ fn separate_group_over_smtp_addresses_each_copy_alone_at_the_senders_pace() {
     let message = "From: ann@example.com\r\nTo: a@example.net, b@example.net\r\nCc: c@example.org,\r\n d@example.org\r\nX-Mailtally-Group: separate\r\nSubject: News\r\nContent-Type: text/html\r\n\r\n<p>News <a href=\"https://example.com/n\">n</a></p>\r\n";
     let reply = c.data(message.as_bytes());
     assert!(reply.starts_with("250"), "{reply}");
-    assert!(wait_until(Duration::from_secs(30), || sink.count() == 4), "{}", server.log_text());
+    assert!(
+        wait_until(Duration::from_secs(30), || delivered(&db.url) == 4),
+        "{}",
+        server.log_text()
+    );
     let mut got = Vec::new();
     for dump in sink.messages() {
         assert!(!dump.contains("\nCc:"), "{dump}");
         assert!(!dump.contains("X-Mailtally"));
-        let (_, _, _, to) = parsed(&dump);
+        let to = received(&dump).to;
         assert_eq!(to.len(), 1, "{dump}");
         got.push(to[0].clone());
     }
@@ -233,6 +320,9 @@ fn separate_group_over_smtp_addresses_each_copy_alone_at_the_senders_pace() {
     );
     let offsets: Vec<f64> = delivered.iter().map(|r| r[0].parse().unwrap()).collect();
     for (i, o) in offsets.iter().enumerate().skip(1) {
-        assert!(*o >= 0.5 * i as f64 - 0.05, "delivered too early: {offsets:?}");
+        assert!(
+            *o >= 0.5 * i as f64 - 0.05,
+            "delivered too early: {offsets:?}"
+        );
     }
 }

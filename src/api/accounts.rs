@@ -245,10 +245,15 @@ pub async fn find_by_email(
 }
 
 /// The enabled user with this id.
-pub async fn find_by_id(client: &impl GenericClient, id: i64) -> Result<Option<User>, AccountError> {
+pub async fn find_by_id(
+    client: &impl GenericClient,
+    id: i64,
+) -> Result<Option<User>, AccountError> {
     let row = client
         .query_opt(
-            &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1 AND u.disabled_at IS NULL"),
+            &format!(
+                "SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1 AND u.disabled_at IS NULL"
+            ),
             &[&id],
         )
         .await?;

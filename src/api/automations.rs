@@ -62,7 +62,9 @@ pub async fn create(
         return Err(ApiError::Unprocessable("send_hour is 0 to 23".into()));
     }
     if b.trigger_template.trim().is_empty() || b.trigger_template.chars().any(char::is_control) {
-        return Err(ApiError::Unprocessable("trigger_template is a template key".into()));
+        return Err(ApiError::Unprocessable(
+            "trigger_template is a template key".into(),
+        ));
     }
     let window = window_seconds(&b)?;
     let client = ctx.pool.get().await?;
@@ -124,9 +126,12 @@ pub async fn unsubscribe(
 ) -> Result<HttpResponse, ApiError> {
     let r = body.recipient.trim();
     if r.parse::<lettre::Address>().is_err() {
-        return Err(ApiError::Unprocessable(format!("`{r}` is not an e-mail address")));
+        return Err(ApiError::Unprocessable(format!(
+            "`{r}` is not an e-mail address"
+        )));
     }
     let client = ctx.pool.get().await?;
     let cancelled = rules::unsubscribe(&client, r).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"recipient": r, "cancelled_followups": cancelled})))
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({"recipient": r, "cancelled_followups": cancelled})))
 }

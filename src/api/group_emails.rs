@@ -59,9 +59,9 @@ fn unprocessable(msg: impl Into<String>) -> ApiError {
 
 fn header_safe(what: &str, v: &Option<String>) -> Result<(), ApiError> {
     match v {
-        Some(v) if v.chars().any(char::is_control) || v.len() > 998 => Err(unprocessable(
-            format!("`{what}` must be one line without control characters"),
-        )),
+        Some(v) if v.chars().any(char::is_control) || v.len() > 998 => Err(unprocessable(format!(
+            "`{what}` must be one line without control characters"
+        ))),
         _ => Ok(()),
     }
 }
@@ -77,7 +77,10 @@ fn recipients(body: &[RecipientBody]) -> Result<Vec<Recipient>, ApiError> {
     let mut out = Vec::with_capacity(body.len());
     for (i, r) in body.iter().enumerate() {
         let address: lettre::Address = r.email.trim().parse().map_err(|_| {
-            unprocessable(format!("recipients[{i}]: `{}` is not an e-mail address", r.email))
+            unprocessable(format!(
+                "recipients[{i}]: `{}` is not an e-mail address",
+                r.email
+            ))
         })?;
         if !seen.insert(address.to_string().to_ascii_lowercase()) {
             return Err(unprocessable(format!(
@@ -116,7 +119,9 @@ async fn sender(ctx: &Context, caller: &User, asked: Option<&str>) -> Result<Use
     };
     let client = ctx.pool.get().await?;
     match accounts::find_by_email(&**client, asked).await? {
-        Some(u) if caller.role == Role::Admin && u.team_id.is_some() && u.team_id == caller.team_id => {
+        Some(u)
+            if caller.role == Role::Admin && u.team_id.is_some() && u.team_id == caller.team_id =>
+        {
             Ok(u)
         }
         _ => Err(ApiError::Forbidden),
@@ -140,7 +145,9 @@ pub async fn create(
                 .map(str::trim)
                 .filter(|k| !k.is_empty() && k.len() <= 200)
                 .ok_or_else(|| {
-                    ApiError::BadRequest("Idempotency-Key must be 1 to 200 visible characters".into())
+                    ApiError::BadRequest(
+                        "Idempotency-Key must be 1 to 200 visible characters".into(),
+                    )
                 })?;
             Some(Idempotency::new(key, &raw))
         }
@@ -187,7 +194,14 @@ pub async fn create(
             let t = templates::get(&client, &caller.0, key)
                 .await?
                 .ok_or(ApiError::NotFound("template"))?;
-            Composition::new(sender.clone(), t.key, &t.subject, &t.html, t.text.as_deref(), &signature)
+            Composition::new(
+                sender.clone(),
+                t.key,
+                &t.subject,
+                &t.html,
+                t.text.as_deref(),
+                &signature,
+            )
         }
         (None, Some(subject), Some(html)) => {
             header_safe("subject", &body.subject)?;
@@ -195,7 +209,14 @@ pub async fn create(
                 Some(k) if !k.trim().is_empty() => k.trim().to_string(),
                 _ => crate::rewrite::controls::template_key(subject, &[]),
             };
-            Composition::new(sender.clone(), key, subject, html, body.text.as_deref(), &signature)
+            Composition::new(
+                sender.clone(),
+                key,
+                subject,
+                html,
+                body.text.as_deref(),
+                &signature,
+            )
         }
         _ => {
             return Err(unprocessable(
@@ -223,12 +244,11 @@ pub async fn create(
     }
     let rewrite = ctx.rewrite.clone();
     let keys = ctx.tracking_secrets.keys();
-    let mut message = tokio::task::spawn_blocking(move || {
-        composition.render(&recipients, &rewrite, &keys)
-    })
-    .await
-    .map_err(|_| ApiError::BadRequest("the server is shutting down".into()))?
-    .map_err(compose_error)?;
+    let mut message =
+        tokio::task::spawn_blocking(move || composition.render(&recipients, &rewrite, &keys))
+            .await
+            .map_err(|_| ApiError::BadRequest("the server is shutting down".into()))?
+            .map_err(compose_error)?;
 
     let answer = serde_json::json!({
         "message_id": message.id,

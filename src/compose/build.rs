@@ -113,7 +113,10 @@ mod tests {
         assert_eq!(m.in_reply_to().as_text(), Some("a@example.com"));
         assert_eq!(m.body_html(0).unwrap().trim(), "<p>Hi Bob</p>");
         assert_eq!(m.body_text(0).unwrap().trim(), "Hi Bob");
-        assert_eq!(m.to().unwrap().first().unwrap().address(), Some("bob@example.org"));
+        assert_eq!(
+            m.to().unwrap().first().unwrap().address(),
+            Some("bob@example.org")
+        );
     }
 
     #[test]

@@ -35,7 +35,9 @@ pub enum Target {
 pub enum MergeError {
     #[error("merge field `{0}` has no value and no default")]
     Missing(String),
-    #[error("merge field `{0}` holds a line break or control character, which a header cannot carry")]
+    #[error(
+        "merge field `{0}` holds a line break or control character, which a header cannot carry"
+    )]
     Unsafe(String),
 }
 

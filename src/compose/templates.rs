@@ -37,7 +37,8 @@ fn from_row(r: &Row) -> Template {
 }
 
 /// Templates with content that `user` may use: their own and their team's.
-const USABLE: &str = "html IS NOT NULL AND (owner_id = $1 OR (team_id IS NOT NULL AND team_id = $2))";
+const USABLE: &str =
+    "html IS NOT NULL AND (owner_id = $1 OR (team_id IS NOT NULL AND team_id = $2))";
 
 pub async fn list(
     client: &impl deadpool_postgres::GenericClient,
@@ -103,7 +104,15 @@ pub async fn write(
                 "INSERT INTO templates (key, name, subject, html, text_body, owner_id, team_id,
                      first_subject, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $3, now())",
-                &[&t.key, &t.name, &t.subject, &t.html, &t.text, &user.id, &user.team_id],
+                &[
+                    &t.key,
+                    &t.name,
+                    &t.subject,
+                    &t.html,
+                    &t.text,
+                    &user.id,
+                    &user.team_id,
+                ],
             )
             .await?;
             Written::Created
@@ -129,7 +138,15 @@ pub async fn write(
                          owner_id = coalesce(owner_id, $6), team_id = coalesce(team_id, $7),
                          updated_at = now()
                      WHERE key = $1",
-                    &[&t.key, &t.name, &t.subject, &t.html, &t.text, &user.id, &user.team_id],
+                    &[
+                        &t.key,
+                        &t.name,
+                        &t.subject,
+                        &t.html,
+                        &t.text,
+                        &user.id,
+                        &user.team_id,
+                    ],
                 )
                 .await?;
                 if create {

@@ -234,14 +234,20 @@ async fn compose_followup(
         })
         .unwrap_or_default();
     let Ok(address) = due.recipient.parse::<lettre::Address>() else {
-        return Ok(Outcome::Failed(format!("`{}` is not an address", due.recipient)));
+        return Ok(Outcome::Failed(format!(
+            "`{}` is not an address",
+            due.recipient
+        )));
     };
     // The subject the recipient saw: a group email's copy merged its own fields into it.
     let earlier = due.subject.clone().unwrap_or_default();
     let subject = MergeText::parse(&earlier)
         .render(&fields, Target::Header)
         .unwrap_or(earlier);
-    let answered = due.copy_message_id.clone().or(due.message_header_id.clone());
+    let answered = due
+        .copy_message_id
+        .clone()
+        .or(due.message_header_id.clone());
     let signature = templates::signature(tx, owner.id).await?;
     let mut c = Composition::new(
         owner,

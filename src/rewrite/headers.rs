@@ -105,10 +105,7 @@ pub fn addressed_to(msg: &[u8], recipient: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(msg.len() + recipient.len() + 8);
     let mut at = 0;
     let mut written = false;
-    for f in fields
-        .iter()
-        .filter(|f| f.is(msg, "to") || f.is(msg, "cc"))
-    {
+    for f in fields.iter().filter(|f| f.is(msg, "to") || f.is(msg, "cc")) {
         out.extend_from_slice(&msg[at..f.span.start]);
         if !written {
             out.extend_from_slice(format!("To: <{recipient}>").as_bytes());

@@ -6,6 +6,7 @@
 //! root), and each test gets a fresh database in it. Databases are dropped when the test ends.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod smtp;
 
 use std::io::{BufRead, BufReader};

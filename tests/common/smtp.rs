@@ -110,6 +110,15 @@ pub fn as_dumped(raw: &[u8]) -> String {
     String::from_utf8_lossy(raw).replace("\r\n", "\n")
 }
 
+/// Copies delivered so far. smtp-sink has written a copy's file once the relay recorded it
+/// delivered (it answers 250 after writing), so this is what to wait on before reading files.
+pub fn delivered(db_url: &str) -> i64 {
+    db_i64(
+        db_url,
+        "SELECT count(*) FROM copies WHERE status = 'delivered'",
+    )
+}
+
 /// Creates a user; returns the API token.
 pub fn add_user(db_url: &str, email: &str, password: &str) -> String {
     let (url, email, password) = (db_url.to_string(), email.to_string(), password.to_string());
