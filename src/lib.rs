@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod notify;
 pub mod queue;
 pub mod relay;
+pub mod replies;
 pub mod rewrite;
 pub mod serve;
 pub mod store;

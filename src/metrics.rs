@@ -136,6 +136,7 @@ pub fn init() {
     LazyLock::force(&crate::track::METRICS);
     LazyLock::force(&crate::notify::metrics::NOTIFY);
     LazyLock::force(&crate::followup::schedule::FOLLOWUPS);
+    LazyLock::force(&crate::replies::watch::REPLIES);
     crate::insights::metrics::init();
 }
 

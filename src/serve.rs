@@ -199,12 +199,14 @@ async fn serve_http(
         shutdown.clone(),
     ));
     let followups = tokio::spawn(crate::followup::serve_loop(ctx.clone()));
+    let mailboxes = tokio::spawn(crate::replies::serve_loop(ctx.clone()));
     shutdown.cancelled().await;
     // Sessions first (their in-flight DATA commits finish), then workers after their attempt.
     relay.stopped().await;
     deliver.stopped().await;
     let _ = aggregation.await;
     let _ = followups.await;
+    let _ = mailboxes.await;
     http_handle.stop(true).await;
     match http_task.await {
         Ok(Ok(())) => {}

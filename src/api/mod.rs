@@ -11,6 +11,7 @@ pub mod automations;
 pub mod erase;
 pub mod errors;
 pub mod group_emails;
+pub mod mailbox;
 pub mod messages;
 pub mod reports;
 pub mod templates;
@@ -48,6 +49,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/automations", web::post().to(automations::create))
             .route("/automations/{id}", web::delete().to(automations::delete))
             .route("/unsubscribes", web::post().to(automations::unsubscribe))
+            .route("/me/mailbox", web::put().to(mailbox::put))
+            .route("/me/mailbox", web::get().to(mailbox::get))
+            .route("/me/mailbox", web::delete().to(mailbox::delete))
             .route("/me/signature", web::put().to(templates::put_signature))
             .route("/templates", web::get().to(templates::list))
             .route("/templates", web::post().to(templates::create))

@@ -1,0 +1,210 @@
+//! The watchers inside `serve`: each mailbox is held by one node at a time (a lease renewed
+//! while it reads), read from its checkpoint, then watched with IDLE or polled.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::IntCounterVec;
+use uuid::Uuid;
+
+use super::detect::{self, Verdict};
+use super::imap::{Connection, Found};
+use super::mailbox::{self, Mailbox};
+use super::seal::Sealer;
+use super::ReplyError;
+use crate::context::Context;
+
+pub static REPLIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    crate::metrics::counter_vec(
+        "mailbox_messages_total",
+        "messages read in watched mailboxes, by verdict (reply, auto_reply, bounce, unrelated, unmatched)",
+        &["verdict"],
+    )
+});
+
+/// How often a node looks for mailboxes nobody watches.
+const CLAIM_EVERY: Duration = Duration::from_secs(2);
+
+struct Watch {
+    ctx: Context,
+    sealer: Sealer,
+    owner: String,
+    lease_seconds: f64,
+    /// Longest wait between two reads (IDLE's limit, or the poll interval).
+    wait: Duration,
+}
+
+/// Runs until shutdown; does nothing without `MAILBOX_KEY`.
+pub async fn serve_loop(ctx: Context) {
+    let Some(key) = ctx.settings.mailbox_key.clone() else {
+        return;
+    };
+    let poll = ctx.settings.mailbox_poll_every.max(Duration::from_millis(200));
+    let lease = (poll.as_secs_f64() * 3.0).max(90.0);
+    let node = crate::deliver::node_name(&ctx);
+    loop {
+        let owner = format!("{node}#{}", Uuid::now_v7());
+        let claimed = async {
+            let client = ctx.pool.get().await?;
+            Ok::<_, ReplyError>(mailbox::claim(&client, &owner, lease).await?)
+        }
+        .await;
+        match claimed {
+            Ok(boxes) => {
+                for m in boxes {
+                    let w = Watch {
+                        ctx: ctx.clone(),
+                        sealer: Sealer::new(&key),
+                        owner: owner.clone(),
+                        lease_seconds: lease,
+                        wait: poll.min(Duration::from_secs_f64(lease / 3.0)),
+                    };
+                    tokio::spawn(w.run(m));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot look for mailboxes to watch"),
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(CLAIM_EVERY) => {}
+        }
+    }
+}
+
+impl Watch {
+    async fn run(self, mut m: Mailbox) {
+        let mut backoff = Duration::from_secs(2);
+        loop {
+            match self.session(&mut m).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(user = m.user_id, host = %m.host, error = %e, "mailbox watch failed; retrying");
+                    if let Ok(client) = self.ctx.pool.get().await {
+                        let _ = mailbox::failed(&client, m.user_id, &e.to_string()).await;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.ctx.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+            if !self.renew(&m).await.unwrap_or(false) {
+                return;
+            }
+        }
+        if let Ok(client) = self.ctx.pool.get().await {
+            let _ = mailbox::release(&client, m.user_id, &self.owner).await;
+        }
+    }
+
+    async fn renew(&self, m: &Mailbox) -> Result<bool, ReplyError> {
+        let client = self.ctx.pool.get().await?;
+        Ok(mailbox::renew(&client, m.user_id, &self.owner, self.lease_seconds).await?)
+    }
+
+    /// One connection: catch up from the checkpoint, then wait for news, until shutdown or the
+    /// lease is lost (Ok), or an error.
+    async fn session(&self, m: &mut Mailbox) -> Result<(), ReplyError> {
+        let password = self.sealer.open(&m.password_sealed)?;
+        let mut conn = Connection::open(m, &password).await?;
+        drop(password);
+        let validity = i64::from(conn.uidvalidity);
+        if m.uidvalidity != Some(validity) {
+            // UIDs of another validity mean nothing here: read the folder again. Event ids
+            // derived from each reply keep what was counted before from counting twice.
+            m.uidvalidity = Some(validity);
+            m.last_uid = 0;
+        }
+        loop {
+            loop {
+                let batch = conn.fetch_after(m.last_uid as u32).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                for f in &batch {
+                    self.record(m, f).await?;
+                    m.last_uid = i64::from(f.uid);
+                }
+                let client = self.ctx.pool.get().await?;
+                mailbox::checkpoint(&client, m.user_id, &self.owner, validity, m.last_uid, None)
+                    .await?;
+            }
+            {
+                let client = self.ctx.pool.get().await?;
+                mailbox::checkpoint(&client, m.user_id, &self.owner, validity, m.last_uid, None)
+                    .await?;
+            }
+            if self.ctx.shutdown.is_cancelled() || !self.renew(m).await? {
+                conn.logout().await;
+                return Ok(());
+            }
+            conn = conn.wait(self.wait, &self.ctx.shutdown).await?;
+        }
+    }
+
+    /// Records a reply to one of the user's tracked copies; auto-replies and bounces are
+    /// counted in the metric only.
+    async fn record(&self, m: &Mailbox, f: &Found) -> Result<(), ReplyError> {
+        let verdict = detect::classify(&f.header);
+        let Verdict::Reply {
+            answers,
+            from,
+            message_id,
+            at,
+        } = verdict
+        else {
+            REPLIES.with_label_values(&[verdict.label()]).inc();
+            return Ok(());
+        };
+        let client = self.ctx.pool.get().await?;
+        let candidates = client
+            .query(
+                "SELECT c.id, c.message_id, c.recipient FROM copies c
+                 JOIN messages m ON m.id = c.message_id
+                 WHERE c.header_message_id = ANY($1) AND m.sender_id = $2
+                 UNION
+                 SELECT c.id, c.message_id, c.recipient FROM messages m
+                 JOIN copies c ON c.message_id = m.id
+                 WHERE m.header_message_id = ANY($1) AND m.sender_id = $2",
+                &[&answers, &m.user_id],
+            )
+            .await?;
+        // The copy of the person who answered; when the reply comes from another address,
+        // the copy only if there is one.
+        let same = |r: &&tokio_postgres::Row| {
+            from.as_deref()
+                .is_some_and(|f| r.get::<_, String>(2).eq_ignore_ascii_case(f))
+        };
+        let chosen = candidates
+            .iter()
+            .find(same)
+            .or((candidates.len() == 1).then(|| &candidates[0]));
+        let Some(copy) = chosen else {
+            REPLIES.with_label_values(&["unmatched"]).inc();
+            return Ok(());
+        };
+        let (copy_id, message_id_of_copy, recipient): (Uuid, Uuid, String) =
+            (copy.get(0), copy.get(1), copy.get(2));
+        let key = message_id.unwrap_or_else(|| format!("uid {}/{}", m.uidvalidity.unwrap_or(0), f.uid));
+        // The server's arrival time: deterministic (the same reply read twice is one event)
+        // and not set by the sender.
+        let occurred = f.internal_date.or(at).unwrap_or_else(chrono::Utc::now);
+        client
+            .execute(
+                "INSERT INTO events (id, occurred_at, message_id, copy_id, kind, detail)
+                 VALUES ($1, $2, $3, $4, 'reply', $5) ON CONFLICT DO NOTHING",
+                &[
+                    &detect::reply_event_id(copy_id, &key),
+                    &occurred,
+                    &message_id_of_copy,
+                    &copy_id,
+                    &from,
+                ],
+            )
+            .await?;
+        crate::followup::cancel_for_recipient(&client, m.user_id, &recipient, "replied").await?;
+        REPLIES.with_label_values(&["reply"]).inc();
+        Ok(())
+    }
+}
