@@ -50,9 +50,8 @@ pub async fn put(
     one_line("folder", folder, 200)?;
     let security = match b.security.as_deref() {
         None => Security::Tls,
-        Some(s) => Security::parse(s).ok_or_else(|| {
-            ApiError::Unprocessable("security is tls, starttls or none".into())
-        })?,
+        Some(s) => Security::parse(s)
+            .ok_or_else(|| ApiError::Unprocessable("security is tls, starttls or none".into()))?,
     };
     let port = b.port.unwrap_or(match security {
         Security::Tls => 993,

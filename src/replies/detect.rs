@@ -96,9 +96,12 @@ pub fn classify(header: &[u8]) -> Verdict {
         .and_then(|f| f.split('@').next())
         .unwrap_or("");
 
-    if m.content_type()
-        .is_some_and(|ct| ct.ctype().eq_ignore_ascii_case("multipart") && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("report")))
-    {
+    if m.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case("multipart")
+            && ct
+                .subtype()
+                .is_some_and(|s| s.eq_ignore_ascii_case("report"))
+    }) {
         return Verdict::Bounce("multipart/report");
     }
     if matches!(local, "mailer-daemon" | "postmaster") {
@@ -120,7 +123,10 @@ pub fn classify(header: &[u8]) -> Verdict {
     {
         return Verdict::AutoReply("X-Autoreply");
     }
-    if matches!(raw("precedence").as_str(), "auto_reply" | "bulk" | "junk" | "list") {
+    if matches!(
+        raw("precedence").as_str(),
+        "auto_reply" | "bulk" | "junk" | "list"
+    ) {
         return Verdict::AutoReply("Precedence");
     }
     if AUTO_SUBJECTS.iter().any(|s| subject.starts_with(s)) {
@@ -170,7 +176,12 @@ mod tests {
     fn replies_auto_replies_and_bounces() {
         let reply = b"From: Bob <Bob@Example.net>\r\nTo: ann@example.com\r\nSubject: Re: Offer\r\nMessage-ID: <r1@example.net>\r\nIn-Reply-To: <orig@example.com>\r\nReferences: <first@example.com>\r\n <orig@example.com>\r\nDate: Fri, 27 Nov 2026 10:00:00 +0000\r\n\r\n";
         match classify(reply) {
-            Verdict::Reply { answers, from, message_id, at } => {
+            Verdict::Reply {
+                answers,
+                from,
+                message_id,
+                at,
+            } => {
                 assert_eq!(answers, vec!["<orig@example.com>", "<first@example.com>"]);
                 assert_eq!(from.as_deref(), Some("bob@example.net"));
                 assert_eq!(message_id.as_deref(), Some("<r1@example.net>"));

@@ -187,11 +187,7 @@ async fn login(
         // The server's text, never the password.
         .await
         .map_err(|(e, _)| ReplyError::Imap(format!("login as {}: {e}", m.username)))?;
-    let idle = session
-        .capabilities()
-        .await
-        .map_err(imap)?
-        .has_str("IDLE");
+    let idle = session.capabilities().await.map_err(imap)?.has_str("IDLE");
     let selected = session.select(&m.folder).await.map_err(imap)?;
     let uidvalidity = selected
         .uid_validity

@@ -254,3 +254,17 @@ pub async fn release(
         .await?;
     Ok(())
 }
+
+/// Frees every lease `node` held (its watchers' owners are `node#...`).
+pub async fn release_node(
+    client: &impl deadpool_postgres::GenericClient,
+    node: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE mailboxes SET lease_until = NULL
+             WHERE starts_with(lease_owner, $1 || '#')",
+            &[&node],
+        )
+        .await
+}

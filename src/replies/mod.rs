@@ -22,7 +22,9 @@ pub use watch::serve_loop;
 pub enum ReplyError {
     #[error("IMAP: {0}")]
     Imap(String),
-    #[error("the stored mailbox password cannot be decrypted with MAILBOX_KEY (was the key changed?)")]
+    #[error(
+        "the stored mailbox password cannot be decrypted with MAILBOX_KEY (was the key changed?)"
+    )]
     Sealed,
     #[error("database error: {0}")]
     Db(#[from] tokio_postgres::Error),

@@ -34,14 +34,26 @@ struct Watch {
     wait: Duration,
 }
 
-/// Runs until shutdown; does nothing without `MAILBOX_KEY`.
+/// Runs until shutdown; does nothing without `MAILBOX_KEY`. On shutdown every watcher logs
+/// out and gives its mailbox up, so that another node (or this one restarted) takes it at once.
 pub async fn serve_loop(ctx: Context) {
     let Some(key) = ctx.settings.mailbox_key.clone() else {
         return;
     };
-    let poll = ctx.settings.mailbox_poll_every.max(Duration::from_millis(200));
+    let poll = ctx
+        .settings
+        .mailbox_poll_every
+        .max(Duration::from_millis(200));
     let lease = (poll.as_secs_f64() * 3.0).max(90.0);
     let node = crate::deliver::node_name(&ctx);
+    // Leases this node held before a restart (a kill) are its own to take back: no other
+    // process can have this node's name.
+    if let Ok(client) = ctx.pool.get().await {
+        if let Err(e) = mailbox::release_node(&client, &node).await {
+            tracing::warn!(error = %e, "cannot free this node's earlier mailbox leases");
+        }
+    }
+    let mut watchers = tokio::task::JoinSet::new();
     loop {
         let owner = format!("{node}#{}", Uuid::now_v7());
         let claimed = async {
@@ -59,16 +71,21 @@ pub async fn serve_loop(ctx: Context) {
                         lease_seconds: lease,
                         wait: poll.min(Duration::from_secs_f64(lease / 3.0)),
                     };
-                    tokio::spawn(w.run(m));
+                    watchers.spawn(w.run(m));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot look for mailboxes to watch"),
         }
+        while watchers.try_join_next().is_some() {}
         tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.shutdown.cancelled() => break,
             _ = tokio::time::sleep(CLAIM_EVERY) => {}
         }
     }
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while watchers.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 impl Watch {
@@ -186,7 +203,8 @@ impl Watch {
         };
         let (copy_id, message_id_of_copy, recipient): (Uuid, Uuid, String) =
             (copy.get(0), copy.get(1), copy.get(2));
-        let key = message_id.unwrap_or_else(|| format!("uid {}/{}", m.uidvalidity.unwrap_or(0), f.uid));
+        let key =
+            message_id.unwrap_or_else(|| format!("uid {}/{}", m.uidvalidity.unwrap_or(0), f.uid));
         // The server's arrival time: deterministic (the same reply read twice is one event)
         // and not set by the sender.
         let occurred = f.internal_date.or(at).unwrap_or_else(chrono::Utc::now);
