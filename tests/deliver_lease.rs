@@ -94,6 +94,7 @@ async fn a_reclaimed_copy_records_one_outcome_only() {
             id: Uuid::now_v7(),
             recipient: "carol@example.net".into(),
             body: b"Subject: y\r\n\r\nbody\r\n".to_vec(),
+            ..Default::default()
         }],
         ..message
     };

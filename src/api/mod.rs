@@ -75,3 +75,27 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(not_found)),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every route this module adds under `/api` is described in the OpenAPI document.
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let source = include_str!("mod.rs");
+        let routes: Vec<&str> = source
+            .split(".route(\"")
+            .skip(1)
+            .chain(source.split("web::resource(\"").skip(1))
+            .filter_map(|s| s.split('"').next())
+            .filter(|p| *p != "/openapi.json")
+            .collect();
+        assert!(routes.len() > 20, "{routes:?}");
+        for r in routes {
+            assert!(
+                doc["paths"][format!("/api{r}")].is_object(),
+                "/api{r} is missing from openapi.json"
+            );
+        }
+    }
+}

@@ -96,7 +96,6 @@ pub struct Composition {
 
 impl Composition {
     /// A composition from a template's parts, with the sender's signature appended.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         sender: User,
         template_key: String,
