@@ -173,4 +173,17 @@ fn silent_recipients_get_one_threaded_follow_up() {
         ),
         2
     );
+
+    // Erasing a recipient removes their follow-ups and their unsubscribe record with the rest.
+    let (ok, out, err) = common::mailtally(
+        &["erase", "--recipient", "LEAVER@example.net"],
+        &[("DATABASE_URL", &db.url)],
+        b"",
+    );
+    assert!(ok, "{out}{err}");
+    for table in ["followups", "unsubscribes", "copies"] {
+        let sql =
+            format!("SELECT count(*) FROM {table} WHERE lower(recipient) = 'leaver@example.net'");
+        assert_eq!(db_i64(&db.url, &sql), 0, "{table}");
+    }
 }

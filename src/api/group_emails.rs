@@ -250,14 +250,7 @@ pub async fn create(
             .map_err(|_| ApiError::BadRequest("the server is shutting down".into()))?
             .map_err(compose_error)?;
 
-    let answer = serde_json::json!({
-        "message_id": message.id,
-        "copies": message.copies.len(),
-        "recipients": message.copies.iter().map(|c| serde_json::json!({
-            "email": c.recipient, "copy_id": c.id,
-        })).collect::<Vec<_>>(),
-        "send_at": body.send_at,
-    });
+    let answer = compose::answer(&message, body.send_at);
     let earlier = compose::queue(
         &ctx.pool,
         &mut message,

@@ -267,7 +267,8 @@ impl Idempotency {
 }
 
 /// The answer an earlier request with the same key got; `Err(IdempotencyMismatch)` when the
-/// key came with another request.
+/// key came with another request. Its recipients are read from the copies, so that the stored
+/// answer holds no address (and an erased recipient is gone from it too).
 pub async fn earlier_answer(
     client: &impl deadpool_postgres::GenericClient,
     sender_id: i64,
@@ -275,16 +276,46 @@ pub async fn earlier_answer(
 ) -> Result<Option<serde_json::Value>, ComposeError> {
     let row = client
         .query_opt(
-            "SELECT request_hash, response FROM group_sends
+            "SELECT request_hash, response, message_id FROM group_sends
              WHERE sender_id = $1 AND idempotency_key = $2",
             &[&sender_id, &idem.key],
         )
         .await?;
-    match row {
-        None => Ok(None),
-        Some(r) if r.get::<_, Vec<u8>>(0) == idem.request_hash => Ok(Some(r.get(1))),
-        Some(_) => Err(ComposeError::IdempotencyMismatch),
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    if row.get::<_, Vec<u8>>(0) != idem.request_hash {
+        return Err(ComposeError::IdempotencyMismatch);
     }
+    let mut answer: serde_json::Value = row.get(1);
+    let message_id: Uuid = row.get(2);
+    let copies = client
+        .query(
+            "SELECT recipient, id FROM copies WHERE message_id = $1 ORDER BY id",
+            &[&message_id],
+        )
+        .await?;
+    answer["recipients"] = copies
+        .iter()
+        .map(
+            |c| serde_json::json!({"email": c.get::<_, String>(0), "copy_id": c.get::<_, Uuid>(1)}),
+        )
+        .collect();
+    Ok(Some(answer))
+}
+
+/// The answer to a group email: the message, its copies by id, when they go.
+pub fn answer(m: &NewMessage, send_at: Option<DateTime<Utc>>) -> serde_json::Value {
+    let mut copies: Vec<&NewCopy> = m.copies.iter().collect();
+    copies.sort_by_key(|c| c.id);
+    serde_json::json!({
+        "message_id": m.id,
+        "copies": m.copies.len(),
+        "recipients": copies.iter().map(|c| serde_json::json!({
+            "email": c.recipient, "copy_id": c.id,
+        })).collect::<Vec<_>>(),
+        "send_at": send_at,
+    })
 }
 
 /// Queues a composed message at the sender's pace, in one transaction with its idempotency
@@ -299,6 +330,11 @@ pub async fn queue(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     if let Some((idem, answer)) = idem {
+        let mut stored = answer.clone();
+        if let Some(o) = stored.as_object_mut() {
+            o.remove("recipients");
+        }
+        let answer = &stored;
         // A concurrent request with the same key waits here for the first one's commit.
         let inserted = tx
             .execute(

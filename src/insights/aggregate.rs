@@ -426,6 +426,12 @@ pub async fn forget_recipient(
         &[],
     )
     .await?;
+    // Follow-ups went with their copies; the unsubscribe record holds the address too.
+    tx.execute(
+        "DELETE FROM unsubscribes WHERE recipient = lower($1)",
+        &[&recipient.trim()],
+    )
+    .await?;
     // With no copy and no events left, the fold takes their old state out of the rollups.
     fold_copies(tx).await?;
     Ok(copies)
