@@ -26,7 +26,8 @@ struct Dovecot {
 }
 
 impl Dovecot {
-    fn start(user: &str, password: &str) -> Option<Dovecot> {
+    /// `idle: false` hides IDLE from the capabilities, so that clients must poll.
+    fn start(user: &str, password: &str, idle: bool) -> Option<Dovecot> {
         let binary = ["/usr/sbin/dovecot", "/usr/local/sbin/dovecot"]
             .into_iter()
             .find(|p| Path::new(p).exists())?;
@@ -67,6 +68,11 @@ impl Dovecot {
              service stats {{\n unix_listener stats-reader {{\n  mode = 0666\n }}\n unix_listener stats-writer {{\n  mode = 0666\n }}\n}}\n",
             d = d.display()
         );
+        let conf = if idle {
+            conf
+        } else {
+            format!("{conf}imap_capability = IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE UIDPLUS\n")
+        };
         std::fs::write(d.join("dovecot.conf"), conf).unwrap();
         let child = Command::new(binary)
             .args(["-F", "-c"])
@@ -125,7 +131,7 @@ fn reply(from: &str, answers: &str, extra: &str, subject: &str) -> String {
 
 #[test]
 fn replies_in_the_senders_mailbox_become_reply_events() {
-    let Some(imap) = Dovecot::start("ann@example.com", IMAP_PASSWORD) else {
+    let Some(imap) = Dovecot::start("ann@example.com", IMAP_PASSWORD, true) else {
         eprintln!("skipped: Dovecot is not installed (Debian package dovecot-imapd)");
         return;
     };
@@ -337,4 +343,80 @@ fn replies_in_the_senders_mailbox_become_reply_events() {
         .into_string()
         .unwrap();
     assert!(page.contains("kind-reply"), "the timeline shows replies");
+}
+
+#[test]
+fn a_server_without_idle_is_polled() {
+    let Some(imap) = Dovecot::start("ann@example.com", IMAP_PASSWORD, false) else {
+        eprintln!("skipped: Dovecot is not installed (Debian package dovecot-imapd)");
+        return;
+    };
+    let db = TestDb::migrated();
+    let server = Server::start(
+        &db.url,
+        &[("MAILBOX_KEY", MAILBOX_KEY), ("MAILBOX_POLL_EVERY", "1")],
+    );
+    let token = add_user(&db.url, "ann@example.com", PASSWORD);
+    let req =
+        json!({"subject": "Hi", "html": "<p>Hi</p>", "recipients": [{"email": "bob@example.net"}]});
+    let (status, body) = call(
+        "POST",
+        &server.url("/api/group-emails"),
+        &token,
+        Some(&req),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    let sent = db_rows(&db.url, "SELECT header_message_id FROM copies");
+    let mailbox = json!({"host": "127.0.0.1", "port": imap.port, "security": "none",
+                         "username": "ann@example.com", "password": IMAP_PASSWORD});
+    assert_eq!(
+        call(
+            "PUT",
+            &server.url("/api/me/mailbox"),
+            &token,
+            Some(&mailbox),
+            None
+        )
+        .0,
+        200
+    );
+    imap.append(
+        "ann@example.com",
+        IMAP_PASSWORD,
+        &reply("bob@example.net", &sent[0][0], "", "Re: Hi"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || db_i64(
+            &db.url,
+            "SELECT count(*) FROM events WHERE kind = 'reply'"
+        ) == 1),
+        "{}",
+        server.log_text()
+    );
+
+    // Wrong credentials are reported, not retried silently.
+    let wrong = json!({"host": "127.0.0.1", "port": imap.port, "security": "none",
+                       "username": "ann@example.com", "password": "wrong"});
+    assert_eq!(
+        call(
+            "PUT",
+            &server.url("/api/me/mailbox"),
+            &token,
+            Some(&wrong),
+            None
+        )
+        .0,
+        200
+    );
+    assert!(wait_until(Duration::from_secs(15), || {
+        let (_, status) = call("GET", &server.url("/api/me/mailbox"), &token, None, None);
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("login"))
+    }));
+    assert!(
+        !server.log_text().contains("wrong\""),
+        "no password in the log"
+    );
 }
