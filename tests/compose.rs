@@ -326,3 +326,42 @@ fn separate_group_over_smtp_addresses_each_copy_alone_at_the_senders_pace() {
         );
     }
 }
+
+#[test]
+fn a_group_email_with_send_at_waits_for_its_time() {
+    let db = TestDb::migrated();
+    let server = Server::start(&db.url, &[("SENDER_RATE_PER_MINUTE", "60")]);
+    let token = add_user(&db.url, "ann@example.com", PASSWORD);
+    let at = chrono::Utc::now() + chrono::Duration::hours(2);
+    let req = json!({"subject": "Later", "html": "<p>later</p>", "send_at": at.to_rfc3339(),
+                     "recipients": [{"email": "a@example.net"}, {"email": "b@example.net"}]});
+    let (status, body) = call(
+        "POST",
+        &server.url("/api/group-emails"),
+        &token,
+        Some(&req),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    // Spread from its own time at the sender's pace (60 a minute), and not before.
+    let due = db_rows(
+        &db.url,
+        "SELECT extract(epoch FROM next_attempt_at)::text FROM copies ORDER BY next_attempt_at",
+    );
+    let due: Vec<f64> = due.iter().map(|r| r[0].parse().unwrap()).collect();
+    let at = at.timestamp_micros() as f64 / 1e6;
+    assert!(
+        (due[0] - at).abs() < 0.001 && (due[1] - at - 1.0).abs() < 0.001,
+        "{due:?} {at}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(delivered(&db.url), 0);
+    assert_eq!(
+        db_i64(
+            &db.url,
+            "SELECT count(*) FROM sender_pacing WHERE next_slot > now() + interval '1 hour'"
+        ),
+        0,
+        "a scheduled send does not hold back what is sent now"
+    );
+}

@@ -187,3 +187,39 @@ fn silent_recipients_get_one_threaded_follow_up() {
         assert_eq!(db_i64(&db.url, &sql), 0, "{table}");
     }
 }
+
+#[test]
+fn follow_ups_land_at_the_hour_of_the_recipients_day() {
+    let db = TestDb::migrated();
+    let at = |base: &str, tz: &str, hour: i32| {
+        db_rows(
+            &db.url,
+            &format!(
+                "SELECT to_char(mailtally_at_hour('{base}'::timestamptz, '{tz}', {hour}) AT TIME ZONE 'UTC',
+                                'YYYY-MM-DD HH24:MI')"
+            ),
+        )[0][0]
+            .clone()
+    };
+    // 05:30 in New York: 09:00 the same day.
+    assert_eq!(
+        at("2026-11-27 10:30Z", "America/New_York", 9),
+        "2026-11-27 14:00"
+    );
+    // 11:30 in Berlin: 09:00 the next day.
+    assert_eq!(
+        at("2026-11-27 10:30Z", "Europe/Berlin", 9),
+        "2026-11-28 08:00"
+    );
+    // Across the spring change of clocks: 09:00 CEST is 07:00 UTC.
+    assert_eq!(
+        at("2026-03-28 12:00Z", "Europe/Berlin", 9),
+        "2026-03-29 07:00"
+    );
+    // An unknown zone counts as UTC; exactly on the hour is now.
+    assert_eq!(
+        at("2026-11-27 10:30Z", "Mars/Olympus", 9),
+        "2026-11-28 09:00"
+    );
+    assert_eq!(at("2026-11-27 09:00Z", "", 9), "2026-11-27 09:00");
+}
