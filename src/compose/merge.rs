@@ -135,20 +135,7 @@ impl MergeText {
 }
 
 /// Escapes text for HTML content and quoted attribute values alike.
-pub fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::insights::page::esc as escape_html;
 
 #[cfg(test)]
 mod tests {
