@@ -19,6 +19,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "delivered",
     "deferred",
     "bounced",
+    "reply",
 ];
 
 #[derive(Debug, Deserialize)]

@@ -81,7 +81,7 @@ CROSS JOIN LATERAL (VALUES (e.kind), (CASE WHEN e.kind = 'open' THEN 'open.first
 JOIN webhook_endpoints w ON w.disabled_at IS NULL AND t.event_type = ANY (w.event_types)
 JOIN users o ON o.id = w.owner_id AND o.disabled_at IS NULL
 WHERE (e.txid, e.seq) > ($1, $2) AND (e.txid, e.seq) <= ($3, $4)
-  AND e.kind IN ('delivered', 'deferred', 'bounced', 'open', 'click')
+  AND e.kind IN ('delivered', 'deferred', 'bounced', 'open', 'click', 'reply')
   AND t.event_type IS NOT NULL
   AND ENDPOINT_SEES_MESSAGE
   AND (w.include_machine OR e.class IS NULL OR e.class IN ('human', 'proxy'))
