@@ -135,8 +135,13 @@ pub fn init() {
     LazyLock::force(&crate::events::METRICS);
     LazyLock::force(&crate::track::METRICS);
     LazyLock::force(&crate::notify::metrics::NOTIFY);
-    LazyLock::force(&crate::followup::schedule::FOLLOWUPS);
-    LazyLock::force(&crate::replies::watch::REPLIES);
+    // Every outcome from the start, so that dashboards show zeros rather than no data.
+    for outcome in ["sent", "skipped", "cancelled", "failed"] {
+        crate::followup::schedule::FOLLOWUPS.with_label_values(&[outcome]);
+    }
+    for verdict in ["reply", "auto_reply", "bounce", "unrelated", "unmatched"] {
+        crate::replies::watch::REPLIES.with_label_values(&[verdict]);
+    }
     crate::insights::metrics::init();
 }
 
