@@ -142,6 +142,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "seconds between delivery attempts; the last repeats",
     },
     SettingDoc {
+        key: "UPSTREAM_TIMEOUT",
+        default: Some("60"),
+        help: "seconds the upstream may take to answer one SMTP command (a stalled upstream is a deferral)",
+    },
+    SettingDoc {
         key: "MAX_QUEUE_AGE",
         default: Some("432000"),
         help: "seconds a deferred copy is retried before it bounces",
@@ -440,6 +445,7 @@ pub struct Settings {
     pub delivery_workers: usize,
     pub retry_schedule: Vec<Duration>,
     pub max_queue_age: Duration,
+    pub upstream_timeout: Duration,
     pub trusted_proxies: Vec<Cidr>,
     pub anonymize_ip: bool,
     pub track_text_links: bool,
@@ -494,6 +500,7 @@ impl Settings {
             delivery_workers: parse(src, "DELIVERY_WORKERS")?,
             retry_schedule: seconds_list(src, "RETRY_SCHEDULE")?,
             max_queue_age: seconds(src, "MAX_QUEUE_AGE")?,
+            upstream_timeout: seconds(src, "UPSTREAM_TIMEOUT")?,
             trusted_proxies: parse_list(src, "TRUSTED_PROXIES")?,
             anonymize_ip: parse_bool(src, "ANONYMIZE_IP")?,
             track_text_links: parse_bool(src, "TRACK_TEXT_LINKS")?,
