@@ -66,10 +66,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// Binds `HTTP_LISTEN` and returns the running server (already listening).
 pub fn start(ctx: Context) -> std::io::Result<actix_web::dev::Server> {
     let addr = ctx.settings.http_listen;
+    let limits = web::Data::new(crate::http_limits::HttpLimits::from_settings(&ctx.settings));
     let data = web::Data::new(ctx);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(limits.clone())
+            // Extractor failures on every route (not only under /api): the API's JSON errors.
+            .app_data(crate::api::errors::json_config())
+            .app_data(crate::api::errors::query_config())
+            .wrap(actix_web::middleware::from_fn(crate::http_limits::enforce))
             .wrap_fn(|req, srv| {
                 let group = route_group(req.path());
                 let started = Instant::now();

@@ -17,7 +17,8 @@
 //! - [`notify`]: webhooks and the live event stream;
 //! - [`api`]: accounts (users, teams, tokens), visibility and the JSON API;
 //! - [`store`]: PostgreSQL, its migrations and the embedded default cluster;
-//! - [`http`]: the HTTP listener assembling the routes of the stages;
+//! - [`http`]: the HTTP listener assembling the routes of the stages, with [`http_limits`];
+//! - [`ratelimit`]: failed authentications counted per client IP (SMTP AUTH, API tokens);
 //! - [`config`], [`metrics`], [`context`], [`serve`]: settings, the Prometheus registry, shared
 //!   state and the `serve` command.
 
@@ -29,10 +30,12 @@ pub mod deliver;
 pub mod events;
 pub mod followup;
 pub mod http;
+pub mod http_limits;
 pub mod insights;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
+pub mod ratelimit;
 pub mod relay;
 pub mod replies;
 pub mod rewrite;

@@ -1,31 +1,23 @@
-//! Delivery to a real upstream (Postfix's smtp-sink): byte-identical copies, deferral while
-//! the upstream is down, and bounces on 5xx without retry.
+//! Delivery to a real upstream (Postfix's smtp-sink): byte-identical copies and bounces on 5xx
+//! without retry. (An upstream that is down or stalls: tests/faults/upstream.rs.)
 
 mod common;
 
 use std::time::Duration;
 
-use common::smtp::{add_user, as_dumped, auth_plain, db_i64, db_rows, wait_until, Client, Sink};
-use common::{free_port, Server, TestDb};
+use common::smtp::{add_user, as_dumped, db_i64, db_rows, submit_as, wait_until, Sink};
+use common::{Server, TestDb};
 
 const PASSWORD: &str = "correct horse battery";
 
 fn submit(server: &Server, recipients: &[&str], message: &[u8]) -> String {
-    let mut c = Client::connect(server.smtp);
-    c.cmd("EHLO client.example");
-    let auth = c.cmd(&format!(
-        "AUTH PLAIN {}",
-        auth_plain("ann@example.com", PASSWORD)
-    ));
-    assert!(auth.starts_with("235"), "{auth}");
-    assert!(c.cmd("MAIL FROM:<ann@example.com>").starts_with("250"));
-    for r in recipients {
-        assert!(c.cmd(&format!("RCPT TO:<{r}>")).starts_with("250"));
-    }
-    let reply = c.data(message);
-    assert!(reply.starts_with("250 2.0.0"), "{reply}");
-    c.cmd("QUIT");
-    reply
+    submit_as(
+        server.smtp,
+        "ann@example.com",
+        PASSWORD,
+        recipients,
+        message,
+    )
 }
 
 #[test]
@@ -61,59 +53,6 @@ fn smtp_sink_receives_what_was_accepted_byte_for_byte() {
         // The submitted message with tracked links and a pixel, nothing else.
         assert_eq!(common::untrack(&got, &server.url("")), expected);
     }
-}
-
-#[test]
-fn copies_are_deferred_while_the_upstream_is_down_and_delivered_when_it_is_back() {
-    let db = TestDb::migrated();
-    let port = free_port();
-    let server = Server::start(
-        &db.url,
-        &[
-            ("UPSTREAM_URL", &format!("smtp://127.0.0.1:{port}?tls=none")),
-            ("RETRY_SCHEDULE", "1"),
-        ],
-    );
-    add_user(&db.url, "ann@example.com", PASSWORD);
-    submit(
-        &server,
-        &["bob@example.net"],
-        b"Subject: later\r\nMessage-ID: <later@test>\r\n\r\nbody\r\n",
-    );
-    assert!(
-        wait_until(Duration::from_secs(20), || db_i64(
-            &db.url,
-            "SELECT count(*) FROM copies WHERE status = 'deferred' AND attempts >= 2"
-        ) == 1),
-        "{:?}",
-        db_rows(
-            &db.url,
-            "SELECT status, attempts::text, coalesce(last_error, '') FROM copies"
-        )
-    );
-    assert!(
-        db_i64(
-            &db.url,
-            "SELECT count(*) FROM events WHERE kind = 'deferred'"
-        ) >= 2
-    );
-    let sink = Sink::start_on(port, &[]);
-    assert!(
-        wait_until(Duration::from_secs(20), || db_i64(
-            &db.url,
-            "SELECT count(*) FROM copies WHERE status = 'delivered'"
-        ) == 1),
-        "{}",
-        server.log_text()
-    );
-    assert_eq!(sink.count(), 1);
-    assert_eq!(
-        db_i64(
-            &db.url,
-            "SELECT count(*) FROM events WHERE kind = 'delivered'"
-        ),
-        1
-    );
 }
 
 #[test]

@@ -20,6 +20,18 @@ pub enum ApiError {
     /// Well-formed but not acceptable (an unknown webhook event type, ...).
     #[error("{0}")]
     Unprocessable(String),
+    /// A body over HTTP_MAX_BODY or over what the route reads.
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// A request target over HTTP_MAX_URL.
+    #[error("the request URL is longer than {0} bytes")]
+    UriTooLong(usize),
+    /// Request headers over [`crate::http_limits::MAX_HEADER_BYTES`] in all.
+    #[error("the request headers are larger than {0} bytes")]
+    HeadersTooLarge(usize),
+    /// Too many bad API tokens from one address (AUTH_MAX_FAILURES_PER_IP); wait the seconds.
+    #[error("too many failed authentications from this address; retry in {0} seconds")]
+    TooManyRequests(u64),
     #[error("the database is unavailable")]
     Unavailable(#[from] deadpool_postgres::PoolError),
     #[error("internal error")]
@@ -50,6 +62,10 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Conflict(_) => "conflict",
             ApiError::Unprocessable(_) => "unprocessable",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UriTooLong(_) => "uri_too_long",
+            ApiError::HeadersTooLarge(_) => "headers_too_large",
+            ApiError::TooManyRequests(_) => "too_many_requests",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Db(_) | ApiError::Insights(_) | ApiError::Account(_) => "internal",
         }
@@ -65,6 +81,10 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -78,15 +98,32 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             resp.insert_header(("WWW-Authenticate", "Bearer"));
         }
+        if let ApiError::TooManyRequests(secs) = self {
+            resp.insert_header(("Retry-After", secs.to_string()));
+        }
         resp.json(serde_json::json!({"error": self.code(), "message": self.to_string()}))
     }
 }
 
+/// The ceiling of a JSON body. `HTTP_MAX_BODY` (1 MiB by default), checked in front of every
+/// route, is the limit in practice; templates with large HTML and group emails with many
+/// recipients need more than a small fixed limit.
+pub const JSON_LIMIT: usize = 16 * 1024 * 1024;
+
 /// Turns actix's own extractor failures (bad JSON, bad query string) into our error shape.
 pub fn json_config() -> actix_web::web::JsonConfig {
+    use actix_web::error::{JsonPayloadError, PayloadError};
+    const LIMIT: usize = JSON_LIMIT;
     actix_web::web::JsonConfig::default()
-        .limit(64 * 1024)
-        .error_handler(|e, _| ApiError::BadRequest(e.to_string()).into())
+        .limit(LIMIT)
+        .error_handler(|e, _| match e {
+            JsonPayloadError::Overflow { .. }
+            | JsonPayloadError::OverflowKnownLength { .. }
+            | JsonPayloadError::Payload(PayloadError::Overflow) => {
+                ApiError::PayloadTooLarge(LIMIT).into()
+            }
+            e => ApiError::BadRequest(e.to_string()).into(),
+        })
 }
 
 pub fn query_config() -> actix_web::web::QueryConfig {

@@ -17,8 +17,6 @@ use crate::context::Context;
 
 /// Most recipients one request may name.
 pub const MAX_RECIPIENTS: usize = 1000;
-/// Largest request body: 1000 recipients with a few fields each, and inline HTML.
-pub const MAX_BODY: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

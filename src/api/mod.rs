@@ -60,7 +60,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/templates/{key}", web::delete().to(templates::delete))
             .service(
                 web::resource("/group-emails")
-                    .app_data(web::PayloadConfig::new(group_emails::MAX_BODY))
+                    .app_data(web::PayloadConfig::new(errors::JSON_LIMIT))
                     .route(web::post().to(group_emails::create)),
             )
             .route("/reports/templates", web::get().to(reports::templates))

@@ -63,14 +63,21 @@ pub struct NewTokenBody {
 pub async fn create_token(
     ctx: web::Data<Context>,
     caller: Caller,
-    body: Option<web::Json<NewTokenBody>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let label: String = body
-        .and_then(|b| b.into_inner().label)
-        .unwrap_or_default()
-        .chars()
-        .take(100)
-        .collect();
+    // The body is optional, but one that is there must be whole and valid: an oversized or
+    // malformed body is refused, not taken for none.
+    const LIMIT: usize = 64 * 1024;
+    if body.len() > LIMIT {
+        return Err(ApiError::PayloadTooLarge(LIMIT));
+    }
+    let body: NewTokenBody = if body.iter().all(u8::is_ascii_whitespace) {
+        NewTokenBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+    };
+    let label: String = body.label.unwrap_or_default().chars().take(100).collect();
     let token = accounts::new_api_token();
     let client = ctx.pool.get().await?;
     let id: i64 = client

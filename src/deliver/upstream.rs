@@ -21,12 +21,10 @@ pub enum Attempt {
 }
 
 pub enum Transport {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// The transport and the longest wait for one command (UPSTREAM_TIMEOUT).
+    Smtp(AsyncSmtpTransport<Tokio1Executor>, Duration),
     Capture,
 }
-
-/// One command's longest wait on the upstream.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Transport {
     pub fn from_settings(settings: &Settings) -> Result<Self, DeliverError> {
@@ -37,35 +35,35 @@ impl Transport {
         let workers = u32::try_from(settings.delivery_workers.max(1)).unwrap_or(u32::MAX);
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
             .map_err(|e| DeliverError::Upstream(e.to_string()))?
-            .timeout(Some(COMMAND_TIMEOUT))
+            .timeout(Some(settings.upstream_timeout))
             .pool_config(
                 PoolConfig::new()
                     .max_size(workers)
                     .idle_timeout(Duration::from_secs(30)),
             )
             .build();
-        Ok(Transport::Smtp(transport))
+        Ok(Transport::Smtp(transport, settings.upstream_timeout))
     }
 
     pub fn via(&self) -> &'static str {
         match self {
-            Transport::Smtp(_) => "upstream",
+            Transport::Smtp(..) => "upstream",
             Transport::Capture => "capture",
         }
     }
 
     pub fn describe(&self) -> &'static str {
         match self {
-            Transport::Smtp(_) => "smtp",
+            Transport::Smtp(..) => "smtp",
             Transport::Capture => "capture sink",
         }
     }
 
     /// Sends `body` as is: MAIL FROM `from` (empty: the null sender), RCPT TO `to`.
     pub async fn send(&self, from: &str, to: &str, body: &[u8]) -> Attempt {
-        let transport = match self {
+        let (transport, command_timeout) = match self {
             Transport::Capture => return Attempt::Delivered,
-            Transport::Smtp(t) => t,
+            Transport::Smtp(t, timeout) => (t, *timeout),
         };
         let from = if from.is_empty() {
             None
@@ -87,7 +85,7 @@ impl Transport {
         let body = body.strip_suffix(b"\r\n").unwrap_or(body);
         // Bounded as a whole too: a peer that trickles replies must not hold the lease forever.
         let sent =
-            tokio::time::timeout(COMMAND_TIMEOUT * 3, transport.send_raw(&envelope, body)).await;
+            tokio::time::timeout(command_timeout * 3, transport.send_raw(&envelope, body)).await;
         match sent {
             Ok(Ok(_)) => Attempt::Delivered,
             Ok(Err(e)) if e.is_permanent() => Attempt::Permanent(e.to_string()),

@@ -26,6 +26,9 @@ pub(super) async fn start(s: &mut Session, mechanism: u64, initial: String) -> N
         s.reply(503, "5.5.1", "Send EHLO first");
         return Next::Continue;
     }
+    if let Some(wait) = s.shared.auth_limiter.blocked(s.peer.ip()) {
+        return too_many_from_address(s, wait);
+    }
     if mechanism != AUTH_PLAIN && mechanism != AUTH_LOGIN {
         s.reply(504, "5.5.4", "Unrecognized authentication type");
         return Next::Continue;
@@ -159,10 +162,25 @@ fn failed(s: &mut Session) -> Next {
     METRICS.auth_failures_total.inc();
     s.auth_failures += 1;
     tracing::info!(peer = %s.peer, failures = s.auth_failures, "SMTP AUTH failed");
+    if let Some(wait) = s.shared.auth_limiter.fail(s.peer.ip()) {
+        return too_many_from_address(s, wait);
+    }
     if s.auth_failures >= s.ctx().settings.smtp_max_auth_failures.max(1) {
         s.reply(421, "4.7.0", "Too many failed authentication attempts");
         return Next::Close;
     }
     s.reply(535, "5.7.8", "Authentication credentials invalid");
     Next::Continue
+}
+
+/// The client's address has used up its failures for the window (AUTH_MAX_FAILURES_PER_IP).
+fn too_many_from_address(s: &mut Session, wait: std::time::Duration) -> Next {
+    let secs = crate::ratelimit::retry_after_secs(wait);
+    tracing::warn!(peer = %s.peer, retry_after = secs, "SMTP AUTH refused: too many failures from this address");
+    s.reply(
+        421,
+        "4.7.0",
+        &format!("Too many failed authentication attempts from your address; try again in {secs} seconds"),
+    );
+    Next::Close
 }

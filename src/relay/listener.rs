@@ -51,6 +51,10 @@ pub async fn start(ctx: Context) -> Result<Relay, RelayError> {
         hostname: tls::host_name(),
         tls,
         ctx: ctx.clone(),
+        auth_limiter: crate::ratelimit::FailureLimiter::new(
+            ctx.settings.auth_max_failures_per_ip,
+            ctx.settings.auth_failure_window,
+        ),
     });
     let sessions = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(ctx.settings.max_smtp_sessions.max(1)));

@@ -36,7 +36,20 @@ pub(super) async fn mail_from(s: &mut Session, from: MailFrom<String>) -> Next {
         return Next::Continue;
     }
     let sender = match &s.user {
-        Some(user) => user.clone(),
+        Some(user) => {
+            if s.ctx().settings.submit_own_address_only
+                && !user.email.eq_ignore_ascii_case(&address)
+            {
+                RejectReason::Sender.count();
+                s.reply(
+                    553,
+                    "5.7.1",
+                    "Sender address rejected: not owned by the authenticated user",
+                );
+                return Next::Continue;
+            }
+            user.clone()
+        }
         None => match trusted_sender(s, &address).await {
             Some(user) => user,
             None => return Next::Continue,

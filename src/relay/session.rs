@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     pub hostname: String,
     pub tls: TlsAcceptor,
     pub ctx: Context,
+    /// Failed AUTH attempts per client IP, across sessions.
+    pub auth_limiter: crate::ratelimit::FailureLimiter,
 }
 
 /// Unrecognised or malformed commands tolerated before the session is closed.

@@ -245,6 +245,30 @@ impl Client {
     }
 }
 
+/// Submits one message with AUTH PLAIN as `user`; asserts every step; returns the final reply.
+pub fn submit_as(
+    smtp: std::net::SocketAddr,
+    user: &str,
+    password: &str,
+    recipients: &[&str],
+    message: &[u8],
+) -> String {
+    let mut c = Client::connect(smtp);
+    c.cmd("EHLO client.example");
+    let auth = c.cmd(&format!("AUTH PLAIN {}", auth_plain(user, password)));
+    assert!(auth.starts_with("235"), "{auth}");
+    let from = c.cmd(&format!("MAIL FROM:<{user}>"));
+    assert!(from.starts_with("250"), "{from}");
+    for r in recipients {
+        let reply = c.cmd(&format!("RCPT TO:<{r}>"));
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    let reply = c.data(message);
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    c.cmd("QUIT");
+    reply
+}
+
 /// Base64 of AUTH PLAIN's `\0user\0password`.
 pub fn auth_plain(user: &str, password: &str) -> String {
     use base64::Engine;

@@ -214,3 +214,20 @@ pub async fn wait_count(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `n` events over `copies`, opens and clicks alternating, as the spool tests write them.
+pub fn events(copies: &[uuid::Uuid], n: usize) -> Vec<mailtally::events::Event> {
+    use mailtally::events::{Event, Kind};
+    (0..n)
+        .map(|i| {
+            let mut e = Event::new(
+                if i % 2 == 0 { Kind::Open } else { Kind::Click },
+                copies[i % copies.len()],
+            );
+            e.link_idx = (i % 2 == 1).then_some((i % 5) as i32);
+            e.ip = Some("192.0.2.1".parse().unwrap());
+            e.user_agent = Some("spooled".into());
+            e
+        })
+        .collect()
+}
