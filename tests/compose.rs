@@ -71,6 +71,12 @@ fn a_group_email_gives_each_recipient_their_own_copy_once() {
         None,
     );
     assert_eq!(status, 409, "a key is created once");
+    // Real templates are often far larger than a small JSON limit.
+    let big =
+        json!({"key": "big", "subject": "Big", "html": format!("<p>{}</p>", "x".repeat(300_000))});
+    let (status, body) = call("POST", &api("/api/templates"), &token, Some(&big), None);
+    assert_eq!(status, 201, "{body}");
+    call("DELETE", &api("/api/templates/big"), &token, None, None);
     let (status, list) = call("GET", &api("/api/templates"), &token, None, None);
     assert_eq!(status, 200);
     assert_eq!(list["templates"].as_array().unwrap().len(), 1);

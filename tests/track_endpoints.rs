@@ -37,9 +37,13 @@ async fn links_redirect_exactly_pixels_are_transparent_and_events_land() {
         good_click[..20].to_string(),
         token::click_token(&foreign, copy, 1, "https://evil.example/"),
         "not-a-token".to_string(),
-        "%FF%00".to_string(),
+        "%FF%01".to_string(),
         good_open.clone(), // an open token is not a link
     ];
+    // A NUL byte in the target is refused in front of every route (400), never redirected.
+    let r = raw(addr, "GET", "/c/%FF%00", &[]).unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.header("location").is_none());
     for t in &bad_clicks {
         for method in ["GET", "HEAD"] {
             let r = raw(addr, method, &format!("/c/{t}"), &[]).unwrap();
