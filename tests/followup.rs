@@ -49,7 +49,9 @@ fn silent_recipients_get_one_threaded_follow_up() {
             201
         );
     }
-    let rule = json!({"trigger_template": "intro", "condition": "no_open", "within_seconds": 8,
+    // The window leaves room for a loaded machine between the open (after the 5 s prefetch
+    // window) and the decision.
+    let rule = json!({"trigger_template": "intro", "condition": "no_open", "within_seconds": 16,
                       "followup_template": "nudge"});
     let (status, body) = call("POST", &api("/api/automations"), &token, Some(&rule), None);
     assert_eq!(status, 201, "{body}");

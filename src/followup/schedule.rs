@@ -26,25 +26,42 @@ pub static FOLLOWUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// few seconds; this only bounds the scan after a long stop).
 const DISCOVER_LOOKBACK: &str = "7 days";
 
+/// Each discovery starts this far before where the last one started: a delivery recorded by
+/// a transaction that committed a little after its `delivered_at` is still seen.
+const DISCOVER_OVERLAP: &str = "5 minutes";
+
 /// One pending follow-up per (automation, delivered copy of its trigger template sent by its
 /// owner after it was made), due when the window ends (at the chosen hour of the recipient's
-/// day, in their `time_zone` field, when the automation names one).
+/// day, in their `time_zone` field, when the automation names one). Only copies delivered
+/// since the previous discovery (kept in `server_settings`) are scanned, so that the scan
+/// does not grow with the mail of the last days.
 fn discover_sql() -> String {
     format!(
-        "INSERT INTO followups (automation_id, copy_id, recipient, due_at)
-         SELECT a.id, c.id, c.recipient,
-                CASE WHEN a.send_hour IS NULL
-                     THEN c.delivered_at + make_interval(secs => a.window_seconds)
-                     ELSE mailtally_at_hour(c.delivered_at + make_interval(secs => a.window_seconds),
-                                            c.fields ->> 'time_zone', a.send_hour)
-                END
-         FROM automations a
-         JOIN messages m ON m.template_key = a.trigger_template AND m.sender_id = a.owner_id
-         JOIN copies c ON c.message_id = m.id
-         WHERE a.deleted_at IS NULL AND c.status = 'delivered'
-           AND c.delivered_at >= a.created_at
-           AND c.delivered_at > now() - interval '{DISCOVER_LOOKBACK}'
-         ON CONFLICT DO NOTHING"
+        "WITH since AS (
+             SELECT greatest(
+                 coalesce((SELECT value::timestamptz FROM server_settings
+                           WHERE key = 'followups_discovered_from'), '-infinity')
+                     - interval '{DISCOVER_OVERLAP}',
+                 now() - interval '{DISCOVER_LOOKBACK}') AS at
+         ), found AS (
+             INSERT INTO followups (automation_id, copy_id, recipient, due_at)
+             SELECT a.id, c.id, c.recipient,
+                    CASE WHEN a.send_hour IS NULL
+                         THEN c.delivered_at + make_interval(secs => a.window_seconds)
+                         ELSE mailtally_at_hour(c.delivered_at + make_interval(secs => a.window_seconds),
+                                                c.fields ->> 'time_zone', a.send_hour)
+                    END
+             FROM copies c
+             JOIN messages m ON m.id = c.message_id
+             JOIN automations a ON a.trigger_template = m.template_key AND a.owner_id = m.sender_id
+             WHERE c.delivered_at > (SELECT at FROM since)
+               AND a.deleted_at IS NULL AND c.status = 'delivered'
+               AND c.delivered_at >= a.created_at
+             ON CONFLICT DO NOTHING
+         )
+         INSERT INTO server_settings (key, value)
+         VALUES ('followups_discovered_from', statement_timestamp()::text)
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
     )
 }
 
