@@ -3,6 +3,8 @@
 //! Encoders work on the flattened rewritten text in which tokens are placeholders, and report
 //! where each token's characters land, so that copies are patched instead of re-encoded.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
@@ -43,10 +45,10 @@ pub(crate) fn parse_cte(value: Option<&str>) -> Result<Cte, TransferError> {
     }
 }
 
-pub(crate) fn decode(body: &[u8], cte: Cte) -> Result<Vec<u8>, TransferError> {
+pub(crate) fn decode(body: &[u8], cte: Cte) -> Result<Cow<'_, [u8]>, TransferError> {
     match cte {
-        Cte::Identity => Ok(body.to_vec()),
-        Cte::QuotedPrintable => Ok(decode_qp(body)),
+        Cte::Identity => Ok(Cow::Borrowed(body)),
+        Cte::QuotedPrintable => Ok(Cow::Owned(decode_qp(body))),
         Cte::Base64 => {
             let clean: Vec<u8> = body
                 .iter()
@@ -56,6 +58,7 @@ pub(crate) fn decode(body: &[u8], cte: Cte) -> Result<Vec<u8>, TransferError> {
             let clean = trim_padding(&clean);
             base64::engine::general_purpose::STANDARD_NO_PAD
                 .decode(clean)
+                .map(Cow::Owned)
                 .map_err(|_| TransferError::Base64)
         }
     }
@@ -204,32 +207,27 @@ pub(crate) fn encode_qp(flat: &Flat, eol: &[u8]) -> (Vec<u8>, Vec<Patch>) {
             continue;
         }
         // Fast path: bytes outside any token, up to the next line break, token or soft
-        // break; the same output as the general case below.
+        // break: runs of literal bytes copied at once, escapes in between. The same output
+        // as the general case below.
         if i < next_tok {
             let start = i;
             let end = d.len().min(next_tok);
-            while i < end {
-                let b = d[i];
-                if b == b'\n' || b == b'\r' {
+            loop {
+                let limit = end.min(i + (QP_LINE - 1).saturating_sub(col));
+                let mut j = i;
+                while j < limit && qp_literal(d, j) {
+                    j += 1;
+                }
+                out.extend_from_slice(&d[i..j]);
+                col += j - i;
+                i = j;
+                let Some(&b) = d.get(i) else { break };
+                if i >= end || b == b'\n' || b == b'\r' || qp_literal(d, i) || col + 3 > QP_LINE - 1
+                {
                     break;
                 }
-                if qp_literal(d, i) {
-                    if col + 1 > QP_LINE - 1 {
-                        break;
-                    }
-                    out.push(b);
-                    col += 1;
-                } else {
-                    if col + 3 > QP_LINE - 1 {
-                        break;
-                    }
-                    out.extend_from_slice(&[
-                        b'=',
-                        HEX[usize::from(b >> 4)],
-                        HEX[usize::from(b & 15)],
-                    ]);
-                    col += 3;
-                }
+                out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+                col += 3;
                 i += 1;
             }
             if i > start {
@@ -290,7 +288,7 @@ pub(crate) fn encode_qp(flat: &Flat, eol: &[u8]) -> (Vec<u8>, Vec<Patch>) {
 /// Whether `encode_qp` writes `d[i]` as itself: printable ASCII other than `=`, or a space
 /// or tab that does not end its line.
 fn qp_literal(d: &[u8], i: usize) -> bool {
-    match d[i] {
+    match d.get(i).copied().unwrap_or(b'=') {
         b'=' => false,
         33..=126 => true,
         b' ' | b'\t' => !matches!(
@@ -350,7 +348,7 @@ mod tests {
             tokens: vec![],
         };
         let (enc, _) = encode_qp(&flat, b"\r\n");
-        assert_eq!(decode(&enc, Cte::QuotedPrintable).unwrap(), text);
+        assert_eq!(*decode(&enc, Cte::QuotedPrintable).unwrap(), text);
         let long = vec![b'x'; 3000];
         let (enc, _) = encode_qp(
             &Flat {
@@ -360,7 +358,7 @@ mod tests {
             b"\n",
         );
         assert!(enc.split(|&b| b == b'\n').all(|l| l.len() <= 76));
-        assert_eq!(decode(&enc, Cte::QuotedPrintable).unwrap(), long);
+        assert_eq!(*decode(&enc, Cte::QuotedPrintable).unwrap(), long);
     }
 
     #[test]
@@ -373,6 +371,6 @@ mod tests {
             },
             b"\r\n",
         );
-        assert_eq!(decode(&enc, Cte::Base64).unwrap(), data);
+        assert_eq!(*decode(&enc, Cte::Base64).unwrap(), data);
     }
 }
