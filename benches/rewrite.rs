@@ -58,6 +58,32 @@ fn main() {
     let keys = TokenKeys::new(b"bench secret", &[]);
     println!("input: {:.1} MB of HTML", n as f64 / 1e6);
 
+    // `REWRITE_PROFILE=tokenizer|full [REWRITE_PROFILE_RUNS=n] cargo bench --bench rewrite`
+    // runs one row a fixed number of times and no timing loop: a driver for callgrind/perf.
+    if let Ok(which) = std::env::var("REWRITE_PROFILE") {
+        let runs: usize = std::env::var("REWRITE_PROFILE_RUNS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(3);
+        for _ in 0..runs {
+            match which.as_str() {
+                "tokenizer" => {
+                    let q = BufferQueue::default();
+                    q.push_back(StrTendril::from_slice(&html));
+                    let t = Tokenizer::new(Noop(Cell::new(0)), TokenizerOpts::default());
+                    let _ = t.feed(&q);
+                    t.end();
+                }
+                _ => {
+                    let p = prepare(&msg, &settings);
+                    std::hint::black_box(p.render(&keys, Uuid::now_v7(), "b@example.net"));
+                }
+            }
+        }
+        println!("profiled {which} x{runs}");
+        return;
+    }
+
     let tok = time(n, || {
         let q = BufferQueue::default();
         q.push_back(StrTendril::from_slice(&html));

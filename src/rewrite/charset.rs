@@ -4,6 +4,8 @@
 //! is stateless (segments are then encoded independently). UTF-16, UTF-7, ISO-2022-JP and
 //! any charset whose round trip is not exact are converted to UTF-8 instead.
 
+use std::borrow::Cow;
+
 use encoding_rs::{Encoding, ISO_2022_JP, REPLACEMENT, UTF_16BE, UTF_16LE, UTF_8};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +25,10 @@ pub enum CharsetError {
 }
 
 /// Decode `bytes` labelled `label`.
-pub(crate) fn decode(bytes: &[u8], label: Option<&str>) -> Result<(String, Plan), CharsetError> {
+pub(crate) fn decode<'a>(
+    bytes: &'a [u8],
+    label: Option<&str>,
+) -> Result<(Cow<'a, str>, Plan), CharsetError> {
     let label = label
         .map(|l| {
             l.trim()
@@ -33,13 +38,13 @@ pub(crate) fn decode(bytes: &[u8], label: Option<&str>) -> Result<(String, Plan)
         .unwrap_or_else(|| "us-ascii".to_owned());
     if label == "utf-7" || label == "unicode-1-1-utf-7" {
         return utf7(bytes)
-            .map(|s| (s, Plan::ToUtf8))
+            .map(|s| (Cow::Owned(s), Plan::ToUtf8))
             .ok_or(CharsetError::Malformed("UTF-7"));
     }
     let Some(enc) = Encoding::for_label(label.as_bytes()) else {
         // Unknown names on plain ASCII are harmless; anything else we would garble.
         return match std::str::from_utf8(bytes) {
-            Ok(s) if s.is_ascii() => Ok((s.to_owned(), Plan::Same(UTF_8))),
+            Ok(s) if s.is_ascii() => Ok((Cow::Borrowed(s), Plan::Same(UTF_8))),
             _ => Err(CharsetError::Unknown(label)),
         };
     };
@@ -58,12 +63,11 @@ pub(crate) fn decode(bytes: &[u8], label: Option<&str>) -> Result<(String, Plan)
         if had_errors {
             return Err(CharsetError::Malformed("UTF-16"));
         }
-        return Ok((text.into_owned(), Plan::ToUtf8));
+        return Ok((Cow::Owned(text.into_owned()), Plan::ToUtf8));
     }
     let text = enc
         .decode_without_bom_handling_and_without_replacement(bytes)
-        .ok_or(CharsetError::Malformed(enc.name()))?
-        .into_owned();
+        .ok_or(CharsetError::Malformed(enc.name()))?;
     if enc == ISO_2022_JP {
         return Ok((text, Plan::ToUtf8));
     }
@@ -71,6 +75,11 @@ pub(crate) fn decode(bytes: &[u8], label: Option<&str>) -> Result<(String, Plan)
         return Ok((text, Plan::ToUtf8));
     }
     Ok((text, Plan::Same(enc)))
+}
+
+/// Whether `encode` changes the bytes at all (else the UTF-8 text is the output).
+pub(crate) fn reencodes(plan: Plan) -> bool {
+    matches!(plan, Plan::Same(enc) if enc != UTF_8)
 }
 
 /// Encode UTF-8 text (from `decode`) with `plan`.
@@ -151,11 +160,11 @@ mod tests {
     #[test]
     fn utf16_and_utf7_convert() {
         let (t, p) = decode(b"\xfe\xff\x00h\x00i", Some("utf-16")).unwrap();
-        assert_eq!((t.as_str(), p), ("hi", Plan::ToUtf8));
+        assert_eq!((&*t, p), ("hi", Plan::ToUtf8));
         let (t, _) = decode(b"\x00h\x00i", Some("UTF-16")).unwrap();
         assert_eq!(t, "hi");
         let (t, p) = decode(b"Hi Mom -+Jjo--!", Some("utf-7")).unwrap();
-        assert_eq!((t.as_str(), p), ("Hi Mom -☺-!", Plan::ToUtf8));
+        assert_eq!((&*t, p), ("Hi Mom -☺-!", Plan::ToUtf8));
     }
 
     #[test]

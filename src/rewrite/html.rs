@@ -95,7 +95,13 @@ fn scan_into(src: &str, base: usize, depth: u8, out: &mut Scan) -> Option<usize>
     if depth < MAX_DEPTH {
         for inner in st.cond_comments {
             if let Some(text) = src.get(inner.clone()) {
-                scan_into(text, base + inner.start, depth + 1, out);
+                // Only an `href` or a `<meta>` can yield anything; most conditional comments
+                // (Outlook table scaffolding) hold neither and need no second pass.
+                if contains_ignore_case(text.as_bytes(), b"href")
+                    || contains_ignore_case(text.as_bytes(), b"meta")
+                {
+                    scan_into(text, base + inner.start, depth + 1, out);
+                }
             }
         }
     }
@@ -162,6 +168,57 @@ impl Sink<'_> {
         self.src.len().saturating_sub(left)
     }
 
+    /// Drop the input between `at` (the current position, as `pos` gives it) and `to`, so
+    /// that the tokenizer never sees it. Only when the queue is the one untouched rest of
+    /// the source; returns whether it skipped.
+    fn skip(&self, at: usize, to: usize) -> bool {
+        if to <= at {
+            return false;
+        }
+        let Some(mut first) = self.queue.pop_front() else {
+            return false;
+        };
+        let whole = self.queue.is_empty()
+            && self.src.len().checked_sub(at) == Some(first.len())
+            && to <= self.src.len();
+        let done = whole && u32::try_from(to - at).is_ok_and(|n| first.try_pop_front(n).is_ok());
+        self.queue.push_front(first);
+        done
+    }
+
+    /// After a token that leaves the tokenizer in its data state: when no link is collecting
+    /// text, the characters up to the next `<` can only become text tokens, which nothing
+    /// reads; skip them.
+    fn skip_text(&self, at: usize, st: &State) {
+        if st.open.is_some() {
+            return;
+        }
+        let to = self
+            .src
+            .get(at..)
+            .and_then(|rest| memchr::memchr(b'<', rest))
+            .map_or(self.src.len(), |i| at + i);
+        self.skip(at, to);
+    }
+
+    /// A raw-text element (`style`, `script`, ...) just started at `at`: when no link is
+    /// collecting text, skip its text up to the end tag that closes it and leave the
+    /// tokenizer in its data state, which reads that end tag as the raw-text state would.
+    /// Script text holding `<!--` has escape states; that is left to the tokenizer.
+    fn skip_raw_text(&self, at: usize, name: &str, st: &State) -> bool {
+        if st.open.is_some() {
+            return false;
+        }
+        let Some(rest) = self.src.get(at..) else {
+            return false;
+        };
+        let to = at + raw_text_end(rest, name.as_bytes());
+        if name == "script" && find(&self.src[at..to], b"<!--").is_some() {
+            return false;
+        }
+        to == at || self.skip(at, to)
+    }
+
     fn tag(&self, tag: Tag) -> TokenSinkResult<()> {
         let end = self.pos();
         let mut st = self.st.borrow_mut();
@@ -222,14 +279,22 @@ impl Sink<'_> {
                         }
                     }
                 }
-                return match name {
+                let raw = match name {
                     "style" | "xmp" | "iframe" | "noembed" | "noframes" => {
                         TokenSinkResult::RawData(RawKind::Rawtext)
                     }
                     "script" => TokenSinkResult::RawData(RawKind::ScriptData),
                     "title" | "textarea" => TokenSinkResult::RawData(RawKind::Rcdata),
-                    "plaintext" => TokenSinkResult::Plaintext,
-                    _ => TokenSinkResult::Continue,
+                    "plaintext" => return TokenSinkResult::Plaintext,
+                    _ => {
+                        self.skip_text(end, &st);
+                        return TokenSinkResult::Continue;
+                    }
+                };
+                return if self.skip_raw_text(end, name, &st) {
+                    TokenSinkResult::Continue
+                } else {
+                    raw
                 };
             }
             TagKind::EndTag => {
@@ -245,6 +310,7 @@ impl Sink<'_> {
                         }
                     }
                 }
+                self.skip_text(end, &st);
             }
         }
         TokenSinkResult::Continue
@@ -253,6 +319,11 @@ impl Sink<'_> {
     fn comment(&self, text: &str) {
         let end = self.pos();
         let mut st = self.st.borrow_mut();
+        self.comment_at(&mut st, text, end);
+        self.skip_text(end, &st);
+    }
+
+    fn comment_at(&self, st: &mut State, text: &str, end: usize) {
         let from = st.last.saturating_sub(4);
         st.last = end;
         let t = text.trim_start();
@@ -290,7 +361,9 @@ impl TokenSink for Sink<'_> {
             Token::CommentToken(c) => self.comment(&c),
             Token::DoctypeToken(_) => {
                 let end = self.pos();
-                self.st.borrow_mut().last = end;
+                let mut st = self.st.borrow_mut();
+                st.last = end;
+                self.skip_text(end, &st);
             }
             Token::NullCharacterToken | Token::EOFToken | Token::ParseError(_) => {}
         }
@@ -299,7 +372,34 @@ impl TokenSink for Sink<'_> {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
+}
+
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Where the text of a raw-text element named `name` ends in `rest` (the input just after
+/// its start tag): at the first `</name` followed by white space, `/` or `>` (the
+/// tokenizer's "appropriate end tag"), else at the end of the input.
+fn raw_text_end(rest: &[u8], name: &[u8]) -> usize {
+    for lt in memchr::memchr_iter(b'<', rest) {
+        let Some(tail) = rest.get(lt + 1..) else {
+            break;
+        };
+        if tail.first() == Some(&b'/')
+            && tail
+                .get(1..1 + name.len())
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            && tail
+                .get(1 + name.len())
+                .is_some_and(|&b| is_ws(b) || b == b'/' || b == b'>')
+        {
+            return lt;
+        }
+    }
+    rest.len()
 }
 
 /// The tokenizer turns CR LF and CR into LF and NUL into U+FFFD; compare with that in mind.

@@ -349,13 +349,17 @@ fn rewrite_part(
     if !converted && ctx.pixels == pixels && ctx.links.len() == links {
         return Ok((Vec::new(), false));
     }
-    let chunks: Vec<Chunk> = chunks
-        .into_iter()
-        .map(|c| match c {
-            Chunk::Lit(b) => Chunk::Lit(charset::encode(&b, plan)),
-            t => t,
-        })
-        .collect();
+    let chunks: Vec<Chunk> = if charset::reencodes(plan) {
+        chunks
+            .into_iter()
+            .map(|c| match c {
+                Chunk::Lit(b) => Chunk::Lit(charset::encode(&b, plan)),
+                t => t,
+            })
+            .collect()
+    } else {
+        chunks
+    };
     let flat = Flat::new(&chunks);
     // The body's own line ending (mixed messages exist); the header's when the body has none.
     let eol = if body.contains(&b'\n') {

@@ -3,6 +3,8 @@
 //! Encoders work on the flattened rewritten text in which tokens are placeholders, and report
 //! where each token's characters land, so that copies are patched instead of re-encoded.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
@@ -43,10 +45,10 @@ pub(crate) fn parse_cte(value: Option<&str>) -> Result<Cte, TransferError> {
     }
 }
 
-pub(crate) fn decode(body: &[u8], cte: Cte) -> Result<Vec<u8>, TransferError> {
+pub(crate) fn decode(body: &[u8], cte: Cte) -> Result<Cow<'_, [u8]>, TransferError> {
     match cte {
-        Cte::Identity => Ok(body.to_vec()),
-        Cte::QuotedPrintable => Ok(decode_qp(body)),
+        Cte::Identity => Ok(Cow::Borrowed(body)),
+        Cte::QuotedPrintable => Ok(Cow::Owned(decode_qp(body))),
         Cte::Base64 => {
             let clean: Vec<u8> = body
                 .iter()
@@ -56,6 +58,7 @@ pub(crate) fn decode(body: &[u8], cte: Cte) -> Result<Vec<u8>, TransferError> {
             let clean = trim_padding(&clean);
             base64::engine::general_purpose::STANDARD_NO_PAD
                 .decode(clean)
+                .map(Cow::Owned)
                 .map_err(|_| TransferError::Base64)
         }
     }
@@ -148,12 +151,20 @@ impl Flat {
     }
 
     pub(crate) fn longest_line(&self) -> usize {
-        self.data
-            .split(|&b| b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l).len())
-            .max()
-            .unwrap_or(0)
+        longest_line(&self.data)
     }
+}
+
+/// Length of the longest line of `data`, without its line break (LF or CRLF).
+pub(crate) fn longest_line(data: &[u8]) -> usize {
+    let mut longest = 0;
+    let mut start = 0;
+    let line = |l: &[u8]| l.strip_suffix(b"\r").unwrap_or(l).len();
+    for i in memchr::memchr_iter(b'\n', data) {
+        longest = longest.max(line(&data[start..i]));
+        start = i + 1;
+    }
+    longest.max(line(&data[start..]))
 }
 
 /// Plain body: the text is the body.
@@ -172,12 +183,15 @@ pub(crate) fn encode_identity(flat: Flat) -> (Vec<u8>, Vec<Patch>) {
 /// Quoted-printable. Line breaks of the text are kept as they are (hard breaks); soft
 /// breaks use `eol`. Token characters are always literal, so every copy has this layout.
 pub(crate) fn encode_qp(flat: &Flat, eol: &[u8]) -> (Vec<u8>, Vec<Patch>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let d = &flat.data;
     let mut out = Vec::with_capacity(d.len() + d.len() / 8);
     let mut runs: Vec<Vec<(usize, usize)>> = vec![Vec::new(); flat.tokens.len()];
     let mut tok = 0;
     let mut col = 0;
     let mut i = 0;
+    // Bytes before `next_tok` belong to no token (tokens are sorted and do not overlap).
+    let mut next_tok = flat.tokens.first().map_or(usize::MAX, |t| t.0);
     while i < d.len() {
         let b = d[i];
         if b == b'\r' && d.get(i + 1) == Some(&b'\n') {
@@ -191,6 +205,34 @@ pub(crate) fn encode_qp(flat: &Flat, eol: &[u8]) -> (Vec<u8>, Vec<Patch>) {
             col = 0;
             i += 1;
             continue;
+        }
+        // Fast path: bytes outside any token, up to the next line break, token or soft
+        // break: runs of literal bytes copied at once, escapes in between. The same output
+        // as the general case below.
+        if i < next_tok {
+            let start = i;
+            let end = d.len().min(next_tok);
+            loop {
+                let limit = end.min(i + (QP_LINE - 1).saturating_sub(col));
+                let mut j = i;
+                while j < limit && qp_literal(d, j) {
+                    j += 1;
+                }
+                out.extend_from_slice(&d[i..j]);
+                col += j - i;
+                i = j;
+                let Some(&b) = d.get(i) else { break };
+                if i >= end || b == b'\n' || b == b'\r' || qp_literal(d, i) || col + 3 > QP_LINE - 1
+                {
+                    break;
+                }
+                out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+                col += 3;
+                i += 1;
+            }
+            if i > start {
+                continue;
+            }
         }
         let line_end = match d.get(i + 1) {
             None | Some(b'\n') => true,
@@ -206,22 +248,30 @@ pub(crate) fn encode_qp(flat: &Flat, eol: &[u8]) -> (Vec<u8>, Vec<Patch>) {
             out.extend_from_slice(eol);
             col = 0;
         }
-        while tok < flat.tokens.len() && flat.tokens[tok].0 + flat.tokens[tok].1 <= i {
-            tok += 1;
-        }
-        if let Some(&(s, len, _)) = flat.tokens.get(tok) {
-            if i >= s && i < s + len {
-                let r = &mut runs[tok];
-                match r.last_mut() {
-                    Some((at, n)) if *at + *n == out.len() => *n += 1,
-                    _ => r.push((out.len(), 1)),
+        if i >= next_tok {
+            while tok < flat.tokens.len() && flat.tokens[tok].0 + flat.tokens[tok].1 <= i {
+                tok += 1;
+            }
+            if let Some(&(s, len, _)) = flat.tokens.get(tok) {
+                if i >= s && i < s + len {
+                    let r = &mut runs[tok];
+                    match r.last_mut() {
+                        Some((at, n)) if *at + *n == out.len() => *n += 1,
+                        _ => r.push((out.len(), 1)),
+                    }
                 }
             }
+            // The first token that byte `i + 1` is not past.
+            let mut t = tok;
+            while t < flat.tokens.len() && flat.tokens[t].0 + flat.tokens[t].1 <= i + 1 {
+                t += 1;
+            }
+            next_tok = flat.tokens.get(t).map_or(usize::MAX, |t| t.0);
         }
         if literal {
             out.push(b);
         } else {
-            out.extend_from_slice(format!("={b:02X}").as_bytes());
+            out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         }
         col += need;
         i += 1;
@@ -233,6 +283,20 @@ pub(crate) fn encode_qp(flat: &Flat, eol: &[u8]) -> (Vec<u8>, Vec<Patch>) {
         .map(|(&(_, _, slot), runs)| Patch::Plain { slot, runs })
         .collect();
     (out, patches)
+}
+
+/// Whether `encode_qp` writes `d[i]` as itself: printable ASCII other than `=`, or a space
+/// or tab that does not end its line.
+fn qp_literal(d: &[u8], i: usize) -> bool {
+    match d.get(i).copied().unwrap_or(b'=') {
+        b'=' => false,
+        33..=126 => true,
+        b' ' | b'\t' => !matches!(
+            (d.get(i + 1), d.get(i + 2)),
+            (None, _) | (Some(b'\n'), _) | (Some(b'\r'), Some(b'\n'))
+        ),
+        _ => false,
+    }
 }
 
 /// Base64 in 76-character lines, each ended by `eol`.
@@ -284,7 +348,7 @@ mod tests {
             tokens: vec![],
         };
         let (enc, _) = encode_qp(&flat, b"\r\n");
-        assert_eq!(decode(&enc, Cte::QuotedPrintable).unwrap(), text);
+        assert_eq!(*decode(&enc, Cte::QuotedPrintable).unwrap(), text);
         let long = vec![b'x'; 3000];
         let (enc, _) = encode_qp(
             &Flat {
@@ -294,7 +358,7 @@ mod tests {
             b"\n",
         );
         assert!(enc.split(|&b| b == b'\n').all(|l| l.len() <= 76));
-        assert_eq!(decode(&enc, Cte::QuotedPrintable).unwrap(), long);
+        assert_eq!(*decode(&enc, Cte::QuotedPrintable).unwrap(), long);
     }
 
     #[test]
@@ -307,6 +371,6 @@ mod tests {
             },
             b"\r\n",
         );
-        assert_eq!(decode(&enc, Cte::Base64).unwrap(), data);
+        assert_eq!(*decode(&enc, Cte::Base64).unwrap(), data);
     }
 }
