@@ -51,6 +51,13 @@ impl Driver {
         };
         let resp = driver.call("POST", "/session", Some(caps));
         driver.session = resp["sessionId"].as_str().expect("session id").to_string();
+        // A click that submits a form returns before the next page is there: finding elements
+        // waits for them (up to 10 s) instead of racing the navigation.
+        driver.call(
+            "POST",
+            &driver.s("/timeouts"),
+            Some(json!({"implicit": 10_000})),
+        );
         driver
     }
 
