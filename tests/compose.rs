@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::api::{call, received, Received};
-use common::smtp::{add_user, auth_plain, db_i64, db_rows, delivered, wait_until, Client, Sink};
+use common::smtp::{add_user, db_i64, db_rows, delivered, submit_as, wait_until, Sink};
 use common::{Server, TestDb};
 use serde_json::{json, Value};
 
@@ -288,21 +288,14 @@ fn separate_group_over_smtp_addresses_each_copy_alone_at_the_senders_pace() {
         "c@example.org",
         "d@example.org",
     ];
-    let mut c = Client::connect(server.smtp);
-    c.cmd("EHLO client.example");
-    assert!(c
-        .cmd(&format!(
-            "AUTH PLAIN {}",
-            auth_plain("ann@example.com", PASSWORD)
-        ))
-        .starts_with("235"));
-    assert!(c.cmd("MAIL FROM:<ann@example.com>").starts_with("250"));
-    for r in rcpts {
-        assert!(c.cmd(&format!("RCPT TO:<{r}>")).starts_with("250"));
-    }
     let message = "From: ann@example.com\r\nTo: a@example.net, b@example.net\r\nCc: c@example.org,\r\n d@example.org\r\nX-Mailtally-Group: separate\r\nSubject: News\r\nContent-Type: text/html\r\n\r\n<p>News <a href=\"https://example.com/n\">n</a></p>\r\n";
-    let reply = c.data(message.as_bytes());
-    assert!(reply.starts_with("250"), "{reply}");
+    submit_as(
+        server.smtp,
+        "ann@example.com",
+        PASSWORD,
+        &rcpts,
+        message.as_bytes(),
+    );
     assert!(
         wait_until(Duration::from_secs(30), || delivered(&db.url) == 4),
         "{}",

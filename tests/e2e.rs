@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::smtp::{add_user, auth_plain, wait_until, Client};
+use common::smtp::{add_user, submit_as, wait_until};
 use common::{Server, TestDb};
 use mailtally::rewrite::{verify, TokenKeys, Verified};
 
@@ -27,18 +27,7 @@ fn corpus_html() -> Option<Vec<std::path::PathBuf>> {
 }
 
 fn submit(server: &Server, from: &str, to: &[&str], message: &[u8]) {
-    let mut c = Client::connect(server.smtp);
-    c.cmd("EHLO e2e.test");
-    assert!(c
-        .cmd(&format!("AUTH PLAIN {}", auth_plain(from, PASSWORD)))
-        .starts_with("235"));
-    assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
-    for r in to {
-        assert!(c.cmd(&format!("RCPT TO:<{r}>")).starts_with("250"));
-    }
-    let reply = c.data(message);
-    assert!(reply.starts_with("250"), "{reply}");
-    c.cmd("QUIT");
+    submit_as(server.smtp, from, PASSWORD, to, message);
 }
 
 fn agent() -> ureq::Agent {
