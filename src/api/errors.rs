@@ -105,6 +105,22 @@ impl ResponseError for ApiError {
     }
 }
 
+/// Refuses a value that must fit on one header line: a control character (CR, LF, NUL, ...)
+/// or more than `max` bytes. Whether it may be empty is the caller's rule.
+pub fn single_line(what: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::Unprocessable(format!(
+            "`{what}` must be one line without control characters"
+        )));
+    }
+    if value.len() > max {
+        return Err(ApiError::Unprocessable(format!(
+            "`{what}` is longer than {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// The ceiling of a JSON body. `HTTP_MAX_BODY` (1 MiB by default), checked in front of every
 /// route, is the limit in practice; templates with large HTML and group emails with many
 /// recipients need more than a small fixed limit.

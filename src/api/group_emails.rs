@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::accounts::{self, Role, User};
 use super::auth::Caller;
-use super::errors::ApiError;
+use super::errors::{single_line, ApiError};
 use crate::compose::{self, templates, ComposeError, Composition, Idempotency, Recipient};
 use crate::context::Context;
 
@@ -57,10 +57,8 @@ fn unprocessable(msg: impl Into<String>) -> ApiError {
 
 fn header_safe(what: &str, v: &Option<String>) -> Result<(), ApiError> {
     match v {
-        Some(v) if v.chars().any(char::is_control) || v.len() > 998 => Err(unprocessable(format!(
-            "`{what}` must be one line without control characters"
-        ))),
-        _ => Ok(()),
+        Some(v) => single_line(what, v, 998),
+        None => Ok(()),
     }
 }
 

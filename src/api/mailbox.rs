@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::auth::Caller;
-use super::errors::ApiError;
+use super::errors::{single_line, ApiError};
 use crate::context::Context;
 use crate::replies::mailbox::{self, NewMailbox, Security};
 use crate::replies::Sealer;
@@ -24,12 +24,10 @@ pub struct MailboxBody {
 }
 
 fn one_line(what: &str, v: &str, max: usize) -> Result<(), ApiError> {
-    if v.trim().is_empty() || v.len() > max || v.chars().any(char::is_control) {
-        return Err(ApiError::Unprocessable(format!(
-            "`{what}` is 1 to {max} characters on one line"
-        )));
+    if v.trim().is_empty() {
+        return Err(ApiError::Unprocessable(format!("`{what}` is required")));
     }
-    Ok(())
+    single_line(what, v, max)
 }
 
 pub async fn put(
