@@ -47,6 +47,22 @@ const INTERESTING: &[&[u8]] = &[
     b"Content-Transfer-Encoding: base64\r\n",
     b"boundary=",
     b"<v:roundrect href=\"",
+    b"<!---->",
+    b"--!>",
+    b"<!-->",
+    b"<![CDATA[",
+    b"<!DOCTYPE html>",
+    b"<?xml?>",
+    b"</",
+    b"/>",
+    b"<meta charset=",
+    b"<title>",
+    b"</title>",
+    b"<script>",
+    b"</script>",
+    b"<img alt=",
+    b"<area href=",
+    b"<td style=\"",
 ];
 
 fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
@@ -111,6 +127,11 @@ fn random_and_mutated_inputs_never_panic() {
         }
         let text = String::from_utf8_lossy(&input);
         let scan = html::scan(&text);
+        assert_eq!(
+            scan,
+            html::scan_reference(&text),
+            "skipping changed the scan of input {i}"
+        );
         for l in &scan.links {
             assert!(
                 text.get(l.span.clone()).is_some(),

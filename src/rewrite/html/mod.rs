@@ -1,12 +1,15 @@
 //! The streaming HTML rewriter: html5ever's tokenizer, no DOM, no re-serialisation.
 //!
-//! The tokenizer is fed the whole part once. Each time it hands over a token the sink reads
-//! how much input is left, so it knows where that token ends in the source; it then finds the
-//! tag's `<` and scans the raw attributes itself (the same states as the HTML spec) to get the
-//! exact byte span of each attribute value. Only those spans and the pixel's insertion point
-//! change; every other byte is copied. Raw-text elements (`style`, `script`, `title`,
-//! `textarea`, ...) are switched by the sink, as a tree builder would, so that `</a>` inside
-//! a `<style>` is text. Outlook conditional comments are rewritten by tokenizing their text.
+//! The tokenizer reads the part once, front to back. Each time it hands over a token the sink
+//! reads how much input is left, so it knows where that token ends in the source; it then
+//! finds the tag's `<` and scans the raw attributes itself (`tags`: the same states as the
+//! HTML spec) to get the exact byte span of each attribute value. Only those spans and the
+//! pixel's insertion point change; every other byte is copied. Raw-text elements (`style`,
+//! `script`, `title`, `textarea`, ...) are switched by the sink, as a tree builder would, so
+//! that `</a>` inside a `<style>` is text. Outlook conditional comments are rewritten by
+//! tokenizing their text. Input the sink would never read is dropped before the tokenizer
+//! sees it (`skip`); `scan_reference` is the same scan without that, and the two must agree.
+//! This module must never re-serialise a token: the source bytes are the output.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -16,11 +19,15 @@ use html5ever::interface::TokenizerResult;
 use html5ever::tendril::StrTendril;
 use html5ever::tokenizer::states::RawKind;
 
+mod skip;
+mod tags;
+
 use super::copy::Chunk;
 use super::mime::Ctx;
 use html5ever::tokenizer::{
     Tag, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
 };
+use tags::{find_tag, is_ws};
 
 /// How the original attribute value was quoted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +38,7 @@ pub enum Quote {
 }
 
 /// A link found in the HTML, before the policy decides on it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FoundLink {
     /// Byte span of the raw attribute value (between the quotes).
     pub span: Range<usize>,
@@ -46,7 +53,7 @@ pub struct FoundLink {
 }
 
 /// What a scan found in one HTML text.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Scan {
     pub links: Vec<FoundLink>,
     /// Where the pixel goes: before the last `</body>`, else before the last `</html>`, else
@@ -63,28 +70,51 @@ const MAX_DEPTH: u8 = 1;
 
 /// Scan an HTML text for links, the pixel position and meta charsets.
 pub fn scan(src: &str) -> Scan {
+    scan_with(src, true)
+}
+
+/// The same scan with every byte through the tokenizer: what `scan` must always agree with
+/// (tests and the fuzz target compare them).
+#[doc(hidden)]
+pub fn scan_reference(src: &str) -> Scan {
+    scan_with(src, false)
+}
+
+fn scan_with(src: &str, skipping: bool) -> Scan {
     let mut out = Scan::default();
-    let body_end = scan_into(src, 0, 0, &mut out);
+    let body_end = scan_into(src, 0, 0, skipping, &mut out);
     out.pixel_at = body_end.unwrap_or(src.len());
     out.links.sort_by_key(|l| l.span.start);
     out
 }
 
 /// Tokenize `src` (located at `base` in the whole text); returns the pixel position.
-fn scan_into(src: &str, base: usize, depth: u8, out: &mut Scan) -> Option<usize> {
+fn scan_into(src: &str, base: usize, depth: u8, skipping: bool, out: &mut Scan) -> Option<usize> {
+    // The tokenizer starts in its data state: what it need not see before the first thing
+    // the sink reads is never queued.
+    let start = if skipping {
+        skip::next_needed(src.as_bytes(), 0)
+    } else {
+        0
+    };
     let queue = BufferQueue::default();
-    queue.push_back(StrTendril::from_slice(src));
+    if let Some(rest) = src.get(start..) {
+        queue.push_back(StrTendril::from_slice(rest));
+    }
     let sink = Sink {
         queue: &queue,
         src: src.as_bytes(),
-        st: RefCell::new(State::default()),
+        skipping,
+        st: RefCell::new(State {
+            last: start,
+            ..State::default()
+        }),
     };
     let tok = Tokenizer::new(sink, TokenizerOpts::default());
     // A `Script` result never comes back from this sink; loop anyway until the input is done.
     while let TokenizerResult::Script(()) = tok.feed(&queue) {}
     tok.end();
-    let st = tok.sink.st.into_inner();
-    let mut st = st;
+    let mut st = tok.sink.st.into_inner();
     st.close_link();
     for mut l in st.links {
         l.span = l.span.start + base..l.span.end + base;
@@ -100,7 +130,7 @@ fn scan_into(src: &str, base: usize, depth: u8, out: &mut Scan) -> Option<usize>
                 if contains_ignore_case(text.as_bytes(), b"href")
                     || contains_ignore_case(text.as_bytes(), b"meta")
                 {
-                    scan_into(text, base + inner.start, depth + 1, out);
+                    scan_into(text, base + inner.start, depth + 1, skipping, out);
                 }
             }
         }
@@ -111,6 +141,8 @@ fn scan_into(src: &str, base: usize, depth: u8, out: &mut Scan) -> Option<usize>
 struct Sink<'a> {
     queue: &'a BufferQueue,
     src: &'a [u8],
+    /// Drop input the sink never reads (`false`: the reference scan).
+    skipping: bool,
     st: RefCell<State>,
 }
 
@@ -187,36 +219,42 @@ impl Sink<'_> {
     }
 
     /// After a token that leaves the tokenizer in its data state: when no link is collecting
-    /// text, the characters up to the next `<` can only become text tokens, which nothing
-    /// reads; skip them.
-    fn skip_text(&self, at: usize, st: &State) {
-        if st.open.is_some() {
+    /// text, drop what the sink would never read (see `skip`).
+    fn skip_text(&self, at: usize, st: &mut State) {
+        if st.open.is_some() || !self.skipping {
             return;
         }
-        let to = self
-            .src
-            .get(at..)
-            .and_then(|rest| memchr::memchr(b'<', rest))
-            .map_or(self.src.len(), |i| at + i);
-        self.skip(at, to);
+        let to = skip::next_needed(self.src, at);
+        if self.skip(at, to) {
+            st.last = to;
+        }
     }
 
     /// A raw-text element (`style`, `script`, ...) just started at `at`: when no link is
     /// collecting text, skip its text up to the end tag that closes it and leave the
-    /// tokenizer in its data state, which reads that end tag as the raw-text state would.
-    /// Script text holding `<!--` has escape states; that is left to the tokenizer.
-    fn skip_raw_text(&self, at: usize, name: &str, st: &State) -> bool {
-        if st.open.is_some() {
+    /// tokenizer in its data state, which reads that end tag as the raw-text state would
+    /// (and so it can be skipped too). Script text holding `<!--` has escape states; that is
+    /// left to the tokenizer.
+    fn skip_raw_text(&self, at: usize, name: &str, st: &mut State) -> bool {
+        if st.open.is_some() || !self.skipping {
             return false;
         }
         let Some(rest) = self.src.get(at..) else {
             return false;
         };
-        let to = at + raw_text_end(rest, name.as_bytes());
-        if name == "script" && find(&self.src[at..to], b"<!--").is_some() {
+        let end = at + raw_text_end(rest, name.as_bytes());
+        if name == "script" && find(&self.src[at..end], b"<!--").is_some() {
             return false;
         }
-        to == at || self.skip(at, to)
+        let to = skip::next_needed(self.src, end);
+        if to == at {
+            return true;
+        }
+        if self.skip(at, to) {
+            st.last = to;
+            return true;
+        }
+        false
     }
 
     fn tag(&self, tag: Tag) -> TokenSinkResult<()> {
@@ -287,11 +325,11 @@ impl Sink<'_> {
                     "title" | "textarea" => TokenSinkResult::RawData(RawKind::Rcdata),
                     "plaintext" => return TokenSinkResult::Plaintext,
                     _ => {
-                        self.skip_text(end, &st);
+                        self.skip_text(end, &mut st);
                         return TokenSinkResult::Continue;
                     }
                 };
-                return if self.skip_raw_text(end, name, &st) {
+                return if self.skip_raw_text(end, name, &mut st) {
                     TokenSinkResult::Continue
                 } else {
                     raw
@@ -310,7 +348,7 @@ impl Sink<'_> {
                         }
                     }
                 }
-                self.skip_text(end, &st);
+                self.skip_text(end, &mut st);
             }
         }
         TokenSinkResult::Continue
@@ -320,7 +358,7 @@ impl Sink<'_> {
         let end = self.pos();
         let mut st = self.st.borrow_mut();
         self.comment_at(&mut st, text, end);
-        self.skip_text(end, &st);
+        self.skip_text(end, &mut st);
     }
 
     fn comment_at(&self, st: &mut State, text: &str, end: usize) {
@@ -363,7 +401,7 @@ impl TokenSink for Sink<'_> {
                 let end = self.pos();
                 let mut st = self.st.borrow_mut();
                 st.last = end;
-                self.skip_text(end, &st);
+                self.skip_text(end, &mut st);
             }
             Token::NullCharacterToken | Token::EOFToken | Token::ParseError(_) => {}
         }
@@ -451,165 +489,6 @@ fn charset_in(src: &[u8], span: Range<usize>) -> Option<Range<usize>> {
         i += 1;
     }
     (i > s).then(|| span.start + s..span.start + i)
-}
-
-/// A tag as it appears in the source.
-#[derive(Debug)]
-pub(crate) struct RawTag {
-    pub start: usize,
-    pub attrs: Vec<RawAttr>,
-}
-
-#[derive(Debug)]
-pub(crate) struct RawAttr {
-    pub name: Range<usize>,
-    pub value: Range<usize>,
-    pub quote: Quote,
-}
-
-impl RawTag {
-    /// The first attribute of that name (later duplicates are dropped, as the spec says).
-    fn attr(&self, src: &[u8], name: &str) -> Option<(Range<usize>, Quote)> {
-        self.attrs
-            .iter()
-            .find(|a| {
-                src.get(a.name.clone())
-                    .is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
-            })
-            .map(|a| (a.value.clone(), a.quote))
-    }
-}
-
-/// Find the tag named `name` that ends exactly at `end`, starting the search at `from`.
-fn find_tag(src: &[u8], from: usize, end: usize, name: &str, end_tag: bool) -> Option<RawTag> {
-    let hay = src.get(from..end)?;
-    let mut i = 0;
-    while let Some(off) = hay.get(i..).and_then(|h| h.iter().position(|&b| b == b'<')) {
-        let at = from + i + off;
-        if let Some(t) = scan_tag(src, at, name, end_tag) {
-            if t.1 == end {
-                return Some(t.0);
-            }
-        }
-        i += off + 1;
-    }
-    None
-}
-
-fn is_ws(b: u8) -> bool {
-    matches!(b, b'\t' | b'\n' | b'\x0c' | b'\r' | b' ')
-}
-
-/// Scan one tag from its `<` with the spec's tag states; returns the tag and its end.
-pub(crate) fn scan_tag(
-    src: &[u8],
-    lt: usize,
-    name: &str,
-    end_tag: bool,
-) -> Option<(RawTag, usize)> {
-    let mut i = lt + 1;
-    if end_tag {
-        if src.get(i) != Some(&b'/') {
-            return None;
-        }
-        i += 1;
-    }
-    let n = name.as_bytes();
-    let got = src.get(i..i + n.len())?;
-    if !got.eq_ignore_ascii_case(n) {
-        return None;
-    }
-    i += n.len();
-    match src.get(i) {
-        Some(&b) if is_ws(b) || b == b'/' || b == b'>' => {}
-        _ => return None,
-    }
-    let mut attrs = Vec::new();
-    loop {
-        // Before attribute name.
-        while let Some(&b) = src.get(i) {
-            if is_ws(b) || b == b'/' {
-                if b == b'/' && src.get(i + 1) == Some(&b'>') {
-                    i += 1;
-                    break;
-                }
-                i += 1;
-            } else {
-                break;
-            }
-        }
-        match src.get(i) {
-            None => return None,
-            Some(b'>') => {
-                return Some((RawTag { start: lt, attrs }, i + 1));
-            }
-            _ => {}
-        }
-        // Attribute name: the first character may be `=`.
-        let ns = i;
-        i += 1;
-        while let Some(&b) = src.get(i) {
-            if is_ws(b) || b == b'/' || b == b'>' || b == b'=' {
-                break;
-            }
-            i += 1;
-        }
-        let name = ns..i;
-        // After attribute name.
-        while src.get(i).is_some_and(|&b| is_ws(b)) {
-            i += 1;
-        }
-        if src.get(i) != Some(&b'=') {
-            attrs.push(RawAttr {
-                name,
-                value: i..i,
-                quote: Quote::Unquoted,
-            });
-            continue;
-        }
-        i += 1;
-        while src.get(i).is_some_and(|&b| is_ws(b)) {
-            i += 1;
-        }
-        match src.get(i) {
-            None => return None,
-            Some(&q @ (b'"' | b'\'')) => {
-                let vs = i + 1;
-                let len = src.get(vs..)?.iter().position(|&b| b == q)?;
-                attrs.push(RawAttr {
-                    name,
-                    value: vs..vs + len,
-                    quote: if q == b'"' {
-                        Quote::Double
-                    } else {
-                        Quote::Single
-                    },
-                });
-                i = vs + len + 1;
-            }
-            Some(b'>') => {
-                attrs.push(RawAttr {
-                    name,
-                    value: i..i,
-                    quote: Quote::Unquoted,
-                });
-            }
-            Some(_) => {
-                let vs = i;
-                while let Some(&b) = src.get(i) {
-                    if is_ws(b) || b == b'>' {
-                        break;
-                    }
-                    i += 1;
-                }
-                attrs.push(RawAttr {
-                    name,
-                    value: vs..i,
-                    quote: Quote::Unquoted,
-                });
-            }
-        }
-    }
 }
 
 /// Escape a value for an attribute: `&`, quotes and angle brackets as references.
@@ -710,6 +589,17 @@ fn pixel_parts(open_prefix: &str) -> (String, String) {
 mod tests {
     use super::*;
 
+    /// The scan, after checking that the reference scan (every byte tokenized) agrees.
+    fn both(src: &str) -> Scan {
+        let s = scan(src);
+        assert_eq!(
+            s,
+            scan_reference(src),
+            "skipping changed the scan of {src:?}"
+        );
+        s
+    }
+
     fn urls(s: &Scan) -> Vec<&str> {
         s.links.iter().map(|l| l.url.as_str()).collect()
     }
@@ -717,7 +607,7 @@ mod tests {
     #[test]
     fn spans_point_at_raw_values() {
         let src = r#"<p><A HREF="https://a.test/?x=1&amp;y=2">A</A> <a href='https://b.test/'>B</a> <a href=https://c.test/x/>C</a></p>"#;
-        let s = scan(src);
+        let s = both(src);
         assert_eq!(
             urls(&s),
             [
@@ -740,7 +630,7 @@ mod tests {
     fn style_holding_end_tags_is_text() {
         let src =
             "<style>a[href]{}</a><a href=\"x\"></style><a href=\"https://r.test/\">R</a></body>";
-        let s = scan(src);
+        let s = both(src);
         assert_eq!(urls(&s), ["https://r.test/"]);
         assert_eq!(s.pixel_at, src.len() - "</body>".len());
     }
@@ -748,7 +638,7 @@ mod tests {
     #[test]
     fn vml_in_conditional_comment() {
         let src = "<body><!--[if mso]>\r\n<v:roundrect xmlns:v=\"urn:schemas-microsoft-com:vml\" href=\"https://v.test/\" style=\"x\"><center>Go</center></v:roundrect>\r\n<![endif]--><a href=\"https://v.test/\">Go</a></body>";
-        let s = scan(src);
+        let s = both(src);
         assert_eq!(urls(&s), ["https://v.test/", "https://v.test/"]);
         assert!(s.links[0].vml);
         assert_eq!(&src[s.links[0].span.clone()], "https://v.test/");
@@ -758,17 +648,17 @@ mod tests {
     #[test]
     fn body_in_conditional_comment_and_missing_body_end() {
         let src = "<!--[if mso]><body class=\"o\"><![endif]--><!--[if !mso]><!--><body><!--<![endif]--><a href=\"https://x.test/\">x</a></html>";
-        let s = scan(src);
+        let s = both(src);
         assert_eq!(s.pixel_at, src.len() - "</html>".len());
         assert_eq!(urls(&s), ["https://x.test/"]);
-        let s = scan("<p>no body</p>\n");
+        let s = both("<p>no body</p>\n");
         assert_eq!(s.pixel_at, "<p>no body</p>\n".len());
     }
 
     #[test]
     fn odd_markup_keeps_spans_right() {
         let src = "<<a href=\"https://1.test/\">1</a><a\nhref = \"https://2.test/\"\n>2</a><a href=\"https://3.test/\"x=y>3</a><a title='>' href=\"https://4.test/\">4</a>";
-        let s = scan(src);
+        let s = both(src);
         assert_eq!(
             urls(&s),
             [
@@ -786,8 +676,89 @@ mod tests {
     #[test]
     fn meta_charset() {
         let src = "<meta charset=\"utf-16\"><meta http-equiv=\"Content-Type\" content=\"text/html; charset=ISO-2022-JP\">";
-        let s = scan(src);
+        let s = both(src);
         let names: Vec<_> = s.meta_charsets.iter().map(|r| &src[r.clone()]).collect();
         assert_eq!(names, ["utf-16", "ISO-2022-JP"]);
+    }
+
+    #[test]
+    fn skipped_markup_ends_where_the_tokenizer_ends_it() {
+        let link = "<a href=\"https://k.test/\">k</a>";
+        let around = [
+            "<td style=\"a>b\" class='c>d' x=e>",
+            "<td a=\"b\"c=d/>",
+            "<td = x>",
+            "<td a = 'x' b=\"y\"/ >",
+            "<td a==x>",
+            "<td a=x\"y>",
+            "</td x=\"<a href='https://no.test/'>\">",
+            "<!-- <a href=\"https://no.test/\">x</a> -->",
+            "<!---->",
+            "<!-->",
+            "<!--->",
+            "<!---!>",
+            "<!----!>",
+            "<!-- x --!>",
+            "<!-- <!-- x --> -->",
+            "<!-- a <!--!> b -->",
+            "<!-- a <!----> b -->",
+            "<!--\u{0}[if mso]>x<![endif]-->",
+            "<![endif]>",
+            "<![if !mso]>",
+            "<!DOCTYPE html>",
+            "<!doctype html PUBLIC \"a>b\">",
+            "<![CDATA[ <a href=\"https://no.test/\"> ]]>",
+            "<?xml version=\"1.0\"?>",
+            "</>",
+            "</ x>",
+            "< a href=\"https://no.test/\">",
+            "<3 <<",
+            "<img alt=\"x\"><br/><hr />",
+            "<TD STYLE=\"X\"><Span>",
+            "<style>a{}</style >",
+            "<style></style><title>t</title><textarea><a href=\"https://no.test/\"></textarea>",
+            "<script>if (a<b) {}</script>",
+            "<script><!-- <script> </script> --></script>",
+            "<xmp><a href=\"https://no.test/\"></xmp>",
+            "<V:RECT href=\"https://v.test/\"></v:rect>",
+            "<meta charset=\"latin1\">",
+            "\r\n\t",
+            "\u{0}",
+            "&amp;<b>&lt;</b>",
+            "<a name=\"top\">top</a>",
+            "</a></body></html><body>",
+        ];
+        for a in around {
+            for b in around {
+                both(&format!("{a}{link}{b}{link}"));
+                both(&format!("{link}{a}{b}"));
+            }
+            // Cut short anywhere: a tag or comment the input ends inside.
+            let whole = format!("<p>{a}{link}");
+            for cut in 0..=whole.len() {
+                if let Some(prefix) = whole.get(..cut) {
+                    both(prefix);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn corpus_scans_agree_with_the_reference() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus/html");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            eprintln!("skipped: no corpus at {dir}");
+            return;
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let Ok(bytes) = std::fs::read(e.path()) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&bytes);
+            assert_eq!(scan(&text), scan_reference(&text), "{}", e.path().display());
+            n += 1;
+        }
+        assert!(n > 0, "no files in {dir}");
     }
 }
