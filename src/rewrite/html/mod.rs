@@ -414,8 +414,13 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    memchr::memchr2_iter(first.to_ascii_lowercase(), first.to_ascii_uppercase(), hay).any(|i| {
+        hay.get(i + 1..i + needle.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(rest))
+    })
 }
 
 /// Where the text of a raw-text element named `name` ends in `rest` (the input just after
@@ -703,6 +708,11 @@ mod tests {
             "<!-- a <!--!> b -->",
             "<!-- a <!----> b -->",
             "<!--\u{0}[if mso]>x<![endif]-->",
+            "<!--[if mso]><table><tr><td><![endif]-->",
+            "<!--[if mso]><a href=\"https://m.test/\">m</a><![endif]-->",
+            "<!-- [IF mso]><v:rect HREF=\"https://v.test/\"/><![endif]-->",
+            "<!--[if mso]><META charset=\"x\"><![endif]--!>",
+            "<!--\u{a0}[if mso]><a href=\"https://m.test/\">m</a><![endif]-->",
             "<![endif]>",
             "<![if !mso]>",
             "<!DOCTYPE html>",

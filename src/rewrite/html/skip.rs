@@ -1,11 +1,13 @@
 //! What the tokenizer need not see. Most of an email is markup the rewrite never touches:
-//! table scaffolding, `<td style=...>`, `<span>`, text, plain comments. Tokenizing it all is
+//! table scaffolding, `<td style=...>`, `<span>`, text, comments, and Outlook conditional
+//! comments that hold no link or `<meta>`. Tokenizing it all is
 //! most of the cost of a rewrite, so, while no link is collecting its text, the sink looks
 //! ahead with the spec's own rules for where each such construct ends and drops it from the
 //! tokenizer's input. It stops (and hands over to the tokenizer) at anything the sink reads or
 //! whose end it is not certain of. `scan_reference` in the module above runs with no skipping
 //! at all; tests and a fuzz target check that both always find the same.
 
+use super::contains_ignore_case;
 use super::tags::{attrs_end, is_ws};
 
 /// Start tags the sink reads, or that switch the tokenizer to another state. Any name
@@ -86,10 +88,17 @@ fn declaration_end(src: &[u8], lt: usize) -> Option<usize> {
             .get(inner..)?
             .iter()
             .find(|&&b| !matches!(b, b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r' | b' '))?;
-        if *first == b'[' || !first.is_ascii() {
+        let end = comment_end(src, inner)?;
+        // A conditional comment is read only for what it can hold: a link (`href`) or a
+        // `<meta>`; Outlook's table scaffolding holds neither.
+        if (*first == b'[' || !first.is_ascii())
+            && src.get(inner..end).is_some_and(|text| {
+                contains_ignore_case(text, b"href") || contains_ignore_case(text, b"meta")
+            })
+        {
             return None;
         }
-        return comment_end(src, inner);
+        return Some(end);
     }
     // Too short to tell a bogus comment from `<!--`, `<!DOCTYPE` or `<![CDATA[`.
     if rest.len() < 7 {
