@@ -125,11 +125,7 @@ fn scan_into(src: &str, base: usize, depth: u8, skipping: bool, out: &mut Scan) 
     if depth < MAX_DEPTH {
         for inner in st.cond_comments {
             if let Some(text) = src.get(inner.clone()) {
-                // Only an `href` or a `<meta>` can yield anything; most conditional comments
-                // (Outlook table scaffolding) hold neither and need no second pass.
-                if contains_ignore_case(text.as_bytes(), b"href")
-                    || contains_ignore_case(text.as_bytes(), b"meta")
-                {
+                if cond_comment_is_read(text.as_bytes()) {
                     scan_into(text, base + inner.start, depth + 1, skipping, out);
                 }
             }
@@ -411,6 +407,12 @@ impl TokenSink for Sink<'_> {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
+}
+
+/// Whether a conditional comment's text can yield anything: only an `href` or a `<meta>`
+/// can; most conditional comments (Outlook table scaffolding) hold neither.
+fn cond_comment_is_read(text: &[u8]) -> bool {
+    contains_ignore_case(text, b"href") || contains_ignore_case(text, b"meta")
 }
 
 fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {

@@ -7,7 +7,7 @@
 //! whose end it is not certain of. `scan_reference` in the module above runs with no skipping
 //! at all; tests and a fuzz target check that both always find the same.
 
-use super::contains_ignore_case;
+use super::cond_comment_is_read;
 use super::tags::{attrs_end, is_ws};
 
 /// Start tags the sink reads, or that switch the tokenizer to another state. Any name
@@ -89,12 +89,9 @@ fn declaration_end(src: &[u8], lt: usize) -> Option<usize> {
             .iter()
             .find(|&&b| !matches!(b, b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r' | b' '))?;
         let end = comment_end(src, inner)?;
-        // A conditional comment is read only for what it can hold: a link (`href`) or a
-        // `<meta>`; Outlook's table scaffolding holds neither.
+        // A conditional comment is read only when it can hold something.
         if (*first == b'[' || !first.is_ascii())
-            && src.get(inner..end).is_some_and(|text| {
-                contains_ignore_case(text, b"href") || contains_ignore_case(text, b"meta")
-            })
+            && src.get(inner..end).is_some_and(cond_comment_is_read)
         {
             return None;
         }
