@@ -19,6 +19,7 @@
 //! - [`store`]: PostgreSQL, its migrations and the embedded default cluster;
 //! - [`http`]: the HTTP listener assembling the routes of the stages, with [`http_limits`];
 //! - [`ratelimit`]: failed authentications counted per client IP (SMTP AUTH, API tokens);
+//! - [`escape`]: HTML escaping for every stage that writes markup;
 //! - [`config`], [`metrics`], [`context`], [`serve`]: settings, the Prometheus registry, shared
 //!   state and the `serve` command.
 
@@ -27,6 +28,7 @@ pub mod compose;
 pub mod config;
 pub mod context;
 pub mod deliver;
+pub mod escape;
 pub mod events;
 pub mod followup;
 pub mod http;

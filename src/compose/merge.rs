@@ -121,7 +121,7 @@ impl MergeText {
                     match target {
                         // A default is the template author's own text, already in the
                         // template's language; a recipient's value is data.
-                        Target::Html if !from_template => out.push_str(&escape_html(text)),
+                        Target::Html if !from_template => out.push_str(&crate::escape::html(text)),
                         Target::Header if text.chars().any(char::is_control) => {
                             return Err(MergeError::Unsafe(name.clone()))
                         }
@@ -133,9 +133,6 @@ impl MergeText {
         Ok(out)
     }
 }
-
-/// Escapes text for HTML content and quoted attribute values alike.
-pub use crate::insights::page::esc as escape_html;
 
 #[cfg(test)]
 mod tests {

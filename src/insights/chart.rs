@@ -2,6 +2,8 @@
 
 use std::fmt::Write;
 
+use crate::escape::html as esc;
+
 /// One day of the chart.
 pub struct Point {
     pub day: String,
@@ -14,10 +16,6 @@ const H: f64 = 220.0;
 const LEFT: f64 = 40.0;
 const BOTTOM: f64 = 30.0;
 const TOP: f64 = 10.0;
-
-fn esc(s: &str) -> String {
-    super::page::esc(s)
-}
 
 /// Grouped bars (opens, clicks) per day with a y axis and a legend.
 pub fn daily_svg(points: &[Point]) -> String {

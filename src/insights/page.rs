@@ -17,6 +17,7 @@ use crate::api::errors::ApiError;
 use crate::api::messages::{self, ListQuery};
 use crate::api::visibility::Viewer;
 use crate::context::Context;
+use crate::escape::html as esc;
 
 #[derive(Debug, Error)]
 pub enum PageError {
@@ -61,22 +62,6 @@ impl ResponseError for PageError {
             ),
         )
     }
-}
-
-/// HTML-escapes text for element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Percent-encodes a path segment or query value.
@@ -517,11 +502,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaping() {
-        assert_eq!(
-            esc("<a href=\"x\">'&'</a>"),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
+    fn url_parts_are_percent_encoded() {
         assert_eq!(url_part("a b/é"), "a%20b%2F%C3%A9");
     }
 }

@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use mail_parser::{MessageParser, MimeHeaders, PartType};
-use mailtally::rewrite::html::{escape_attr, pixel_html};
+use mailtally::escape;
+use mailtally::rewrite::html::pixel_html;
 use mailtally::rewrite::token::{open_token, verify, Verified};
 use mailtally::rewrite::{Prepared, RewriteSettings, TokenKeys};
 use uuid::Uuid;
@@ -37,7 +38,7 @@ pub fn wrap_html(html: &[u8]) -> Vec<u8> {
 fn restore(text: &str, p: &Prepared, copy: Uuid, keys: &TokenKeys, strip_pixel: bool) -> String {
     let mut t = text.to_owned();
     if strip_pixel {
-        let pixel = pixel_html(&escape_attr(&format!(
+        let pixel = pixel_html(&escape::html(&format!(
             "{PUBLIC}/o/{}",
             open_token(keys, copy)
         )));

@@ -498,22 +498,6 @@ fn charset_in(src: &[u8], span: Range<usize>) -> Option<Range<usize>> {
     (i > s).then(|| span.start + s..span.start + i)
 }
 
-/// Escape a value for an attribute: `&`, quotes and angle brackets as references.
-pub fn escape_attr(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// The pixel, given the full image URL (already attribute-escaped).
 pub fn pixel_html(src_url: &str) -> String {
     format!(
@@ -530,7 +514,7 @@ pub(crate) fn rewrite(src: &str, ctx: &mut Ctx, relabel: bool) -> Vec<Chunk> {
         for l in &scan.links {
             let raw = src.get(l.span.clone()).unwrap_or("");
             if let Some(slot) = ctx.track(&l.url, raw, &l.text, l.opted_out, l.vml) {
-                let mut prefix = escape_attr(&ctx.click_prefix);
+                let mut prefix = crate::escape::html(&ctx.click_prefix);
                 let quote = l.quote == Quote::Unquoted
                     && prefix.bytes().any(|b| is_ws(b) || b"\"'=<>`".contains(&b));
                 if quote {
@@ -545,7 +529,7 @@ pub(crate) fn rewrite(src: &str, ctx: &mut Ctx, relabel: bool) -> Vec<Chunk> {
         }
     }
     if ctx.opens {
-        let (before, after) = pixel_parts(&escape_attr(&ctx.open_prefix));
+        let (before, after) = pixel_parts(&crate::escape::html(&ctx.open_prefix));
         edits.push((
             scan.pixel_at..scan.pixel_at,
             vec![
