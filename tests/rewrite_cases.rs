@@ -176,26 +176,103 @@ fn untouched_messages() {
     assert_eq!(p.render(&keys(), Uuid::now_v7(), "b"), junk);
 }
 
-#[test]
-fn dkim_with_key_resigns_each_copy() {
-    let pem = include_str!("rewrite_support/dkim_test_key.pem");
-    let mut s = settings();
-    s.dkim = Some(mailtally::rewrite::DkimSettings {
-        selector: "sel".into(),
-        domain: "example.com".into(),
-        key_pem: pem.into(),
-    });
-    let raw = msg(
-        "DKIM-Signature: v=1; a=rsa-sha256; d=client.test; s=c; h=from; bh=x; b=y\nContent-Type: text/html\n",
-        b"<a href=\"https://x.test/\">x</a>",
-        "\r\n",
+/// The DKIM record's `p=` for a private key: the SubjectPublicKeyInfo for RSA, the bare
+/// 32-byte key for Ed25519 (RFC 8463), both from `openssl pkey`.
+fn dkim_public_key(pem_path: &std::path::Path, ed25519: bool) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(pem_path)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let p = prepare(&raw, &s);
-    assert_eq!(p.untouched, None);
-    let out = String::from_utf8(p.render(&keys(), Uuid::now_v7(), "b")).unwrap();
-    assert!(out.starts_with("DKIM-Signature:"), "{out}");
-    assert_eq!(out.matches("DKIM-Signature").count(), 1);
-    assert!(out.contains("d=example.com"));
+    let der = if ed25519 {
+        &out.stdout[out.stdout.len() - 32..]
+    } else {
+        &out.stdout[..]
+    };
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+/// Verifies `message` with dkimpy (Debian's python3-dkim), answering the key lookup itself.
+fn dkimpy_verifies(message: &[u8], record: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("copy.eml");
+    std::fs::write(&path, message).unwrap();
+    let script = r#"
+import sys, dkim
+record = sys.argv[2].encode()
+def dns(name, timeout=5):
+    return record if name == b"sel._domainkey.example.com." else None
+msg = open(sys.argv[1], "rb").read()
+d = dkim.DKIM(msg)
+ok = d.verify(dnsfunc=dns)
+print("verified" if ok else "failed")
+sys.exit(0 if ok else 1)
+"#;
+    // Debian's interpreter, which sees Debian's python3-dkim whatever python3 is first on PATH.
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(&path)
+        .arg(record)
+        .output()
+        .expect("/usr/bin/python3 runs (scripts/test-packages installs python3-dkim)");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A client's signature is removed and each copy carries the relay's own, which an
+/// independent verifier accepts: RSA (PKCS#1) and Ed25519 as `openssl genpkey` writes it
+/// (PKCS#8 without the public key).
+#[test]
+fn dkim_with_key_resigns_each_copy_and_the_signature_verifies() {
+    let support = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rewrite_support");
+    for (file, ed25519) in [("dkim_test_key.pem", false), ("dkim_ed25519_key.pem", true)] {
+        let pem_path = support.join(file);
+        let mut s = settings();
+        s.dkim = Some(mailtally::rewrite::DkimSettings {
+            selector: "sel".into(),
+            domain: "example.com".into(),
+            key_pem: std::fs::read_to_string(&pem_path).unwrap(),
+        });
+        let raw = msg(
+            "DKIM-Signature: v=1; a=rsa-sha256; d=client.test; s=c; h=from; bh=x; b=y\nDate: Fri, 27 Nov 2026 10:00:00 +0000\nContent-Type: text/html; charset=utf-8\n",
+            b"<html><body><p>Hello</p>\r\n<a href=\"https://x.test/?a=1&amp;b=2\">x</a></body></html>\r\n",
+            "\r\n",
+        );
+        let p = prepare(&raw, &s);
+        assert_eq!(p.untouched, None, "{file}");
+        let record = format!(
+            "v=DKIM1; k={}; p={}",
+            if ed25519 { "ed25519" } else { "rsa" },
+            dkim_public_key(&pem_path, ed25519)
+        );
+        for rcpt in ["b@example.net", "c@example.net"] {
+            let copy = p.render(&keys(), Uuid::now_v7(), rcpt);
+            let text = String::from_utf8_lossy(&copy);
+            assert!(text.starts_with("DKIM-Signature:"), "{file}: {text}");
+            assert_eq!(text.matches("DKIM-Signature").count(), 1, "{file}");
+            assert!(text.contains("d=example.com"), "{file}");
+            assert!(text.contains("/c/"), "{file}: the copy is tracked");
+            dkimpy_verifies(&copy, &record).unwrap_or_else(|e| panic!("{file}: {e}\n{text}"));
+            // The check can fail: one changed body byte breaks the signature.
+            let tampered = text.replacen("Hello", "Jello", 1);
+            assert!(
+                dkimpy_verifies(tampered.as_bytes(), &record).is_err(),
+                "{file}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,11 +1,23 @@
 //! Arbitrary bytes as a message: prepare + render must not panic, untouched means unchanged.
+//! The settings vary with the input's length, so that every input stays a whole message and
+//! the fuzzer still reaches text-link tracking on and off and DKIM signing of each copy.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mailtally::rewrite::{prepare, RewriteSettings, TokenKeys};
+use mailtally::rewrite::{prepare, DkimSettings, RewriteSettings, TokenKeys};
+
+const ED25519_KEY: &str = include_str!("../../tests/rewrite_support/dkim_ed25519_key.pem");
 
 fuzz_target!(|data: &[u8]| {
-    let settings = RewriteSettings::new("https://t.example.com");
+    let mut settings = RewriteSettings::new("https://t.example.com");
+    settings.track_text_links = data.len() % 2 == 0;
+    if data.len() % 4 >= 2 {
+        settings.dkim = Some(DkimSettings {
+            selector: "s".into(),
+            domain: "example.com".into(),
+            key_pem: ED25519_KEY.into(),
+        });
+    }
     let keys = TokenKeys::new(b"fuzz", &[]);
     let p = prepare(data, &settings);
     let out = p.render(&keys, uuid::Uuid::from_u128(1), "r@example.com");

@@ -72,7 +72,9 @@ impl Signer {
                     .headers(SIGNED.iter().copied()),
             ));
         }
-        let k = Ed25519Key::from_pkcs8_der(der.secret_der())
+        // `openssl genpkey -algorithm ed25519` writes PKCS#8 v1, without the public key, which
+        // the checked constructor refuses; the public key is derived from the seed instead.
+        let k = Ed25519Key::from_pkcs8_maybe_unchecked_der(der.secret_der())
             .map_err(|e| DkimError::Key(e.to_string()))?;
         Ok(Signer::Ed(
             DkimSigner::from_key(k)
