@@ -150,6 +150,25 @@ fn untouched_messages() {
     assert!(!String::from_utf8_lossy(&out).contains("X-Mailtally"));
     assert_eq!(out.len(), signed.len() - "X-Mailtally-Template: t\n".len());
 
+    // S/MIME in one opaque part: signed-data and enveloped-data alike are left as they are.
+    for (smime_type, why) in [
+        ("signed-data", Untouched::Signed),
+        ("enveloped-data", Untouched::Encrypted),
+    ] {
+        let opaque = msg(
+            &format!("Content-Type: application/pkcs7-mime; smime-type={smime_type}; name=smime.p7m\nContent-Transfer-Encoding: base64\n"),
+            b"MIAGCSqGSIb3DQEHAqCAMIACAQExDzANBglghkgBZQMEAgEFADCABgkqhkiG9w0BBwGggCSABGk=\n",
+            "\n",
+        );
+        let p = prepare(&opaque, &settings());
+        assert_eq!(p.untouched, Some(why), "{smime_type}");
+        assert_eq!(
+            p.render(&keys(), Uuid::now_v7(), "b"),
+            opaque,
+            "{smime_type}"
+        );
+    }
+
     let off = msg(
         "X-Mailtally-Track: off\nContent-Type: text/html\n",
         b"<a href=\"https://x.test/\">x</a>",
