@@ -1,5 +1,5 @@
 //! HTML escaping shared by every stage that writes markup: the rewrite's tracked attribute
-//! values and pixel, and the Insights page and its charts.
+//! values and pixel, the compose merge's recipient values, the Insights page and its charts.
 //!
 //! One escaper serves text and attribute values alike, quoted with either quote character.
 //! It must never decode: input is taken as literal text.
