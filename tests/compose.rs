@@ -272,13 +272,14 @@ fn merge_values_cannot_inject_and_missing_fields_send_nothing() {
 
 #[test]
 fn separate_group_over_smtp_addresses_each_copy_alone_at_the_senders_pace() {
+    const RATE_PER_MINUTE: u32 = 120;
     let db = TestDb::migrated();
     let sink = Sink::start(&[]);
     let server = Server::start(
         &db.url,
         &[
             ("UPSTREAM_URL", &sink.url()),
-            ("SENDER_RATE_PER_MINUTE", "120"),
+            ("SENDER_RATE_PER_MINUTE", &RATE_PER_MINUTE.to_string()),
         ],
     );
     add_user(&db.url, "ann@example.com", PASSWORD);
@@ -311,26 +312,28 @@ fn separate_group_over_smtp_addresses_each_copy_alone_at_the_senders_pace() {
     }
     got.sort();
     assert_eq!(got, rcpts);
-    // 120 a minute: the four copies got slots half a second apart, and none was started
-    // before its slot. A claim sets `next_attempt_at` to the claim time plus the lease, so
+    // At the sender's rate the copies got slots `gap` apart, and none was started before
+    // its slot. A claim sets `next_attempt_at` to the claim time plus the lease, so
     // a delivered copy's start is `next_attempt_at - LEASE`; the sender's next free slot is
     // the end of the four slots. (`delivered_at` is when the upstream said 250, which the
     // first copy's connect makes late, so it cannot show the pace.)
     let lease = mailtally::deliver::LEASE.as_secs_f64();
+    let gap = 60.0 / f64::from(RATE_PER_MINUTE);
+    let first_slot = gap * rcpts.len() as f64;
     let rows = db_rows(
         &db.url,
         &format!(
             "SELECT extract(epoch FROM c.next_attempt_at - make_interval(secs => {lease})
-                                   - (p.next_slot - interval '2 seconds'))::text
+                                   - (p.next_slot - make_interval(secs => {first_slot})))::text
              FROM copies c, sender_pacing p ORDER BY 1"
         ),
     );
     let started: Vec<f64> = rows.iter().map(|r| r[0].parse().unwrap()).collect();
-    assert_eq!(started.len(), 4);
+    assert_eq!(started.len(), rcpts.len());
     // Sorted starts against sorted slots: the k-th start is no earlier than the k-th slot
     // whichever copy had which slot, and each start came within a few seconds.
     for (i, s) in started.iter().enumerate() {
-        let slot = 0.5 * i as f64;
+        let slot = gap * i as f64;
         assert!(
             *s >= slot && *s < slot + 5.0,
             "copy {i} started at {s} s, slot at {slot} s: {started:?}"
