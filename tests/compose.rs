@@ -315,16 +315,16 @@ fn separate_group_over_smtp_addresses_each_copy_alone_at_the_senders_pace() {
     // At the sender's rate the copies got slots `gap` apart, and none was started before
     // its slot. A claim sets `next_attempt_at` to the claim time plus the lease, so
     // a delivered copy's start is `next_attempt_at - LEASE`; the sender's next free slot is
-    // the end of the four slots. (`delivered_at` is when the upstream said 250, which the
+    // the end of the copies' slots. (`delivered_at` is when the upstream said 250, which the
     // first copy's connect makes late, so it cannot show the pace.)
     let lease = mailtally::deliver::LEASE.as_secs_f64();
     let gap = 60.0 / f64::from(RATE_PER_MINUTE);
-    let first_slot = gap * rcpts.len() as f64;
+    let all_slots = gap * rcpts.len() as f64;
     let rows = db_rows(
         &db.url,
         &format!(
             "SELECT extract(epoch FROM c.next_attempt_at - make_interval(secs => {lease})
-                                   - (p.next_slot - make_interval(secs => {first_slot})))::text
+                                   - (p.next_slot - make_interval(secs => {all_slots})))::text
              FROM copies c, sender_pacing p ORDER BY 1"
         ),
     );
