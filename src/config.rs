@@ -192,6 +192,16 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "file of Apple Mail Privacy Protection CIDRs; unset: the built-in list",
     },
     SettingDoc {
+        key: "PREFETCH_WINDOW",
+        default: Some("5"),
+        help: "seconds after delivery within which an open counts as prefetch, not a person (0: off; at most 600)",
+    },
+    SettingDoc {
+        key: "CLICK_SCANNER_WINDOW",
+        default: Some("10"),
+        help: "seconds after delivery within which a click counts as a link scanner, not a person (0: off; at most 600)",
+    },
+    SettingDoc {
         key: "WEBHOOK_CLICK_HOLD",
         default: Some("30"),
         help: "seconds a click notification waits so that a scanner sweep is classified first",
@@ -474,6 +484,8 @@ pub struct Settings {
     pub dkim_selector: Option<String>,
     pub dkim_key: Option<PathBuf>,
     pub apple_mpp_cidrs: Option<PathBuf>,
+    pub prefetch_window: Duration,
+    pub click_scanner_window: Duration,
     pub webhook_click_hold: Duration,
     pub webhook_retry_schedule: Vec<Duration>,
     pub webhook_max_age: Duration,
@@ -533,6 +545,8 @@ impl Settings {
             dkim_selector: opt("DKIM_SELECTOR"),
             dkim_key: opt("DKIM_KEY").map(PathBuf::from),
             apple_mpp_cidrs: opt("APPLE_MPP_CIDRS").map(PathBuf::from),
+            prefetch_window: seconds(src, "PREFETCH_WINDOW")?,
+            click_scanner_window: seconds(src, "CLICK_SCANNER_WINDOW")?,
             webhook_click_hold: seconds(src, "WEBHOOK_CLICK_HOLD")?,
             webhook_retry_schedule: seconds_list(src, "WEBHOOK_RETRY_SCHEDULE")?,
             webhook_max_age: seconds(src, "WEBHOOK_MAX_AGE")?,
@@ -580,6 +594,19 @@ impl Settings {
                 "",
                 "needs at least one interval",
             ));
+        }
+        // The tracker knows delivery times for ten minutes only; a longer window would never apply.
+        for (key, window) in [
+            ("PREFETCH_WINDOW", settings.prefetch_window),
+            ("CLICK_SCANNER_WINDOW", settings.click_scanner_window),
+        ] {
+            if window > Duration::from_secs(600) {
+                return Err(invalid(
+                    key,
+                    &window.as_secs_f64().to_string(),
+                    "at most 600 seconds",
+                ));
+            }
         }
         if settings.tls_cert.is_some() != settings.tls_key.is_some() {
             return Err(invalid(

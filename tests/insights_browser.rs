@@ -278,3 +278,125 @@ async fn insights_page_in_headless_chromium() {
         &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("insights-message.png"),
     );
 }
+
+/// A sender's own first test: they open and click their message seconds after delivery. The
+/// message's page names the rule of each greyed-out event and says which window the events fell
+/// in, with the windows of the settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_page_names_the_rules_and_the_windows_met() {
+    use common::smtp::{add_user, db_i64, db_rows, submit_as, wait_until};
+    if !std::path::Path::new("/usr/bin/chromedriver").exists() {
+        panic!("chromium-driver is not installed (see scripts/test-packages)");
+    }
+    const PASSWORD: &str = "windows-password";
+    const GMAIL: &str =
+        "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)";
+    let db = TestDb::migrated();
+    // Wide windows, so that a slow machine still opens and clicks inside them.
+    let server = Server::start(
+        &db.url,
+        &[("PREFETCH_WINDOW", "30"), ("CLICK_SCANNER_WINDOW", "40")],
+    );
+    let url = db.url.clone();
+    let token = tokio::task::spawn_blocking(move || add_user(&url, "ann@example.com", PASSWORD))
+        .await
+        .unwrap();
+    let (smtp, public) = (server.smtp, server.url(""));
+    let (url, api_token) = (db.url.clone(), token.clone());
+    let message_id = tokio::task::spawn_blocking(move || {
+        submit_as(
+            smtp,
+            "ann@example.com",
+            PASSWORD,
+            &["bob@example.net"],
+            b"From: ann@example.com\r\nTo: bob@example.net\r\nSubject: First test\r\n\
+Content-Type: text/html; charset=utf-8\r\n\r\n\
+<html><body><p>Hi</p><a href=\"https://example.com/offer\">offer</a></body></html>\r\n",
+        );
+        assert!(wait_until(Duration::from_secs(20), || db_i64(
+            &url,
+            "SELECT count(*) FROM copies WHERE status = 'delivered'"
+        ) == 1));
+        let copy = db_rows(&url, "SELECT id::text, message_id::text FROM copies");
+        let raw = ureq::get(&format!("{public}/api/captured/{}/raw", copy[0][0]))
+            .set("authorization", &format!("Bearer {api_token}"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        let tracked = |prefix: &str| {
+            let start = format!("{public}{prefix}");
+            let rest = raw.split(start.as_str()).nth(1).expect("a tracked URL");
+            format!("{start}{}", rest.split('"').next().unwrap())
+        };
+        let (pixel, link) = (tracked("/o/"), tracked("/c/"));
+        // The tracker's delivery cache polls every second: let it see the delivery.
+        std::thread::sleep(Duration::from_secs(2));
+        let agent = ureq::AgentBuilder::new().redirects(0).build();
+        for (url, user_agent) in [
+            (&pixel, "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.5.0"),
+            (&pixel, GMAIL),
+            (&link, "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"),
+        ] {
+            let status = agent.get(url).set("user-agent", user_agent).call().unwrap().status();
+            assert!(status == 200 || status == 302, "{url}: {status}");
+        }
+        assert!(wait_until(Duration::from_secs(15), || db_i64(
+            &url,
+            "SELECT count(*) FROM events WHERE kind IN ('open', 'click')"
+        ) == 3));
+        copy[0][1].clone()
+    })
+    .await
+    .unwrap();
+
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver::start(profile.path());
+    driver.go(&server.url("/insights"));
+    let token_input = driver.find("#token");
+    driver.call(
+        "POST",
+        &driver.s(&format!("/element/{token_input}/value")),
+        Some(json!({"text": token})),
+    );
+    driver.click("#sign-in");
+    driver.find("#templates");
+    driver.go(&server.url(&format!("/insights/messages/{message_id}")));
+    assert_eq!(driver.text("#subject"), "First test");
+
+    let notice = driver.text("#window-notice");
+    for part in [
+        "1 open came within 30 s of delivery and counts as prefetch (the prefetch window, setting PREFETCH_WINDOW)",
+        "1 click came within 40 s of delivery and counts as scanner (the click-after-delivery window, setting CLICK_SCANNER_WINDOW)",
+        "open the message or click a link later to see a human event",
+        "Who opened and clicked",
+    ] {
+        assert!(notice.contains(part), "{part:?} not in the notice: {notice}");
+    }
+    // Greyed-out machines name their rule; the Gmail proxy's open is a person's, named too.
+    assert_eq!(
+        driver.text("tr.event.machine.kind-open td.rule"),
+        "prefetch window"
+    );
+    assert_eq!(
+        driver.text("tr.event.machine.kind-click td.rule"),
+        "click-after-delivery window"
+    );
+    assert_eq!(
+        driver.text("tr.event.human.kind-open td.rule"),
+        "image proxy"
+    );
+    assert_eq!(driver.text("tr.event.human.kind-open td.cls"), "proxy");
+    for row in driver.find_all("tr.event.machine") {
+        let color = driver.call("GET", &driver.s(&format!("/element/{row}/css/color")), None);
+        assert_eq!(
+            color.as_str(),
+            Some("rgba(153, 153, 153, 1)"),
+            "machine rows are grey"
+        );
+    }
+    assert_eq!(driver.find_all("tr.event.machine").len(), 2);
+    driver.screenshot(
+        &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("insights-message-windows.png"),
+    );
+}

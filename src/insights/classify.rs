@@ -1,5 +1,13 @@
 //! Classification at ingest: who fetched the pixel or followed the link, and why we think so.
 //!
+//! The rules, first match wins (the README's "Who opened and clicked" lists them for users):
+//! a HEAD request is a scanner; Gmail's and Yahoo's image proxies are `proxy` (a person's open);
+//! a scanner, preview or script agent, a crawler agent, or no agent is a scanner; the bare agent
+//! `Mozilla/5.0` is Apple MPP on the pixel and a scanner on a link; a pixel from Apple's MPP
+//! networks is Apple MPP; an open within the prefetch window of delivery is `prefetch`, a click
+//! within the click-after-delivery window is `scanner`; anything else is `human`. The hindsight
+//! rules (sweeps, unknown delivery time) come later, in [`crate::insights::hindsight`].
+//!
 //! Pure functions of the request facts and the copy's delivery time; no I/O, so the tracking
 //! handlers can call them inline. When the delivery time is not known the timing rules cannot
 //! be applied: such an event gets no class and the reason `delivery_time_unknown`, and the
@@ -40,10 +48,126 @@ impl Class {
     }
 }
 
-/// An open this soon after delivery was fetched by software, not read by a person.
+/// An open this soon after delivery was fetched by software, not read by a person (the default
+/// of `PREFETCH_WINDOW`).
 pub const OPEN_PREFETCH_WINDOW: TimeDelta = TimeDelta::seconds(5);
-/// A click this soon after delivery is a link checker: people need longer to open and click.
+/// A click this soon after delivery is a link checker: people need longer to open and click (the
+/// default of `CLICK_SCANNER_WINDOW`).
 pub const CLICK_SCANNER_WINDOW: TimeDelta = TimeDelta::seconds(10);
+
+/// The timing windows of the ingest rules. A zero window turns its rule off (a test setup where
+/// the sender opens their own mail at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    pub open_prefetch: TimeDelta,
+    pub click_scanner: TimeDelta,
+}
+
+impl Default for Windows {
+    fn default() -> Windows {
+        Windows {
+            open_prefetch: OPEN_PREFETCH_WINDOW,
+            click_scanner: CLICK_SCANNER_WINDOW,
+        }
+    }
+}
+
+impl Windows {
+    /// The windows of `PREFETCH_WINDOW` and `CLICK_SCANNER_WINDOW`.
+    pub fn from_settings(s: &crate::config::Settings) -> Windows {
+        let delta = |d: std::time::Duration| TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX);
+        Windows {
+            open_prefetch: delta(s.prefetch_window),
+            click_scanner: delta(s.click_scanner_window),
+        }
+    }
+}
+
+// The ingest reasons that the rules below are recognised by (stored in `events.reason`).
+pub const REASON_HEAD: &str = "HEAD request";
+pub const REASON_BARE_AGENT: &str = "bare Mozilla/5.0 agent";
+pub const REASON_APPLE_RANGE: &str = "Apple MPP address range";
+pub const REASON_CLICK_AFTER_DELIVERY: &str = "click within seconds of delivery";
+pub const REASON_OPEN_AFTER_DELIVERY: &str = "open within seconds of delivery";
+pub const REASON_CRAWLER: &str = "crawler agent";
+pub const REASON_NO_AGENT: &str = "no user agent";
+pub const REASON_NO_EVIDENCE: &str = "no machine evidence";
+const REASON_GMAIL_PROXY: &str = "Gmail image proxy";
+const REASON_YAHOO_PROXY: &str = "Yahoo Mail image proxy";
+
+/// The rule that decided an event's class: the names the README and the Insights page use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// A HEAD request: a checker asking whether the link works; a person's client sends GET.
+    HeadRequest,
+    /// Gmail's or Yahoo's image proxy, which fetches when the person opens: counts as a person.
+    ImageProxy,
+    /// A security gateway, link preview or scripted client named in its user agent.
+    ScannerAgent,
+    /// An agent that woothee knows as a crawler.
+    CrawlerAgent,
+    /// No user agent at all.
+    NoAgent,
+    /// Exactly `Mozilla/5.0`: Apple MPP on the pixel, a checker on a link.
+    BareAgent,
+    /// A pixel fetched from Apple's MPP networks.
+    AppleRange,
+    /// An open within the prefetch window after delivery.
+    PrefetchWindow,
+    /// A click within the click-after-delivery window.
+    ClickAfterDelivery,
+    /// A run of clicks of one copy too dense for a person (hindsight).
+    Sweep,
+    /// An event near delivery whose delivery time the tracker did not know (hindsight).
+    UnknownDeliveryWindow,
+}
+
+impl Rule {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::HeadRequest => "HEAD request",
+            Rule::ImageProxy => "image proxy",
+            Rule::ScannerAgent => "scanner agent",
+            Rule::CrawlerAgent => "crawler agent",
+            Rule::NoAgent => "no user agent",
+            Rule::BareAgent => "bare agent",
+            Rule::AppleRange => "Apple address range",
+            Rule::PrefetchWindow => "prefetch window",
+            Rule::ClickAfterDelivery => "click-after-delivery window",
+            Rule::Sweep => "sweep",
+            Rule::UnknownDeliveryWindow => "unknown-delivery window",
+        }
+    }
+
+    /// Whether the rule is about time after delivery: a sender testing their own mail at once
+    /// meets these.
+    pub fn is_delivery_window(self) -> bool {
+        matches!(
+            self,
+            Rule::PrefetchWindow | Rule::ClickAfterDelivery | Rule::UnknownDeliveryWindow
+        )
+    }
+
+    /// The rule behind a stored reason (the ingest's or the hindsight's); `None` for a person
+    /// with no machine evidence and for reasons this version does not write.
+    pub fn of_reason(reason: &str) -> Option<Rule> {
+        use crate::insights::hindsight;
+        Some(match reason {
+            REASON_HEAD => Rule::HeadRequest,
+            REASON_GMAIL_PROXY | REASON_YAHOO_PROXY => Rule::ImageProxy,
+            REASON_CRAWLER => Rule::CrawlerAgent,
+            REASON_NO_AGENT => Rule::NoAgent,
+            REASON_BARE_AGENT => Rule::BareAgent,
+            REASON_APPLE_RANGE => Rule::AppleRange,
+            REASON_OPEN_AFTER_DELIVERY => Rule::PrefetchWindow,
+            REASON_CLICK_AFTER_DELIVERY => Rule::ClickAfterDelivery,
+            hindsight::SWEEP_REASON => Rule::Sweep,
+            hindsight::UNKNOWN_DELIVERY_WINDOW_REASON => Rule::UnknownDeliveryWindow,
+            r if SCANNER_AGENTS.iter().any(|(_, why)| *why == r) => Rule::ScannerAgent,
+            _ => return None,
+        })
+    }
+}
 
 /// The built-in Apple MPP networks (see the file for where they come from).
 pub const BUILTIN_APPLE_MPP_CIDRS: &str = include_str!("apple_mpp_cidrs.txt");
@@ -146,11 +270,20 @@ fn verdict(class: Class, reason: &'static str) -> Verdict {
 #[derive(Debug, Clone)]
 pub struct Classifier {
     apple: Vec<Cidr>,
+    windows: Windows,
 }
 
 impl Classifier {
     pub fn new(apple: Vec<Cidr>) -> Classifier {
-        Classifier { apple }
+        Classifier {
+            apple,
+            windows: Windows::default(),
+        }
+    }
+
+    /// The same rules with other timing windows.
+    pub fn with_windows(self, windows: Windows) -> Classifier {
+        Classifier { windows, ..self }
     }
 
     /// The list of `APPLE_MPP_CIDRS` when set, else the built-in one.
@@ -167,37 +300,35 @@ impl Classifier {
 
     pub fn classify(&self, r: &Request<'_>, ua: &UserAgent) -> Verdict {
         if r.head {
-            return verdict(Class::Scanner, "HEAD request");
+            return verdict(Class::Scanner, REASON_HEAD);
         }
         match ua.rule {
             Some(AgentRule::Machine(class, reason)) => return verdict(class, reason),
             // MPP fetches the pixel with this bare agent; a link followed with it is a checker.
             Some(AgentRule::BareMozilla) if r.click => {
-                return verdict(Class::Scanner, "bare Mozilla/5.0 agent")
+                return verdict(Class::Scanner, REASON_BARE_AGENT)
             }
-            Some(AgentRule::BareMozilla) => {
-                return verdict(Class::AppleMpp, "bare Mozilla/5.0 agent")
-            }
+            Some(AgentRule::BareMozilla) => return verdict(Class::AppleMpp, REASON_BARE_AGENT),
             None => {}
         }
         // Private Relay users browse from Apple's ranges too: only the pixel counts as MPP.
         if let (false, Some(ip)) = (r.click, r.ip) {
             if self.apple.iter().any(|n| n.contains(ip)) {
-                return verdict(Class::AppleMpp, "Apple MPP address range");
+                return verdict(Class::AppleMpp, REASON_APPLE_RANGE);
             }
         }
         match r.delivery {
             Delivery::At(delivered) => {
                 let gap = r.at - delivered;
-                if r.click && gap < CLICK_SCANNER_WINDOW {
-                    verdict(Class::Scanner, "click within seconds of delivery")
-                } else if !r.click && gap < OPEN_PREFETCH_WINDOW {
-                    verdict(Class::Prefetch, "open within seconds of delivery")
+                if r.click && gap < self.windows.click_scanner {
+                    verdict(Class::Scanner, REASON_CLICK_AFTER_DELIVERY)
+                } else if !r.click && gap < self.windows.open_prefetch {
+                    verdict(Class::Prefetch, REASON_OPEN_AFTER_DELIVERY)
                 } else {
-                    verdict(Class::Human, "no machine evidence")
+                    verdict(Class::Human, REASON_NO_EVIDENCE)
                 }
             }
-            Delivery::NotRecent => verdict(Class::Human, "no machine evidence"),
+            Delivery::NotRecent => verdict(Class::Human, REASON_NO_EVIDENCE),
             Delivery::Unknown => Verdict {
                 class: None,
                 reason: crate::insights::hindsight::DELIVERY_UNKNOWN_REASON,
@@ -228,20 +359,20 @@ pub enum AgentRule {
 fn agent_rule(agent: &str, crawler: bool) -> Option<AgentRule> {
     let agent = agent.trim();
     if agent.contains("GoogleImageProxy") {
-        return Some(AgentRule::Machine(Class::Proxy, "Gmail image proxy"));
+        return Some(AgentRule::Machine(Class::Proxy, REASON_GMAIL_PROXY));
     }
     if agent.contains("YahooMailProxy") {
-        return Some(AgentRule::Machine(Class::Proxy, "Yahoo Mail image proxy"));
+        return Some(AgentRule::Machine(Class::Proxy, REASON_YAHOO_PROXY));
     }
     let lower = agent.to_ascii_lowercase();
     if let Some((_, reason)) = SCANNER_AGENTS.iter().find(|(k, _)| lower.contains(k)) {
         return Some(AgentRule::Machine(Class::Scanner, reason));
     }
     if crawler {
-        return Some(AgentRule::Machine(Class::Scanner, "crawler agent"));
+        return Some(AgentRule::Machine(Class::Scanner, REASON_CRAWLER));
     }
     if agent.is_empty() {
-        return Some(AgentRule::Machine(Class::Scanner, "no user agent"));
+        return Some(AgentRule::Machine(Class::Scanner, REASON_NO_AGENT));
     }
     (agent == "Mozilla/5.0").then_some(AgentRule::BareMozilla)
 }
@@ -487,6 +618,96 @@ mod tests {
         for junk in ["", "\u{0}\u{ffff}", "(((((", &"x".repeat(10_000)] {
             let _ = user_agent(junk);
         }
+    }
+
+    #[test]
+    fn every_machine_reason_names_its_rule() {
+        let home = "198.51.100.23";
+        let long_ago = delivered_ago(3600);
+        #[rustfmt::skip]
+        let cases: &[(bool, bool, &str, &str, Delivery, Rule)] = &[
+            (true, true, home, CHROME, long_ago, Rule::HeadRequest),
+            (false, false, "66.249.84.1", GMAIL, long_ago, Rule::ImageProxy),
+            (false, false, "98.137.1.1", YAHOO, long_ago, Rule::ImageProxy),
+            (true, false, home, BARRACUDA, long_ago, Rule::ScannerAgent),
+            (true, false, home, "python-requests/2.31", long_ago, Rule::ScannerAgent),
+            (true, false, home, GOOGLEBOT, long_ago, Rule::CrawlerAgent),
+            (true, false, home, "", long_ago, Rule::NoAgent),
+            (false, false, home, "Mozilla/5.0", long_ago, Rule::BareAgent),
+            (true, false, home, "Mozilla/5.0", long_ago, Rule::BareAgent),
+            (false, false, "17.58.101.4", APPLE_MAIL, long_ago, Rule::AppleRange),
+            (false, false, home, CHROME, delivered_ago(2), Rule::PrefetchWindow),
+            (true, false, home, CHROME, delivered_ago(2), Rule::ClickAfterDelivery),
+        ];
+        for (click, head, ip, agent, delivery, rule) in cases {
+            let got = run(*click, *head, ip, agent, *delivery);
+            assert_eq!(
+                Rule::of_reason(got.reason),
+                Some(*rule),
+                "{agent:?}: {got:?}"
+            );
+        }
+        // Every agent reason is known to the page, and a person's event names no rule.
+        for (_, reason) in SCANNER_AGENTS {
+            assert_eq!(
+                Rule::of_reason(reason),
+                Some(Rule::ScannerAgent),
+                "{reason}"
+            );
+        }
+        assert_eq!(Rule::of_reason(REASON_NO_EVIDENCE), None);
+        let h = crate::insights::hindsight::SWEEP_REASON;
+        assert_eq!(Rule::of_reason(h), Some(Rule::Sweep));
+        let h = crate::insights::hindsight::UNKNOWN_DELIVERY_WINDOW_REASON;
+        assert_eq!(Rule::of_reason(h), Some(Rule::UnknownDeliveryWindow));
+    }
+
+    #[test]
+    fn windows_are_settings_and_zero_turns_them_off() {
+        let at = DateTime::parse_from_rfc3339("2025-03-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let classify = |windows: Windows, click: bool, secs: i64| {
+            let r = Request {
+                click,
+                head: false,
+                ip: Some("198.51.100.23".parse().unwrap()),
+                user_agent: CHROME,
+                at,
+                delivery: Delivery::At(at - TimeDelta::seconds(secs)),
+            };
+            classifier()
+                .with_windows(windows)
+                .classify(&r, &parse_user_agent(CHROME))
+                .class
+        };
+        let off = Windows {
+            open_prefetch: TimeDelta::zero(),
+            click_scanner: TimeDelta::zero(),
+        };
+        assert_eq!(classify(off, false, 1), Some(Class::Human));
+        assert_eq!(classify(off, true, 1), Some(Class::Human));
+        let long = Windows {
+            open_prefetch: TimeDelta::seconds(60),
+            click_scanner: TimeDelta::seconds(120),
+        };
+        assert_eq!(classify(long, false, 30), Some(Class::Prefetch));
+        assert_eq!(classify(long, true, 90), Some(Class::Scanner));
+        assert_eq!(classify(long, true, 121), Some(Class::Human));
+        let s = crate::config::Settings::from_sources(&crate::config::Sources::from_pairs([
+            ("PREFETCH_WINDOW", "0"),
+            ("CLICK_SCANNER_WINDOW", "2.5"),
+        ]))
+        .unwrap();
+        let w = Windows::from_settings(&s);
+        assert_eq!(w.open_prefetch, TimeDelta::zero());
+        assert_eq!(w.click_scanner, TimeDelta::milliseconds(2500));
+        assert_eq!(
+            Windows::from_settings(
+                &crate::config::Settings::from_sources(&Default::default()).unwrap()
+            ),
+            Windows::default()
+        );
     }
 
     #[test]

@@ -4,10 +4,16 @@
 //!
 //! Rules (on top of the ingest class; only events the ingest called `human` or `proxy` change):
 //! - sweep: a click belonging to a run of [`SWEEP_CLICKS`] or more clicks of the same copy within
-//!   [`SWEEP_SECONDS`] seconds is `scanner` (link checkers follow every link at once);
-//! - prefetch: an open or click whose ingest reason starts with [`DELIVERY_UNKNOWN_REASON`] (the
-//!   tracker did not know the delivery time) and that happened within [`PREFETCH_SECONDS`] of the
-//!   copy's `delivered` event is `prefetch`.
+//!   [`SWEEP_SECONDS`] seconds is `scanner` (link checkers follow every link at once); it can
+//!   re-class clicks already folded, when the rest of the run arrives later;
+//! - unknown-delivery window: an open or click whose ingest reason starts with
+//!   [`DELIVERY_UNKNOWN_REASON`] (the tracker did not know the delivery time: the delivery cache
+//!   had not seen it yet, or PostgreSQL was away) and that happened within [`PREFETCH_SECONDS`]
+//!   of the copy's `delivered` event, either side, is `prefetch` (clicks too).
+//!
+//! These windows are fixed: the ingest windows (`PREFETCH_WINDOW`, `CLICK_SCANNER_WINDOW`) are
+//! settings because a sender testing their own mail meets them; a sender meets these only when
+//! clicking three links within seconds, or within a second of delivery.
 //!
 //! Human = `human` + `proxy`, as in DESIGN.md.
 
@@ -20,6 +26,11 @@ pub const SWEEP_SECONDS: i64 = 5;
 pub const PREFETCH_SECONDS: i64 = 10;
 /// The ingest reason prefix meaning "the copy's delivery time was unknown at ingest".
 pub const DELIVERY_UNKNOWN_REASON: &str = "delivery_time_unknown";
+/// The final reason of a click in a sweep (spells out [`SWEEP_CLICKS`] and [`SWEEP_SECONDS`];
+/// a test keeps them in step). The Insights page knows the rule by this text.
+pub const SWEEP_REASON: &str = "sweep: 3 or more clicks within 5 s";
+/// The final reason of a prefetch found in hindsight (spells out [`PREFETCH_SECONDS`]).
+pub const UNKNOWN_DELIVERY_WINDOW_REASON: &str = "within 10 s of delivery";
 
 /// SQL yielding every event of the copies listed by `copies_sql` (a query returning `copy_id`),
 /// with `final_class` and `final_reason` after hindsight. Columns: id, copy_id, message_id, kind,
@@ -64,11 +75,11 @@ pub fn classified_events_sql(copies_sql: &str) -> String {
                   WHEN ev.kind NOT IN ('open', 'click') THEN ev.reason
                   WHEN coalesce(ev.class, 'human') NOT IN ('human', 'proxy') THEN ev.reason
                   WHEN s.sweep_until >= ev.occurred_at
-                    THEN 'sweep: {SWEEP_CLICKS} or more clicks within {SWEEP_SECONDS} s'
+                    THEN '{SWEEP_REASON}'
                   WHEN ev.reason LIKE '{DELIVERY_UNKNOWN_REASON}%'
                        AND ev.occurred_at BETWEEN ev.delivered_at - interval '{PREFETCH_SECONDS} seconds'
                                               AND ev.delivered_at + interval '{PREFETCH_SECONDS} seconds'
-                    THEN 'within {PREFETCH_SECONDS} s of delivery'
+                    THEN '{UNKNOWN_DELIVERY_WINDOW_REASON}'
                   ELSE ev.reason
                 END AS final_reason
          FROM ev LEFT JOIN sweeps s ON s.id = ev.id AND s.occurred_at = ev.occurred_at"
@@ -78,4 +89,21 @@ pub fn classified_events_sql(copies_sql: &str) -> String {
 /// SQL condition on a class column: true for the classes that count as a person.
 pub fn is_human_sql(class_column: &str) -> String {
     format!("{class_column} IN ('human', 'proxy')")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_spell_out_the_windows() {
+        assert_eq!(
+            SWEEP_REASON,
+            format!("sweep: {SWEEP_CLICKS} or more clicks within {SWEEP_SECONDS} s")
+        );
+        assert_eq!(
+            UNKNOWN_DELIVERY_WINDOW_REASON,
+            format!("within {PREFETCH_SECONDS} s of delivery")
+        );
+    }
 }

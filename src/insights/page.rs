@@ -10,6 +10,8 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use super::chart::{self, Point};
+use super::classify::Rule;
+use super::hindsight::{PREFETCH_SECONDS, SWEEP_CLICKS, SWEEP_SECONDS};
 use super::report::{self, ClassFilter, ReportFilter};
 use crate::api::accounts::User;
 use crate::api::auth::{cookie, user_for_token, COOKIE};
@@ -85,6 +87,7 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5rem;color:#
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}th,td{padding:.3rem .6rem;border-bottom:1px solid #ddd;text-align:right}
 th:first-child,td:first-child{text-align:left}td.l,th.l{text-align:left}
 .machine{color:#999}.machine .icon{opacity:.5}.human .icon{color:#2b6cb0}
+.notice{background:#fff8e1;border-left:4px solid #f0b400;padding:.5rem .8rem;max-width:60rem}
 nav a{margin-right:1rem}.switch a.on{font-weight:bold;text-decoration:none;color:#222}.err{color:#b00}";
 
 fn layout(title: &str, user: Option<&User>, body: &str) -> String {
@@ -397,11 +400,18 @@ pub async fn message(
         esc(&s.visibility),
         s.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
     );
+    let rules: Vec<Rule> = m
+        .copies
+        .iter()
+        .flat_map(|c| &c.timeline)
+        .filter_map(|e| e.reason.as_deref().and_then(Rule::of_reason))
+        .collect();
+    body.push_str(&window_notice(&rules, &ctx.settings));
     for c in &m.copies {
         let _ = write!(
             body,
             "<section class=\"copy\"><h2>{}</h2><p>Status: <span class=\"status\">{}</span></p>\
-             <table class=\"timeline\"><thead><tr><th class=\"l\"></th><th class=\"l\">When</th><th class=\"l\">Event</th><th class=\"l\">Class</th><th class=\"l\">Reason / detail</th></tr></thead><tbody>",
+             <table class=\"timeline\"><thead><tr><th class=\"l\"></th><th class=\"l\">When</th><th class=\"l\">Event</th><th class=\"l\">Class</th><th class=\"l\">Rule</th><th class=\"l\">Reason / detail</th></tr></thead><tbody>",
             esc(&c.recipient),
             esc(&c.status)
         );
@@ -427,10 +437,18 @@ pub async fn message(
             for v in [&e.client, &e.device, &e.os].into_iter().flatten() {
                 detail.push(esc(v));
             }
+            // The rule's name, as the README lists it, for every event a rule decided.
+            let rule = e
+                .reason
+                .as_deref()
+                .and_then(Rule::of_reason)
+                .map(Rule::name)
+                .unwrap_or("");
             let _ = write!(
                 body,
                 "<tr class=\"event {row_class} kind-{kind}\"><td class=\"l\">{icon}</td><td class=\"l\">{}</td>\
-                 <td class=\"l\">{kind}</td><td class=\"l cls\">{}</td><td class=\"l reason\">{}</td></tr>",
+                 <td class=\"l\">{kind}</td><td class=\"l cls\">{}</td><td class=\"l rule\">{rule}</td>\
+                 <td class=\"l reason\">{}</td></tr>",
                 e.at.format("%Y-%m-%d %H:%M:%S"),
                 esc(e.class.as_deref().unwrap_or("")),
                 detail.join(" &middot; "),
@@ -447,6 +465,84 @@ pub async fn message(
             &body,
         ),
     ))
+}
+
+/// "1 open" / "2 opens".
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The verb agreeing with `n`: "counts" / "count".
+fn agree(n: usize, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
+/// "within 5 s of delivery", or "right after delivery" when the window is now off.
+fn within(window: std::time::Duration) -> String {
+    if window.is_zero() {
+        "right after delivery".into()
+    } else {
+        format!("within {} s of delivery", window.as_secs_f64())
+    }
+}
+
+/// The notice above a message's timelines when some of its events fell inside a timing window:
+/// a sender testing their own mail at once sees why their open or click counts as a machine.
+fn window_notice(rules: &[Rule], settings: &crate::config::Settings) -> String {
+    let n = |rule: Rule| rules.iter().filter(|r| **r == rule).count();
+    let mut parts = Vec::new();
+    let opens = n(Rule::PrefetchWindow);
+    if opens > 0 {
+        parts.push(format!(
+            "{} came {} and {} as prefetch (the prefetch window, setting PREFETCH_WINDOW)",
+            count(opens, "open", "opens"),
+            within(settings.prefetch_window),
+            agree(opens, "counts", "count"),
+        ));
+    }
+    let clicks = n(Rule::ClickAfterDelivery);
+    if clicks > 0 {
+        parts.push(format!(
+            "{} came {} and {} as scanner (the click-after-delivery window, setting \
+             CLICK_SCANNER_WINDOW)",
+            count(clicks, "click", "clicks"),
+            within(settings.click_scanner_window),
+            agree(clicks, "counts", "count"),
+        ));
+    }
+    let unknown = n(Rule::UnknownDeliveryWindow);
+    if unknown > 0 {
+        parts.push(format!(
+            "{} came within {PREFETCH_SECONDS} s of a delivery the tracker had not seen yet and \
+             {} as prefetch (the unknown-delivery window)",
+            count(unknown, "event", "events"),
+            agree(unknown, "counts", "count"),
+        ));
+    }
+    let swept = n(Rule::Sweep);
+    if swept > 0 {
+        parts.push(format!(
+            "{} {} to a run of {SWEEP_CLICKS} or more clicks within {SWEEP_SECONDS} s and {} \
+             as scanner (the sweep rule)",
+            count(swept, "click", "clicks"),
+            agree(swept, "belongs", "belong"),
+            agree(swept, "counts", "count"),
+        ));
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!(
+        "<p class=\"notice\" id=\"window-notice\">{}. These are the timings of mail \
+         servers and link scanners, not of people: open the message or click a link later to \
+         see a human event. The README, section \u{201c}Who opened and clicked\u{201d}, lists \
+         every rule.</p>",
+        parts.join("; ")
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -500,6 +596,42 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn window_notice_names_the_windows_met() {
+        use crate::config::{Settings, Sources};
+        let defaults = Settings::from_sources(&Sources::default()).unwrap();
+        assert_eq!(
+            window_notice(&[Rule::ImageProxy, Rule::AppleRange], &defaults),
+            ""
+        );
+        let notice = window_notice(
+            &[
+                Rule::PrefetchWindow,
+                Rule::ClickAfterDelivery,
+                Rule::ClickAfterDelivery,
+                Rule::Sweep,
+            ],
+            &defaults,
+        );
+        assert!(
+            notice.contains("1 open came within 5 s of delivery and counts as prefetch"),
+            "{notice}"
+        );
+        assert!(
+            notice.contains("2 clicks came within 10 s of delivery and count as scanner"),
+            "{notice}"
+        );
+        assert!(notice.contains("1 click belongs to a run of 3 or more clicks within 5 s"));
+        assert!(notice.contains("PREFETCH_WINDOW") && notice.contains("CLICK_SCANNER_WINDOW"));
+        let short =
+            Settings::from_sources(&Sources::from_pairs([("CLICK_SCANNER_WINDOW", "0")])).unwrap();
+        let notice = window_notice(&[Rule::ClickAfterDelivery], &short);
+        assert!(
+            notice.contains("1 click came right after delivery"),
+            "{notice}"
+        );
+    }
 
     #[test]
     fn url_parts_are_percent_encoded() {

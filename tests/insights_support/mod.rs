@@ -154,7 +154,7 @@ pub fn generate(seed: u64, senders: &[usize], messages: usize) -> Vec<Msg> {
                     1 => {
                         let mut e = ev("click", delivered_at + Duration::seconds(2));
                         e.class = Some("scanner");
-                        e.reason = Some("click seconds after delivery".into());
+                        e.reason = Some("click within seconds of delivery".into());
                         e.link_idx = Some(0);
                         events.push(e);
                     }
