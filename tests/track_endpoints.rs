@@ -180,7 +180,7 @@ async fn links_redirect_exactly_pixels_are_transparent_and_events_land() {
     let metrics = raw(addr, "GET", "/metrics", &[]).unwrap();
     let text = String::from_utf8_lossy(&metrics.body);
     for name in [
-        "mailtally_track_requests_total{class=\"human\",kind=\"click\"}",
+        "mailtally_track_requests_total{first_sight_class=\"human\",kind=\"click\"}",
         "mailtally_track_invalid_tokens_total{kind=\"click\"}",
         "mailtally_event_channel_depth",
         "mailtally_event_batch_size_bucket",

@@ -13,7 +13,7 @@ use std::time::Instant;
 use tokio_postgres::Client;
 
 use super::hindsight::classified_events_sql;
-use super::metrics::METRICS;
+use super::metrics::{CLASSES, METRICS};
 use super::InsightsError;
 
 /// Events per batch when nothing else is asked for.
@@ -34,7 +34,7 @@ CREATE TEMP TABLE IF NOT EXISTS fold_events (txid bigint, seq bigint, copy_id uu
 CREATE TEMP TABLE IF NOT EXISTS fold_copies (copy_id uuid PRIMARY KEY) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_classified (
     copy_id uuid, message_id uuid, kind text, occurred_at timestamptz, link_idx integer,
-    client text, device text, final_class text) ON COMMIT DELETE ROWS;
+    client text, device text, final_class text, seq bigint) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_state (LIKE insights_copy_state) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_links (LIKE insights_copy_links) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_clients (LIKE insights_copy_clients) ON COMMIT DELETE ROWS;
@@ -88,6 +88,16 @@ pub async fn fold_batch(client: &mut Client, limit: i64) -> Result<Option<Batch>
         .await?;
     tx.batch_execute("ANALYZE fold_copies").await?;
     fold_copies(&tx).await?;
+    // The batch's own opens and clicks, with the class the rollups now count them with.
+    let by_class = tx
+        .query(
+            "SELECT c.kind, c.final_class, count(*)
+             FROM fold_classified c JOIN fold_events f ON f.seq = c.seq
+             WHERE c.kind IN ('open', 'click')
+             GROUP BY 1, 2",
+            &[],
+        )
+        .await?;
     tx.execute(
         "UPDATE insights_watermark w SET txid = last.txid, seq = last.seq,
                 folded_events = w.folded_events + $1, updated_at = now()
@@ -99,6 +109,19 @@ pub async fn fold_batch(client: &mut Client, limit: i64) -> Result<Option<Batch>
     tx.commit().await?;
     METRICS.folded_events.inc_by(events);
     METRICS.folded_copies.inc_by(copies);
+    for row in &by_class {
+        let (kind, class, n): (String, Option<String>, i64) = (row.get(0), row.get(1), row.get(2));
+        // Labels stay a bounded set: a class this version does not know is left out.
+        if let Some(class) = CLASSES
+            .iter()
+            .find(|c| class.as_deref() == Some(c.as_str()))
+        {
+            METRICS
+                .events_by_final_class
+                .with_label_values(&[&kind, class.as_str()])
+                .inc_by(n.max(0) as u64);
+        }
+    }
     METRICS
         .batch_duration
         .observe(started.elapsed().as_secs_f64());
@@ -113,7 +136,7 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
         &format!(
             "INSERT INTO fold_classified
              SELECT c.copy_id, c.message_id, c.kind, c.occurred_at, c.link_idx,
-                    c.client, c.device, c.final_class
+                    c.client, c.device, c.final_class, c.seq
              FROM ({classified}) c"
         ),
         &[],

@@ -1,10 +1,12 @@
-//! The aggregation job's metrics: lag (events and seconds), durations, rows folded.
+//! The aggregation job's metrics: lag (events and seconds), durations, rows folded, and opens and
+//! clicks by the final class the reports count them with.
 
 use std::sync::LazyLock;
 
-use prometheus::{Gauge, Histogram, IntCounter, IntGauge, Opts};
+use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Opts};
 
-use crate::metrics::{counter, gauge, histogram, registry, LATENCY_BUCKETS};
+use super::classify::Class;
+use crate::metrics::{counter, counter_vec, gauge, histogram, registry, LATENCY_BUCKETS};
 
 pub struct InsightsMetrics {
     pub lag_events: IntGauge,
@@ -14,7 +16,20 @@ pub struct InsightsMetrics {
     pub folded_events: IntCounter,
     pub folded_copies: IntCounter,
     pub errors: IntCounter,
+    /// Labels `kind` (open, click) and `final_class` (a [`Class`]).
+    pub events_by_final_class: IntCounterVec,
 }
+
+/// The kinds that carry a class, as labelled.
+pub const CLASSED_KINDS: [&str; 2] = ["open", "click"];
+/// Every class, as labelled.
+pub const CLASSES: [Class; 5] = [
+    Class::Human,
+    Class::AppleMpp,
+    Class::Proxy,
+    Class::Scanner,
+    Class::Prefetch,
+];
 
 pub static METRICS: LazyLock<InsightsMetrics> = LazyLock::new(|| {
     // The shared helpers only build integer gauges; a lag in seconds wants fractions.
@@ -51,9 +66,22 @@ pub static METRICS: LazyLock<InsightsMetrics> = LazyLock::new(|| {
             "per-copy state rows recomputed",
         ),
         errors: counter("aggregation_errors_total", "aggregation runs that failed"),
+        events_by_final_class: counter_vec(
+            "aggregation_events_by_final_class_total",
+            "opens and clicks folded into the reports, by kind and the class the reports count \
+             them with (after hindsight), counted once, when folded",
+            &["kind", "final_class"],
+        ),
     }
 });
 
 pub fn init() {
-    LazyLock::force(&METRICS);
+    // Every series at zero from the start (2 kinds x 5 classes), so that rates exist at once.
+    for kind in CLASSED_KINDS {
+        for class in CLASSES {
+            METRICS
+                .events_by_final_class
+                .with_label_values(&[kind, class.as_str()]);
+        }
+    }
 }

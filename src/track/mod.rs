@@ -74,10 +74,12 @@ impl TrackMetrics {
 
 // Every series exists at zero from the start (bounded: 2 kinds x 6 classes).
 pub static METRICS: LazyLock<TrackMetrics> = LazyLock::new(|| {
+    // The class at first sight: hindsight (sweeps) can change it later, and the reports count
+    // the final class, which mailtally_aggregation_events_by_final_class_total has.
     let requests = metrics::counter_vec(
         "track_requests_total",
-        "tracking requests with a valid token, by kind (open, click) and class",
-        &["kind", "class"],
+        "tracking requests with a valid token, by kind (open, click) and the class given at first sight, before hindsight",
+        &["kind", "first_sight_class"],
     );
     let invalid_tokens = metrics::counter_vec(
         "track_invalid_tokens_total",
@@ -129,7 +131,8 @@ impl Tracker {
     ) -> Result<Tracker, TrackError> {
         Ok(Tracker {
             keys: TokenKeys::new(&secrets.current, &secrets.previous),
-            classifier: Classifier::load(settings.apple_mpp_cidrs.as_deref())?,
+            classifier: Classifier::load(settings.apple_mpp_cidrs.as_deref())?
+                .with_windows(classify::Windows::from_settings(settings)),
             deliveries,
             trusted_proxies: settings.trusted_proxies.clone(),
             anonymize_ip: settings.anonymize_ip,
