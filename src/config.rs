@@ -750,6 +750,8 @@ mod tests {
             ("MAX_QUEUE_AGE", "-1"),
             ("RETRY_SCHEDULE", "1,inf"),
             ("WEBHOOK_CLICK_HOLD", "NaN"),
+            ("PREFETCH_WINDOW", "601"),
+            ("CLICK_SCANNER_WINDOW", "-1"),
         ] {
             let err = Settings::from_sources(&Sources::from_pairs([(key, value)])).unwrap_err();
             assert!(err.to_string().contains(key), "{err}");
