@@ -20,6 +20,7 @@
 //! - [`http`]: the HTTP listener assembling the routes of the stages, with [`http_limits`];
 //! - [`ratelimit`]: failed authentications counted per client IP (SMTP AUTH, API tokens);
 //! - [`escape`]: HTML escaping for every stage that writes markup;
+//! - [`netguard`]: which addresses connections to user-named hosts (webhooks, IMAP) may reach;
 //! - [`config`], [`metrics`], [`context`], [`serve`]: settings, the Prometheus registry, shared
 //!   state and the `serve` command.
 
@@ -35,6 +36,7 @@ pub mod http;
 pub mod http_limits;
 pub mod insights;
 pub mod metrics;
+pub mod netguard;
 pub mod notify;
 pub mod queue;
 pub mod ratelimit;

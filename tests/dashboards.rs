@@ -42,7 +42,13 @@ fn names_used(text: &str) -> Vec<String> {
 fn every_metric_the_dashboards_use_exists_after_a_run_and_promtool_accepts_them() {
     let promtool = promtool();
     let db = TestDb::migrated();
-    let server = Server::start(&db.url, &[("RETRY_SCHEDULE", "1")]);
+    let server = Server::start(
+        &db.url,
+        &[
+            ("RETRY_SCHEDULE", "1"),
+            ("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8"),
+        ],
+    );
     let token = add_user(&db.url, "ann@example.com", PASSWORD);
 
     // Exercise every stage: submission (and a refusal), rewrite, delivery, tracking, events,

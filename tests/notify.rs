@@ -127,6 +127,8 @@ fn world() -> World {
             ("WEBHOOK_CLICK_HOLD", "1.5"),
             ("WEBHOOK_RETRY_SCHEDULE", "0.3"),
             ("WEBHOOK_DISABLE_AFTER", "4"),
+            // The receivers run on loopback.
+            ("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8"),
         ],
     );
     let mut users = HashMap::new();

@@ -146,6 +146,9 @@ fn replies_in_the_senders_mailbox_become_reply_events() {
             ("MAILBOX_POLL_EVERY", "600"),
             ("FOLLOWUP_CHECK_EVERY", "0.2"),
             ("SENDER_RATE_PER_MINUTE", "0"),
+            // Dovecot runs on loopback, without TLS.
+            ("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8"),
+            ("MAILBOX_ALLOW_PLAINTEXT", "true"),
         ],
     );
     let token = add_user(&db.url, "ann@example.com", PASSWORD);
@@ -354,7 +357,12 @@ fn a_server_without_idle_is_polled() {
     let db = TestDb::migrated();
     let server = Server::start(
         &db.url,
-        &[("MAILBOX_KEY", MAILBOX_KEY), ("MAILBOX_POLL_EVERY", "1")],
+        &[
+            ("MAILBOX_KEY", MAILBOX_KEY),
+            ("MAILBOX_POLL_EVERY", "1"),
+            ("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8"),
+            ("MAILBOX_ALLOW_PLAINTEXT", "true"),
+        ],
     );
     let token = add_user(&db.url, "ann@example.com", PASSWORD);
     let req =

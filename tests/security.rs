@@ -717,3 +717,460 @@ fn starttls_accepts_tls_1_2_and_1_3_only() {
         assert_eq!(ok, want, "{version}:\n{text}");
     }
 }
+
+/// Server-side request forgery: webhooks and IMAP mailboxes reach only what a user may name.
+/// Refused by default: loopback, private, carrier-grade NAT, link-local, unique-local,
+/// unspecified, multicast, broadcast, documentation and reserved addresses, in every spelling,
+/// checked again on the address connected to. `OUTBOUND_ALLOWED_NETWORKS` opens networks.
+mod outbound {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use serde_json::{json, Value};
+
+    use super::common::api::call;
+    use super::common::smtp::{add_user, db_i64, wait_until};
+    use super::common::{Server, TestDb};
+    use super::PASSWORD;
+
+    const MAILBOX_KEY: &str = "a-mailbox-key-for-tests-0123456789abcdef";
+    /// What the fake peers say; it must never come back through the API.
+    const BANNER: &str = "internal-banner-7f3a9c";
+
+    /// A TCP peer on loopback that records when each connection came and answers with
+    /// `answer` (given each line the client sends, or `None` on connect).
+    struct Peer {
+        port: u16,
+        connections: Arc<Mutex<Vec<Instant>>>,
+    }
+
+    impl Peer {
+        fn start(answer: fn(Option<&str>) -> Option<String>) -> Peer {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let connections = Arc::new(Mutex::new(Vec::new()));
+            let seen = connections.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(mut stream) = stream else { continue };
+                    seen.lock().unwrap().push(Instant::now());
+                    std::thread::spawn(move || {
+                        stream
+                            .set_read_timeout(Some(Duration::from_secs(10)))
+                            .unwrap();
+                        if let Some(first) = answer(None) {
+                            let _ = stream.write_all(first.as_bytes());
+                        }
+                        let mut reader = BufReader::new(stream.try_clone().unwrap());
+                        let mut line = String::new();
+                        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                            match answer(Some(&line)) {
+                                Some(reply) => {
+                                    if stream.write_all(reply.as_bytes()).is_err() {
+                                        break;
+                                    }
+                                }
+                                None => break,
+                            }
+                            line.clear();
+                        }
+                    });
+                }
+            });
+            Peer { port, connections }
+        }
+
+        fn count(&self) -> usize {
+            self.connections.lock().unwrap().len()
+        }
+
+        fn times(&self) -> Vec<Instant> {
+            self.connections.lock().unwrap().clone()
+        }
+    }
+
+    /// An IMAP server that greets with the banner and answers every command NO, banner included.
+    fn imap_saying_no(line: Option<&str>) -> Option<String> {
+        match line {
+            None => Some(format!("* OK {BANNER} IMAP ready\r\n")),
+            Some(l) => {
+                let tag = l.split(' ').next().unwrap_or("*");
+                Some(format!("{tag} NO {BANNER} says no\r\n"))
+            }
+        }
+    }
+
+    /// A peer that is not an IMAP server: it says goodbye and hangs up.
+    fn imap_saying_bye(line: Option<&str>) -> Option<String> {
+        match line {
+            None => Some(format!("* BYE {BANNER}\r\n")),
+            Some(_) => None,
+        }
+    }
+
+    /// A peer that is not an HTTP server.
+    fn not_http(line: Option<&str>) -> Option<String> {
+        match line {
+            None => Some(format!("SSH-2.0-OpenSSH_9.2 {BANNER}\r\n")),
+            Some(_) => None,
+        }
+    }
+
+    /// An HTTP server whose error status carries the banner as its reason phrase.
+    fn http_error(line: Option<&str>) -> Option<String> {
+        match line {
+            Some("\r\n") => Some(format!(
+                "HTTP/1.1 502 {BANNER}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BANNER}",
+                BANNER.len()
+            )),
+            _ => Some(String::new()),
+        }
+    }
+
+    fn register(server: &Server, token: &str, url: &str) -> (u16, Value) {
+        call(
+            "POST",
+            &server.url("/api/webhooks"),
+            token,
+            Some(&json!({"url": url, "event_types": ["delivered"]})),
+            None,
+        )
+    }
+
+    /// One group email from the token's user: a `delivered` event once the capture sink has it.
+    fn send_one(server: &Server, token: &str) {
+        let req = json!({"subject": "Hi", "html": "<p>Hi</p>",
+                         "recipients": [{"email": "bob@example.net"}]});
+        let (status, body) = call(
+            "POST",
+            &server.url("/api/group-emails"),
+            token,
+            Some(&req),
+            None,
+        );
+        assert_eq!(status, 202, "{body}");
+    }
+
+    fn deliveries(server: &Server, token: &str) -> Vec<Value> {
+        let (status, hooks) = call("GET", &server.url("/api/webhooks"), token, None, None);
+        assert_eq!(status, 200, "{hooks}");
+        let mut all = Vec::new();
+        for hook in hooks.as_array().unwrap() {
+            let id = hook["id"].as_i64().unwrap();
+            let (status, list) = call(
+                "GET",
+                &server.url(&format!("/api/webhooks/{id}/deliveries")),
+                token,
+                None,
+                None,
+            );
+            assert_eq!(status, 200, "{list}");
+            all.extend(list.as_array().unwrap().iter().cloned());
+        }
+        all
+    }
+
+    fn mailbox(server: &Server, token: &str) -> Value {
+        let (status, body) = call("GET", &server.url("/api/me/mailbox"), token, None, None);
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    fn put_mailbox(
+        server: &Server,
+        token: &str,
+        host: &str,
+        port: u16,
+        security: &str,
+    ) -> (u16, Value) {
+        let body = json!({"host": host, "port": port, "security": security,
+                          "username": "ann@example.com", "password": "imap-password-1"});
+        call(
+            "PUT",
+            &server.url("/api/me/mailbox"),
+            token,
+            Some(&body),
+            None,
+        )
+    }
+
+    #[test]
+    fn webhooks_to_internal_targets_are_refused_at_registration() {
+        let db = TestDb::migrated();
+        let token = add_user(&db.url, "ann@example.com", PASSWORD);
+        let server = Server::start(&db.url, &[]);
+        let refused = [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[::1]/",
+            "http://localhost:5432/",
+            "http://LOCALHOST./",
+            "http://api.localhost/",
+            "http://0.0.0.0:8080/",
+            "http://0/",
+            "http://127.1/",
+            "http://2130706433/",
+            "http://0x7f.0.0.1/",
+            "http://0177.0.0.1/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::ffff:a9fe:a9fe]/",
+            "http://[::127.0.0.1]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "https://10.0.0.1/",
+            "https://172.16.5.4/",
+            "https://192.168.1.1/",
+            "https://100.64.0.1/",
+            "https://[fd00::1]/",
+            "https://[fe80::1]/",
+            "https://224.0.0.1/",
+            "https://255.255.255.255/",
+            "https://192.0.2.1/",
+            "https://[2001:db8::1]/",
+            "https://240.0.0.1/",
+        ];
+        for url in refused {
+            let (status, body) = register(&server, &token, url);
+            assert_eq!(status, 422, "{url}: {body}");
+            let message = body["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("address not allowed")
+                    && message.contains("OUTBOUND_ALLOWED_NETWORKS"),
+                "{url}: {body}"
+            );
+        }
+        assert_eq!(db_i64(&db.url, "SELECT count(*) FROM webhook_endpoints"), 0);
+        // A public address is a receiver like any other.
+        let (status, body) = register(&server, &token, "https://93.184.216.34/hook");
+        assert_eq!(status, 201, "{body}");
+    }
+
+    #[test]
+    fn deliveries_check_the_address_they_connect_to_not_the_one_registered() {
+        let receiver = Peer::start(http_error);
+        let db = TestDb::migrated();
+        let token = add_user(&db.url, "ann@example.com", PASSWORD);
+        // Registered while loopback was allowed: the names and addresses passed then.
+        let mut server = Server::start(
+            &db.url,
+            &[
+                ("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128"),
+                ("WEBHOOK_RETRY_SCHEDULE", "0.5"),
+            ],
+        );
+        for url in [
+            format!("http://localhost:{}/hook", receiver.port),
+            format!("http://127.0.0.1:{}/hook", receiver.port),
+        ] {
+            let (status, body) = register(&server, &token, &url);
+            assert_eq!(status, 201, "{url}: {body}");
+        }
+        // Now the name resolves to what is refused (as after a DNS change).
+        server.stop();
+        server.env.retain(|(k, _)| k != "OUTBOUND_ALLOWED_NETWORKS");
+        server.restart();
+        send_one(&server, &token);
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                let d = deliveries(&server, &token);
+                d.len() == 2
+                    && d.iter().all(|r| {
+                        r["attempts"].as_i64().unwrap_or(0) >= 2
+                            && r["last_error"]
+                                == "address not allowed: the host is a loopback address"
+                    })
+            }),
+            "{:?}\n{}",
+            deliveries(&server, &token),
+            server.log_text()
+        );
+        assert_eq!(receiver.count(), 0, "the receiver got no connection");
+    }
+
+    #[test]
+    fn errors_name_the_failure_class_not_the_peers_bytes() {
+        let not_http_peer = Peer::start(not_http);
+        let http_peer = Peer::start(http_error);
+        let imap_peer = Peer::start(imap_saying_no);
+        let db = TestDb::migrated();
+        let token = add_user(&db.url, "ann@example.com", PASSWORD);
+        let server = Server::start(
+            &db.url,
+            &[
+                ("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8"),
+                ("MAILBOX_KEY", MAILBOX_KEY),
+                ("MAILBOX_ALLOW_PLAINTEXT", "true"),
+                ("WEBHOOK_RETRY_SCHEDULE", "0.5"),
+            ],
+        );
+        for peer in [&not_http_peer, &http_peer] {
+            let url = format!("http://127.0.0.1:{}/hook", peer.port);
+            assert_eq!(register(&server, &token, &url).0, 201);
+        }
+        send_one(&server, &token);
+        let (status, body) = put_mailbox(&server, &token, "127.0.0.1", imap_peer.port, "none");
+        assert_eq!(status, 200, "{body}");
+
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                let d = deliveries(&server, &token);
+                let mut errors: Vec<String> = d
+                    .iter()
+                    .filter(|r| r["attempts"].as_i64().unwrap_or(0) >= 2)
+                    .filter_map(|r| r["last_error"].as_str().map(str::to_string))
+                    .collect();
+                errors.sort();
+                errors == ["HTTP status 502", "no valid HTTP response"]
+            }),
+            "{:?}",
+            deliveries(&server, &token)
+        );
+        assert!(
+            wait_until(Duration::from_secs(20), || mailbox(&server, &token)
+                ["state"]
+                == "failed"),
+            "{}",
+            mailbox(&server, &token)
+        );
+        let shown = mailbox(&server, &token);
+        assert_eq!(
+            shown["last_error"], "IMAP: login rejected by the server",
+            "{shown}"
+        );
+        // A rejected login is not retried: it could lock the account at the provider.
+        assert_eq!(imap_peer.count(), 1);
+        assert!(not_http_peer.count() >= 2 && http_peer.count() >= 2);
+
+        let (_, hooks) = call("GET", &server.url("/api/webhooks"), &token, None, None);
+        let everything = format!("{hooks} {:?} {shown}", deliveries(&server, &token));
+        assert!(!everything.contains(BANNER), "{everything}");
+    }
+
+    #[test]
+    fn mailboxes_on_internal_hosts_or_in_plaintext_are_refused() {
+        let imap_peer = Peer::start(imap_saying_no);
+        let db = TestDb::migrated();
+        let token = add_user(&db.url, "ann@example.com", PASSWORD);
+        let server = Server::start(&db.url, &[("MAILBOX_KEY", MAILBOX_KEY)]);
+        for host in [
+            "127.0.0.1",
+            "localhost",
+            "127.1",
+            "2130706433",
+            "0x7f000001",
+            "0.0.0.0",
+            "::1",
+            "[::1]",
+            "::ffff:127.0.0.1",
+            "169.254.169.254",
+            "10.0.0.1",
+            "192.168.0.10",
+            "100.64.1.1",
+            "fd00::25",
+        ] {
+            let (status, body) = put_mailbox(&server, &token, host, imap_peer.port, "tls");
+            assert_eq!(status, 422, "{host}: {body}");
+            let message = body["message"].as_str().unwrap_or_default();
+            assert!(message.contains("address not allowed"), "{host}: {body}");
+        }
+        // Plain IMAP sends the password in clear: refused without the setting, wherever it goes.
+        let (status, body) = put_mailbox(&server, &token, "93.184.216.34", 143, "none");
+        assert_eq!(status, 422, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("MAILBOX_ALLOW_PLAINTEXT"),
+            "{body}"
+        );
+        let (status, _) = call("GET", &server.url("/api/me/mailbox"), &token, None, None);
+        assert_eq!(status, 404, "nothing was stored");
+
+        // Mailboxes stored before (by an earlier version, or while a setting allowed them) are
+        // checked when the watcher connects: none of them reaches the peer.
+        let bob = add_user(&db.url, "bob@example.com", PASSWORD);
+        let sealed = mailtally::replies::Sealer::new(MAILBOX_KEY).seal("imap-password-1");
+        super::common::block_on(async {
+            let c = db.client().await;
+            for (email, security) in [("ann@example.com", "none"), ("bob@example.com", "starttls")]
+            {
+                c.execute(
+                    "INSERT INTO mailboxes (user_id, host, port, security, username, password_sealed)
+                     SELECT id, '127.0.0.1', $2, $3, email, $4 FROM users WHERE email = $1",
+                    &[&email, &i32::from(imap_peer.port), &security, &sealed],
+                )
+                .await
+                .unwrap();
+            }
+        });
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                mailbox(&server, &token)["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("MAILBOX_ALLOW_PLAINTEXT"))
+                    && mailbox(&server, &bob)["last_error"]
+                        .as_str()
+                        .is_some_and(|e| {
+                            e.contains("address not allowed: the host is a loopback address")
+                        })
+            }),
+            "{} {}",
+            mailbox(&server, &token),
+            mailbox(&server, &bob)
+        );
+        assert_eq!(
+            mailbox(&server, &token)["state"],
+            "failed",
+            "plaintext is not retried"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(imap_peer.count(), 0, "the peer got no connection");
+    }
+
+    #[test]
+    fn imap_reconnects_back_off_and_stop_after_the_limit() {
+        let peer = Peer::start(imap_saying_bye);
+        let db = TestDb::migrated();
+        let token = add_user(&db.url, "ann@example.com", PASSWORD);
+        let server = Server::start(
+            &db.url,
+            &[
+                ("MAILBOX_KEY", MAILBOX_KEY),
+                ("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8"),
+                ("MAILBOX_ALLOW_PLAINTEXT", "true"),
+                ("MAILBOX_MAX_FAILURES", "3"),
+            ],
+        );
+        let (status, body) = put_mailbox(&server, &token, "127.0.0.1", peer.port, "none");
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            wait_until(Duration::from_secs(40), || mailbox(&server, &token)
+                ["state"]
+                == "failed"),
+            "{} {}",
+            mailbox(&server, &token),
+            server.log_text()
+        );
+        let shown = mailbox(&server, &token);
+        assert_eq!(shown["failures"], 3, "{shown}");
+        assert_eq!(
+            shown["last_error"], "IMAP: the server refused the session in its greeting",
+            "{shown}"
+        );
+        assert!(!shown.to_string().contains(BANNER), "{shown}");
+        // Waits of 2 s, then 4 s, between the attempts.
+        let times = peer.times();
+        assert_eq!(times.len(), 3, "{times:?}");
+        let (first, second) = (times[1] - times[0], times[2] - times[1]);
+        assert!(first >= Duration::from_millis(1900), "{first:?}");
+        assert!(second >= Duration::from_millis(3900), "{second:?}");
+        // Given up: no more attempts.
+        std::thread::sleep(Duration::from_secs(10));
+        assert_eq!(peer.count(), 3);
+        // A new PUT starts it again, with its failures forgotten.
+        let (status, body) = put_mailbox(&server, &token, "127.0.0.1", peer.port, "none");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["state"], "active", "{body}");
+        assert!(wait_until(Duration::from_secs(10), || peer.count() == 4));
+    }
+}

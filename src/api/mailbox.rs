@@ -1,6 +1,7 @@
 //! `PUT/GET/DELETE /api/me/mailbox`: the IMAP account mailtally watches for replies to the
 //! caller's mail. The password is sealed with `MAILBOX_KEY` before it is stored and is never
-//! shown again.
+//! shown again. The host must be one mailtally may reach (see [`crate::netguard`]), and plain
+//! IMAP is refused unless `MAILBOX_ALLOW_PLAINTEXT` allows it.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
@@ -58,6 +59,24 @@ pub async fn put(
     if port == 0 {
         return Err(ApiError::Unprocessable("port is 1 to 65535".into()));
     }
+    if security == Security::None && !ctx.settings.mailbox_allow_plaintext {
+        return Err(ApiError::Unprocessable(
+            "security `none` would send the IMAP password in clear; this server does not allow \
+             it (MAILBOX_ALLOW_PLAINTEXT): use tls or starttls"
+                .into(),
+        ));
+    }
+    // A clear answer now; every connection checks the address it connects to again.
+    crate::netguard::AddressPolicy::from_settings(&ctx.settings)
+        .check_host(b.host.trim(), port)
+        .await
+        .map_err(|e| {
+            ApiError::Unprocessable(format!(
+                "host is refused: {e}; mailboxes may not be on loopback, private, link-local, \
+                 unique-local, multicast or reserved networks unless OUTBOUND_ALLOWED_NETWORKS \
+                 lists them"
+            ))
+        })?;
     let sealed = Sealer::new(key).seal(&b.password);
     let client = ctx.pool.get().await?;
     mailbox::put(

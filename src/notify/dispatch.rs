@@ -2,7 +2,12 @@
 //! their hold, POSTs each notification signed as Standard Webhooks says, and records the
 //! outcome: delivered, retried with backoff for up to `WEBHOOK_MAX_AGE`, or given up. An endpoint
 //! failing `WEBHOOK_DISABLE_AFTER` times in a row is disabled.
+//!
+//! Every connection goes through the address policy of [`crate::netguard`]: names through its
+//! resolver, address literals checked here, no proxy from the environment, no redirects. What
+//! is recorded of a failure is its class, never the receiver's bytes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -12,6 +17,7 @@ use uuid::Uuid;
 use super::metrics::NOTIFY;
 use super::signing;
 use crate::context::Context;
+use crate::netguard::{guard_error_in, AddressPolicy, GuardError, GuardedResolver};
 
 const LEASE_SECONDS: f64 = 60.0;
 const CLAIM: i64 = 32;
@@ -41,9 +47,15 @@ struct Claimed {
 
 /// Runs until shutdown.
 pub async fn run(ctx: Context) {
+    let policy = AddressPolicy::from_settings(&ctx.settings);
     let http = match reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
+        // A redirect would lead to a URL nobody checked; a proxy would connect for us.
         .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver {
+            policy: policy.clone(),
+        }))
         .user_agent(concat!("mailtally-webhooks/", env!("CARGO_PKG_VERSION")))
         .build()
     {
@@ -54,7 +66,7 @@ pub async fn run(ctx: Context) {
         }
     };
     loop {
-        let pause = match step(&ctx, &http).await {
+        let pause = match step(&ctx, &http, &policy).await {
             Ok(n) if n as i64 >= CLAIM => Duration::ZERO,
             Ok(_) => Duration::from_millis(250),
             Err(e) => {
@@ -130,7 +142,11 @@ async fn click_is_machine(ctx: &Context, row: &Claimed) -> Result<bool, Dispatch
     })
 }
 
-async fn step(ctx: &Context, http: &reqwest::Client) -> Result<usize, DispatchError> {
+async fn step(
+    ctx: &Context,
+    http: &reqwest::Client,
+    policy: &AddressPolicy,
+) -> Result<usize, DispatchError> {
     let claimed = claim(ctx).await?;
     let n = claimed.len();
     let mut sends = Vec::new();
@@ -147,7 +163,7 @@ async fn step(ctx: &Context, http: &reqwest::Client) -> Result<usize, DispatchEr
             .await?;
             continue;
         }
-        sends.push(deliver(ctx, http, row));
+        sends.push(deliver(ctx, http, policy, row));
     }
     for result in futures_util::future::join_all(sends).await {
         result?;
@@ -155,30 +171,84 @@ async fn step(ctx: &Context, http: &reqwest::Client) -> Result<usize, DispatchEr
     Ok(n)
 }
 
-async fn deliver(ctx: &Context, http: &reqwest::Client, row: Claimed) -> Result<(), DispatchError> {
+/// Why a delivery failed, as recorded and shown: a class, never the URL (it may hold
+/// credentials) nor anything the receiver sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryFailure {
+    /// The receiver answered with a status outside 2xx (the number only, not its reason text).
+    HttpStatus(u16),
+    /// The address policy refused every address of the host.
+    NotAllowed(crate::netguard::Blocked),
+    Dns,
+    ConnectRefused,
+    Connect,
+    Timeout,
+    Tls,
+    /// The receiver closed the connection or answered something that is not HTTP.
+    InvalidResponse,
+    InvalidUrl,
+}
+
+impl std::fmt::Display for DeliveryFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeliveryFailure::HttpStatus(code) => write!(f, "HTTP status {code}"),
+            DeliveryFailure::NotAllowed(class) => {
+                write!(f, "address not allowed: the host is {class}")
+            }
+            DeliveryFailure::Dns => f.write_str("DNS lookup failed"),
+            DeliveryFailure::ConnectRefused => f.write_str("connection refused"),
+            DeliveryFailure::Connect => f.write_str("connection failed"),
+            DeliveryFailure::Timeout => f.write_str("timeout"),
+            DeliveryFailure::Tls => f.write_str("TLS handshake failed"),
+            DeliveryFailure::InvalidResponse => f.write_str("no valid HTTP response"),
+            DeliveryFailure::InvalidUrl => f.write_str("invalid URL"),
+        }
+    }
+}
+
+impl DeliveryFailure {
+    /// The result label of the delivery metrics.
+    fn label(self) -> &'static str {
+        match self {
+            DeliveryFailure::HttpStatus(_) => "failed_http",
+            DeliveryFailure::NotAllowed(_) => "failed_not_allowed",
+            _ => "failed_network",
+        }
+    }
+}
+
+async fn deliver(
+    ctx: &Context,
+    http: &reqwest::Client,
+    policy: &AddressPolicy,
+    row: Claimed,
+) -> Result<(), DispatchError> {
     let body = serde_json::to_vec(&row.payload).unwrap_or_default();
     let id = format!("msg_{}", row.id.simple());
     let timestamp = Utc::now().timestamp();
     let signature = signing::sign(&row.secret, &id, timestamp, &body);
     let started = Instant::now();
-    let sent = http
-        .post(&row.url)
-        .header("content-type", "application/json")
-        .header("webhook-id", &id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(body)
-        .send()
-        .await;
+    let sent = match checked_url(policy, &row.url) {
+        Ok(url) => http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| classify(&e)),
+        Err(failure) => Err(failure),
+    };
     let (result, status, error) = match sent {
         Ok(resp) if resp.status().is_success() => ("delivered", Some(resp.status().as_u16()), None),
-        Ok(resp) => (
-            "failed_http",
-            Some(resp.status().as_u16()),
-            Some(format!("HTTP {}", resp.status())),
-        ),
-        // Never the URL in the error text kept in the database: it may hold credentials.
-        Err(e) => ("failed_network", None, Some(describe(&e))),
+        Ok(resp) => {
+            let failure = DeliveryFailure::HttpStatus(resp.status().as_u16());
+            (failure.label(), Some(resp.status().as_u16()), Some(failure))
+        }
+        Err(failure) => (failure.label(), None, Some(failure)),
     };
     NOTIFY
         .delivery_duration
@@ -196,18 +266,62 @@ async fn deliver(ctx: &Context, http: &reqwest::Client, row: Claimed) -> Result<
             .await?;
         return Ok(());
     }
-    failed(ctx, &row, status, error.unwrap_or_default()).await
+    let error = error.map(|f| f.to_string()).unwrap_or_default();
+    failed(ctx, &row, status, error).await
 }
 
-fn describe(e: &reqwest::Error) -> String {
+/// The URL to post to, when its host may be reached: address literals are checked here,
+/// since reqwest connects to them without the resolver.
+fn checked_url(policy: &AddressPolicy, url: &str) -> Result<reqwest::Url, DeliveryFailure> {
+    let url = reqwest::Url::parse(url).map_err(|_| DeliveryFailure::InvalidUrl)?;
+    match policy.check_url_literal(&url) {
+        Ok(()) => Ok(url),
+        Err(GuardError::NotAllowed(class)) => Err(DeliveryFailure::NotAllowed(class)),
+        Err(_) => Err(DeliveryFailure::InvalidUrl),
+    }
+}
+
+/// The class of a reqwest error, found in its chain of causes.
+pub fn classify(e: &reqwest::Error) -> DeliveryFailure {
     if e.is_timeout() {
-        "timeout".into()
-    } else if e.is_connect() {
-        "connection failed".into()
-    } else if e.is_request() || e.is_body() {
-        "request failed".into()
+        return DeliveryFailure::Timeout;
+    }
+    if let Some(guard) = guard_error_in(e) {
+        return match guard {
+            GuardError::NotAllowed(class) => DeliveryFailure::NotAllowed(*class),
+            GuardError::Dns(_) | GuardError::DnsTimeout | GuardError::NoAddress => {
+                DeliveryFailure::Dns
+            }
+            GuardError::Refused => DeliveryFailure::ConnectRefused,
+            GuardError::ConnectTimeout => DeliveryFailure::Timeout,
+            GuardError::Connect(_) => DeliveryFailure::Connect,
+        };
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(cause) = next {
+        if cause.downcast_ref::<rustls::Error>().is_some() {
+            return DeliveryFailure::Tls;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return DeliveryFailure::ConnectRefused,
+                std::io::ErrorKind::TimedOut => return DeliveryFailure::Timeout,
+                _ => {}
+            }
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                return DeliveryFailure::Tls;
+            }
+        }
+        next = cause.source();
+    }
+    if e.is_connect() {
+        DeliveryFailure::Connect
     } else {
-        "HTTP error".into()
+        // Connected and sent: the receiver closed or answered something that is not HTTP.
+        DeliveryFailure::InvalidResponse
     }
 }
 

@@ -64,6 +64,29 @@ fn validate(new: &NewEndpoint, user: &User) -> Result<String, String> {
     }
 }
 
+/// Refuses a URL that names an internal target (loopback, private, link-local, reserved, or a
+/// name that resolves to one). Deliveries check the address they connect to again, so this is
+/// for a clear answer now, not the defence.
+async fn check_target(ctx: &Context, url: &str) -> Result<(), ApiError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ApiError::Unprocessable(format!("url is not a valid URL: {e}")))?;
+    let Some(host) = parsed.host_str() else {
+        return Err(ApiError::Unprocessable("url names no host".into()));
+    };
+    let policy = crate::netguard::AddressPolicy::from_settings(&ctx.settings);
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let checked = match policy.check_url_literal(&parsed) {
+        Ok(()) => policy.check_host(host, port).await,
+        refused => refused,
+    };
+    checked.map_err(|e| {
+        ApiError::Unprocessable(format!(
+            "url is refused: {e}; webhooks may not reach loopback, private, link-local, \
+             unique-local, multicast or reserved networks unless OUTBOUND_ALLOWED_NETWORKS lists them"
+        ))
+    })
+}
+
 /// An endpoint id from the path; anything else names no endpoint.
 fn endpoint_id(id: &str) -> Result<i64, ApiError> {
     id.parse()
@@ -79,6 +102,7 @@ async fn create(
     let new: NewEndpoint = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     let scope = validate(&new, &user).map_err(ApiError::Unprocessable)?;
+    check_target(&ctx, new.url.trim()).await?;
     let secret = signing::new_secret();
     let client = ctx.pool.get().await?;
     let row = client

@@ -24,7 +24,7 @@ pub static NOTIFY: LazyLock<NotifyMetrics> = LazyLock::new(|| {
     ),
     deliveries: counter_vec(
         "webhook_delivery_attempts_total",
-        "webhook delivery attempts by result (delivered, failed_http, failed_network, gave_up, dropped)",
+        "webhook delivery attempts by result (delivered, failed_http, failed_network, failed_not_allowed, gave_up, dropped)",
         &["result"],
     ),
     delivery_duration: histogram_vec(

@@ -1,16 +1,20 @@
 //! An IMAP session on one mailbox (async-imap): connect with TLS, STARTTLS or plain, log in,
 //! select the folder, fetch the headers of messages past a UID, and wait for news (IDLE where
 //! the server has it).
+//!
+//! The connection goes through the address policy of [`crate::netguard`], plain IMAP only where
+//! `MAILBOX_ALLOW_PLAINTEXT` allows it, and a failure is reported by its class: what the server
+//! said goes to the log, never to `last_error`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use super::mailbox::{Mailbox, Security};
 use super::ReplyError;
+use crate::netguard::{AddressPolicy, Blocked, GuardError};
 
 /// A byte stream an IMAP session runs over (plain TCP or TLS).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
@@ -36,27 +40,150 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
+/// Why an IMAP session failed, as `GET /api/me/mailbox` shows it: a class, never the server's
+/// text (which may be an internal service's banner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImapFailure {
+    /// The address policy refused every address of the host.
+    NotAllowed(Blocked),
+    /// `security: none` while `MAILBOX_ALLOW_PLAINTEXT` is off.
+    PlaintextNotAllowed,
+    Dns,
+    ConnectRefused,
+    Connect,
+    /// No answer in time, at the named step.
+    Timeout(&'static str),
+    Tls,
+    InvalidServerName,
+    StarttlsRefused,
+    LoginRejected,
+    SelectFailed,
+    NoUidValidity,
+    ConnectionClosed,
+    /// A `* BYE` (or anything but OK and PREAUTH) as the greeting.
+    Greeting,
+    /// The server's answer is not IMAP, or not the one expected.
+    Protocol,
+}
+
+impl std::fmt::Display for ImapFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImapFailure::NotAllowed(class) => write!(
+                f,
+                "address not allowed: the host is {class} (OUTBOUND_ALLOWED_NETWORKS)"
+            ),
+            ImapFailure::PlaintextNotAllowed => f.write_str(
+                "plain IMAP is not allowed on this server (MAILBOX_ALLOW_PLAINTEXT); use tls or starttls",
+            ),
+            ImapFailure::Dns => f.write_str("DNS lookup failed"),
+            ImapFailure::ConnectRefused => f.write_str("connection refused"),
+            ImapFailure::Connect => f.write_str("connection failed"),
+            ImapFailure::Timeout(step) => {
+                write!(f, "timeout: no answer to {step} within {COMMAND_TIMEOUT:?}")
+            }
+            ImapFailure::Tls => f.write_str("TLS handshake failed"),
+            ImapFailure::InvalidServerName => f.write_str("the host is not a valid TLS server name"),
+            ImapFailure::StarttlsRefused => f.write_str("the server refused STARTTLS"),
+            ImapFailure::LoginRejected => f.write_str("login rejected by the server"),
+            ImapFailure::SelectFailed => f.write_str("the folder cannot be selected"),
+            ImapFailure::NoUidValidity => f.write_str("the server gives no UIDVALIDITY"),
+            ImapFailure::ConnectionClosed => f.write_str("the server closed the connection"),
+            ImapFailure::Greeting => f.write_str("the server refused the session in its greeting"),
+            ImapFailure::Protocol => f.write_str("the server's answer is not valid IMAP"),
+        }
+    }
+}
+
+impl ImapFailure {
+    /// Failures that retrying cannot mend: the mailbox waits for a new `PUT`. A rejected
+    /// password is one: retried, it can lock the account or get mailtally's address banned
+    /// by the provider for every user.
+    pub fn permanent(self) -> bool {
+        matches!(
+            self,
+            ImapFailure::PlaintextNotAllowed | ImapFailure::LoginRejected
+        )
+    }
+}
+
+impl From<GuardError> for ImapFailure {
+    fn from(e: GuardError) -> Self {
+        match e {
+            GuardError::NotAllowed(class) => ImapFailure::NotAllowed(class),
+            GuardError::Dns(_) | GuardError::DnsTimeout | GuardError::NoAddress => ImapFailure::Dns,
+            GuardError::Refused => ImapFailure::ConnectRefused,
+            GuardError::ConnectTimeout => ImapFailure::Timeout("connect"),
+            GuardError::Connect(_) => ImapFailure::Connect,
+        }
+    }
+}
+
+/// A failure with what the server or the system said, for the log only.
+fn fail(failure: ImapFailure, detail: impl std::fmt::Display) -> ReplyError {
+    ReplyError::Imap {
+        failure,
+        detail: detail.to_string(),
+    }
+}
+
+/// An error of async-imap at some step: its class, its text kept for the log.
+fn imap(step: ImapFailure) -> impl Fn(async_imap::error::Error) -> ReplyError {
+    move |e| {
+        let failure = match &e {
+            async_imap::error::Error::ConnectionLost => ImapFailure::ConnectionClosed,
+            async_imap::error::Error::Io(io) => io_failure(io),
+            async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_) => step,
+            _ => ImapFailure::Protocol,
+        };
+        fail(failure, e)
+    }
+}
+
+fn io_failure(io: &std::io::Error) -> ImapFailure {
+    match io.kind() {
+        std::io::ErrorKind::UnexpectedEof
+        | std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::BrokenPipe => ImapFailure::ConnectionClosed,
+        // async-imap reports what it cannot parse as an I/O error of another kind.
+        _ => ImapFailure::Protocol,
+    }
+}
+
 async fn tls(stream: Box<dyn Io>, host: &str) -> Result<Box<dyn Io>, ReplyError> {
     let name = rustls_pki_types::ServerName::try_from(host.to_string())
-        .map_err(|_| ReplyError::Imap(format!("`{host}` is not a valid TLS server name")))?;
+        .map_err(|e| fail(ImapFailure::InvalidServerName, e))?;
     let stream = tls_connector()
         .connect(name, stream)
         .await
-        .map_err(|e| ReplyError::Imap(format!("TLS with {host}: {e}")))?;
+        .map_err(|e| fail(ImapFailure::Tls, e))?;
     Ok(Box::new(stream))
 }
 
-fn imap(e: impl std::fmt::Display) -> ReplyError {
-    ReplyError::Imap(e.to_string())
+/// Reads the server's greeting: `* OK` or `* PREAUTH`, anything else is a failure.
+async fn greeting(client: &mut async_imap::Client<Box<dyn Io>>) -> Result<(), ReplyError> {
+    use async_imap::imap_proto::{Response, Status};
+    let response = client
+        .read_response()
+        .await
+        .map_err(|e| fail(io_failure(&e), e))?
+        .ok_or_else(|| fail(ImapFailure::ConnectionClosed, "no greeting"))?;
+    match response.parsed() {
+        Response::Data {
+            status: Status::Ok | Status::PreAuth,
+            ..
+        } => Ok(()),
+        other => Err(fail(ImapFailure::Greeting, format!("{other:?}"))),
+    }
 }
 
 async fn timed<T>(
-    what: &str,
+    step: &'static str,
     f: impl std::future::Future<Output = Result<T, ReplyError>>,
 ) -> Result<T, ReplyError> {
     tokio::time::timeout(COMMAND_TIMEOUT, f)
         .await
-        .map_err(|_| ReplyError::Imap(format!("{what}: no answer within {COMMAND_TIMEOUT:?}")))?
+        .map_err(|_| fail(ImapFailure::Timeout(step), "no answer"))?
 }
 
 /// A logged-in session with the folder selected.
@@ -74,21 +201,35 @@ pub struct Found {
 }
 
 impl Connection {
-    pub async fn open(m: &Mailbox, password: &str) -> Result<Connection, ReplyError> {
+    /// Connects to an address `policy` allows, with the mailbox's security; `security: none`
+    /// only when `allow_plaintext`.
+    pub async fn open(
+        m: &Mailbox,
+        password: &str,
+        policy: &AddressPolicy,
+        allow_plaintext: bool,
+    ) -> Result<Connection, ReplyError> {
+        if m.security == Security::None && !allow_plaintext {
+            return Err(fail(ImapFailure::PlaintextNotAllowed, "security none"));
+        }
         timed("connect and log in", async {
-            let tcp = TcpStream::connect((m.host.as_str(), m.port))
+            let tcp = policy
+                .connect(&m.host, m.port, COMMAND_TIMEOUT)
                 .await
-                .map_err(|e| ReplyError::Imap(format!("connect to {}:{}: {e}", m.host, m.port)))?;
+                .map_err(|e| {
+                    let detail = format!("{e:?}");
+                    fail(e.into(), detail)
+                })?;
             let stream: Box<dyn Io> = match m.security {
                 Security::Tls => tls(Box::new(tcp), &m.host).await?,
                 Security::None => Box::new(tcp),
                 Security::Starttls => {
                     let mut client = async_imap::Client::new(Box::new(tcp) as Box<dyn Io>);
-                    client.read_response().await.map_err(imap)?;
+                    greeting(&mut client).await?;
                     client
                         .run_command_and_check_ok("STARTTLS", None)
                         .await
-                        .map_err(imap)?;
+                        .map_err(imap(ImapFailure::StarttlsRefused))?;
                     let inner = client.into_inner();
                     // The greeting was read on the plain connection; none follows STARTTLS.
                     let stream = tls(inner, &m.host).await?;
@@ -96,7 +237,7 @@ impl Connection {
                 }
             };
             let mut client = async_imap::Client::new(stream);
-            client.read_response().await.map_err(imap)?;
+            greeting(&mut client).await?;
             login(client, m, password).await
         })
         .await
@@ -110,10 +251,10 @@ impl Connection {
                 .session
                 .uid_fetch(&range, "(UID INTERNALDATE BODY.PEEK[HEADER])")
                 .await
-                .map_err(imap)?;
+                .map_err(imap(ImapFailure::Protocol))?;
             let mut out = Vec::new();
             while let Some(item) = stream.next().await {
-                let f = item.map_err(imap)?;
+                let f = item.map_err(imap(ImapFailure::Protocol))?;
                 // `n:*` also names the last message when its UID is below n.
                 let Some(uid) = f.uid.filter(|u| *u > after) else {
                     continue;
@@ -155,16 +296,22 @@ impl Connection {
             });
         }
         let mut handle = session.idle();
-        timed("IDLE", async { handle.init().await.map_err(imap) }).await?;
+        timed("IDLE", async {
+            handle.init().await.map_err(imap(ImapFailure::Protocol))
+        })
+        .await?;
         {
             let (news, interrupt) = handle.wait_with_timeout(most);
             tokio::select! {
-                r = news => { r.map_err(imap)?; }
+                r = news => { r.map_err(imap(ImapFailure::Protocol))?; }
                 _ = stop.cancelled() => {}
             }
             drop(interrupt);
         }
-        let session = timed("DONE", async { handle.done().await.map_err(imap) }).await?;
+        let session = timed("DONE", async {
+            handle.done().await.map_err(imap(ImapFailure::Protocol))
+        })
+        .await?;
         Ok(Connection {
             session,
             uidvalidity,
@@ -184,14 +331,21 @@ async fn login(
 ) -> Result<Connection, ReplyError> {
     let mut session = client
         .login(&m.username, password)
-        // The server's text, never the password.
         .await
-        .map_err(|(e, _)| ReplyError::Imap(format!("login as {}: {e}", m.username)))?;
-    let idle = session.capabilities().await.map_err(imap)?.has_str("IDLE");
-    let selected = session.select(&m.folder).await.map_err(imap)?;
+        // The server's text goes to the log, never the password.
+        .map_err(|(e, _)| imap(ImapFailure::LoginRejected)(e))?;
+    let idle = session
+        .capabilities()
+        .await
+        .map_err(imap(ImapFailure::Protocol))?
+        .has_str("IDLE");
+    let selected = session
+        .select(&m.folder)
+        .await
+        .map_err(imap(ImapFailure::SelectFailed))?;
     let uidvalidity = selected
         .uid_validity
-        .ok_or_else(|| ReplyError::Imap("the server gives no UIDVALIDITY".into()))?;
+        .ok_or_else(|| fail(ImapFailure::NoUidValidity, "SELECT without UIDVALIDITY"))?;
     Ok(Connection {
         session,
         uidvalidity,

@@ -11,7 +11,8 @@ pub enum Security {
     Tls,
     /// STARTTLS on a plain connection (port 143).
     Starttls,
-    /// No TLS: only for servers on loopback or a trusted network.
+    /// No TLS: only where `MAILBOX_ALLOW_PLAINTEXT` allows it (servers on loopback or a
+    /// trusted network).
     None,
 }
 
@@ -60,9 +61,18 @@ impl std::fmt::Debug for Mailbox {
     }
 }
 
+/// Whether a mailbox is watched, or given up after failing until it is set again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailboxState {
+    Active,
+    Failed,
+}
+
 /// What `GET /api/me/mailbox` shows: never the password.
 #[derive(Debug, Serialize)]
 pub struct MailboxStatus {
+    pub state: MailboxState,
     pub host: String,
     pub port: i32,
     pub security: String,
@@ -71,6 +81,10 @@ pub struct MailboxStatus {
     pub last_uid: i64,
     pub last_sync_at: Option<chrono::DateTime<chrono::Utc>>,
     pub last_error: Option<String>,
+    /// Failed connections since the last successful read.
+    pub failures: i32,
+    pub retry_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub failed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 pub struct NewMailbox<'a> {
@@ -82,8 +96,8 @@ pub struct NewMailbox<'a> {
     pub folder: &'a str,
 }
 
-/// Sets the user's mailbox. A different account or folder starts from a fresh checkpoint and
-/// is picked up by a watcher at once.
+/// Sets the user's mailbox. A different account or folder starts from a fresh checkpoint; it is
+/// picked up by a watcher at once, with its failures forgotten.
 pub async fn put(
     client: &impl deadpool_postgres::GenericClient,
     user_id: i64,
@@ -98,7 +112,7 @@ pub async fn put(
                  host = EXCLUDED.host, port = EXCLUDED.port, security = EXCLUDED.security,
                  username = EXCLUDED.username, password_sealed = EXCLUDED.password_sealed,
                  folder = EXCLUDED.folder, last_error = NULL, updated_at = now(),
-                 lease_until = NULL,
+                 lease_until = NULL, failures = 0, retry_at = NULL, failed_at = NULL,
                  uidvalidity = CASE WHEN (b.host, b.port, b.username, b.folder)
                      = (EXCLUDED.host, EXCLUDED.port, EXCLUDED.username, EXCLUDED.folder)
                      THEN b.uidvalidity END,
@@ -125,12 +139,17 @@ pub async fn status(
 ) -> Result<Option<MailboxStatus>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "SELECT host, port, security, username, folder, last_uid, last_sync_at, last_error
+            "SELECT host, port, security, username, folder, last_uid, last_sync_at, last_error,
+                    failures, retry_at, failed_at
              FROM mailboxes WHERE user_id = $1",
             &[&user_id],
         )
         .await?;
     Ok(row.map(|r| MailboxStatus {
+        state: match r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(10) {
+            Some(_) => MailboxState::Failed,
+            None => MailboxState::Active,
+        },
         host: r.get(0),
         port: r.get(1),
         security: r.get(2),
@@ -139,6 +158,9 @@ pub async fn status(
         last_uid: r.get(5),
         last_sync_at: r.get(6),
         last_error: r.get(7),
+        failures: r.get(8),
+        retry_at: r.get(9),
+        failed_at: r.get(10),
     }))
 }
 
@@ -152,7 +174,8 @@ pub async fn delete(
         > 0)
 }
 
-/// Takes the mailboxes nobody watches (no lease, or an expired one) for `node`.
+/// Takes the mailboxes nobody watches (no lease, or an expired one) for `node`, except those
+/// waiting out a backoff and those given up.
 pub async fn claim(
     client: &impl deadpool_postgres::GenericClient,
     node: &str,
@@ -163,7 +186,8 @@ pub async fn claim(
             "UPDATE mailboxes b SET lease_owner = $1,
                  lease_until = now() + make_interval(secs => $2)
              FROM (SELECT user_id FROM mailboxes
-                   WHERE lease_until IS NULL OR lease_until < now()
+                   WHERE (lease_until IS NULL OR lease_until < now())
+                     AND failed_at IS NULL AND (retry_at IS NULL OR retry_at <= now())
                    FOR UPDATE SKIP LOCKED) free
              WHERE b.user_id = free.user_id
              RETURNING b.user_id, b.host, b.port, b.security, b.username, b.password_sealed,
@@ -205,7 +229,8 @@ pub async fn renew(
         > 0)
 }
 
-/// Records how far the mailbox was read (only while `node` holds it).
+/// Records how far the mailbox was read (only while `node` holds it); a read clears the
+/// failures.
 pub async fn checkpoint(
     client: &impl deadpool_postgres::GenericClient,
     user_id: i64,
@@ -217,7 +242,7 @@ pub async fn checkpoint(
     client
         .execute(
             "UPDATE mailboxes SET uidvalidity = $3, last_uid = $4, last_sync_at = now(),
-                 last_error = $5
+                 last_error = $5, failures = 0, retry_at = NULL
              WHERE user_id = $1 AND lease_owner = $2",
             &[&user_id, &node, &uidvalidity, &last_uid, &error],
         )
@@ -225,19 +250,61 @@ pub async fn checkpoint(
     Ok(())
 }
 
-/// Records why the mailbox cannot be read, for `GET /api/me/mailbox`.
+/// How failed connections are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// The wait after the first failure; it doubles with each one.
+    pub first: std::time::Duration,
+    pub most: std::time::Duration,
+    /// Failures in a row after which the mailbox is given up.
+    pub give_up_after: u32,
+}
+
+/// What became of a mailbox after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Retried by whichever node claims it once the backoff is over.
+    Retry { failures: i32 },
+    /// Given up until it is set again.
+    GivenUp { failures: i32 },
+    /// `node` no longer held it (it was set again, deleted or taken over): nothing recorded.
+    NotHeld,
+}
+
+/// Records why the mailbox cannot be read, for `GET /api/me/mailbox`, and frees it until its
+/// backoff is over, or for good after `backoff.give_up_after` failures or a `permanent` one.
 pub async fn failed(
     client: &impl deadpool_postgres::GenericClient,
     user_id: i64,
+    node: &str,
     error: &str,
-) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute(
-            "UPDATE mailboxes SET last_error = $2, updated_at = now() WHERE user_id = $1",
-            &[&user_id, &error],
+    permanent: bool,
+    backoff: Backoff,
+) -> Result<AfterFailure, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "UPDATE mailboxes SET last_error = $3, updated_at = now(), failures = failures + 1,
+                 lease_until = NULL,
+                 failed_at = CASE WHEN $4 OR failures + 1 >= $5 THEN now() END,
+                 retry_at = now() + make_interval(secs => least($6 * power(2, least(failures, 60)), $7))
+             WHERE user_id = $1 AND lease_owner = $2 AND lease_until IS NOT NULL
+             RETURNING failures, failed_at IS NOT NULL",
+            &[
+                &user_id,
+                &node,
+                &error,
+                &permanent,
+                &i32::try_from(backoff.give_up_after.max(1)).unwrap_or(i32::MAX),
+                &backoff.first.as_secs_f64(),
+                &backoff.most.as_secs_f64(),
+            ],
         )
         .await?;
-    Ok(())
+    Ok(match row {
+        None => AfterFailure::NotHeld,
+        Some(r) if r.get::<_, bool>(1) => AfterFailure::GivenUp { failures: r.get(0) },
+        Some(r) => AfterFailure::Retry { failures: r.get(0) },
+    })
 }
 
 /// Gives the mailbox up (shutdown), so that another node takes it at once.

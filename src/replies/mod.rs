@@ -20,8 +20,12 @@ pub use watch::serve_loop;
 
 #[derive(Debug, Error)]
 pub enum ReplyError {
-    #[error("IMAP: {0}")]
-    Imap(String),
+    /// Shown by its class only; `detail` (what the server or the system said) is for the log.
+    #[error("IMAP: {failure}")]
+    Imap {
+        failure: imap::ImapFailure,
+        detail: String,
+    },
     #[error(
         "the stored mailbox password cannot be decrypted with MAILBOX_KEY (was the key changed?)"
     )]

@@ -1,5 +1,8 @@
 //! The watchers inside `serve`: each mailbox is held by one node at a time (a lease renewed
-//! while it reads), read from its checkpoint, then watched with IDLE or polled.
+//! while it reads), read from its checkpoint, then watched with IDLE or polled. A failed
+//! connection frees the mailbox until its backoff is over (doubling from 2 seconds up to 5
+//! minutes), whichever node takes it then; after `MAILBOX_MAX_FAILURES` in a row, or a failure
+//! that retrying cannot mend, it is given up until it is set again.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -9,7 +12,7 @@ use uuid::Uuid;
 
 use super::detect::{self, Verdict};
 use super::imap::{Connection, Found};
-use super::mailbox::{self, Mailbox};
+use super::mailbox::{self, AfterFailure, Backoff, Mailbox};
 use super::seal::Sealer;
 use super::ReplyError;
 use crate::context::Context;
@@ -24,6 +27,9 @@ pub static REPLIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// How often a node looks for mailboxes nobody watches.
 const CLAIM_EVERY: Duration = Duration::from_secs(2);
+/// The wait after a first failed connection; it doubles with each failure, up to the cap.
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+const LONGEST_RETRY: Duration = Duration::from_secs(300);
 
 struct Watch {
     ctx: Context,
@@ -32,6 +38,8 @@ struct Watch {
     lease_seconds: f64,
     /// Longest wait between two reads (IDLE's limit, or the poll interval).
     wait: Duration,
+    policy: crate::netguard::AddressPolicy,
+    backoff: Backoff,
 }
 
 /// Runs until shutdown; does nothing without `MAILBOX_KEY`. On shutdown every watcher logs
@@ -70,6 +78,12 @@ pub async fn serve_loop(ctx: Context) {
                         owner: owner.clone(),
                         lease_seconds: lease,
                         wait: poll.min(Duration::from_secs_f64(lease / 3.0)),
+                        policy: crate::netguard::AddressPolicy::from_settings(&ctx.settings),
+                        backoff: Backoff {
+                            first: FIRST_RETRY,
+                            most: LONGEST_RETRY,
+                            give_up_after: ctx.settings.mailbox_max_failures,
+                        },
                     };
                     watchers.spawn(w.run(m));
                 }
@@ -89,29 +103,51 @@ pub async fn serve_loop(ctx: Context) {
 }
 
 impl Watch {
+    /// Watches `m` until shutdown, the lease is lost or a failure; a failure frees the mailbox
+    /// for a later claim, after its backoff.
     async fn run(self, mut m: Mailbox) {
-        let mut backoff = Duration::from_secs(2);
-        loop {
-            match self.session(&mut m).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(user = m.user_id, host = %m.host, error = %e, "mailbox watch failed; retrying");
-                    if let Ok(client) = self.ctx.pool.get().await {
-                        let _ = mailbox::failed(&client, m.user_id, &e.to_string()).await;
-                    }
-                }
+        let Err(e) = self.session(&mut m).await else {
+            if let Ok(client) = self.ctx.pool.get().await {
+                let _ = mailbox::release(&client, m.user_id, &self.owner).await;
             }
-            tokio::select! {
-                _ = self.ctx.shutdown.cancelled() => break,
-                _ = tokio::time::sleep(backoff) => {}
+            return;
+        };
+        let permanent = match &e {
+            ReplyError::Imap { failure, detail } => {
+                // What the server said is for the operator, escaped (Debug), never for the API.
+                tracing::debug!(user = m.user_id, host = %m.host, %failure, ?detail, "IMAP failure");
+                failure.permanent()
             }
-            backoff = (backoff * 2).min(Duration::from_secs(60));
-            if !self.renew(&m).await.unwrap_or(false) {
-                return;
-            }
+            ReplyError::Sealed => true,
+            ReplyError::Db(_) | ReplyError::Pool(_) => false,
+        };
+        let recorded = async {
+            let client = self.ctx.pool.get().await?;
+            Ok::<_, ReplyError>(
+                mailbox::failed(
+                    &client,
+                    m.user_id,
+                    &self.owner,
+                    &e.to_string(),
+                    permanent,
+                    self.backoff,
+                )
+                .await?,
+            )
         }
-        if let Ok(client) = self.ctx.pool.get().await {
-            let _ = mailbox::release(&client, m.user_id, &self.owner).await;
+        .await;
+        match recorded {
+            Ok(AfterFailure::Retry { failures }) => {
+                tracing::warn!(user = m.user_id, host = %m.host, error = %e, failures, "mailbox watch failed; retrying after a backoff");
+            }
+            Ok(AfterFailure::GivenUp { failures }) => {
+                tracing::warn!(user = m.user_id, host = %m.host, error = %e, failures, "mailbox watch failed; given up until the mailbox is set again");
+            }
+            Ok(AfterFailure::NotHeld) => {}
+            // The lease runs out and another claim retries it.
+            Err(db) => {
+                tracing::warn!(user = m.user_id, error = %e, record_error = %db, "mailbox watch failed and the failure cannot be recorded");
+            }
         }
     }
 
@@ -124,7 +160,13 @@ impl Watch {
     /// lease is lost (Ok), or an error.
     async fn session(&self, m: &mut Mailbox) -> Result<(), ReplyError> {
         let password = self.sealer.open(&m.password_sealed)?;
-        let mut conn = Connection::open(m, &password).await?;
+        let mut conn = Connection::open(
+            m,
+            &password,
+            &self.policy,
+            self.ctx.settings.mailbox_allow_plaintext,
+        )
+        .await?;
         drop(password);
         let validity = i64::from(conn.uidvalidity);
         if m.uidvalidity != Some(validity) {
