@@ -9,7 +9,7 @@ use chrono::Utc;
 use thiserror::Error;
 use uuid::Uuid;
 
-use super::metrics::NOTIFY;
+use super::metrics::{DisableReason, WebhookResult, NOTIFY};
 use super::signing;
 use crate::context::Context;
 
@@ -136,7 +136,10 @@ async fn step(ctx: &Context, http: &reqwest::Client) -> Result<usize, DispatchEr
     let mut sends = Vec::new();
     for row in claimed {
         if row.event_type == "click" && !row.include_machine && click_is_machine(ctx, &row).await? {
-            NOTIFY.deliveries.with_label_values(&["dropped"]).inc();
+            NOTIFY
+                .deliveries
+                .with_label_values(&[WebhookResult::Dropped.label()])
+                .inc();
             finish(
                 ctx,
                 &row,
@@ -171,21 +174,23 @@ async fn deliver(ctx: &Context, http: &reqwest::Client, row: Claimed) -> Result<
         .send()
         .await;
     let (result, status, error) = match sent {
-        Ok(resp) if resp.status().is_success() => ("delivered", Some(resp.status().as_u16()), None),
+        Ok(resp) if resp.status().is_success() => {
+            (WebhookResult::Delivered, Some(resp.status().as_u16()), None)
+        }
         Ok(resp) => (
-            "failed_http",
+            WebhookResult::FailedHttp,
             Some(resp.status().as_u16()),
             Some(format!("HTTP {}", resp.status())),
         ),
         // Never the URL in the error text kept in the database: it may hold credentials.
-        Err(e) => ("failed_network", None, Some(describe(&e))),
+        Err(e) => (WebhookResult::FailedNetwork, None, Some(describe(&e))),
     };
     NOTIFY
         .delivery_duration
-        .with_label_values(&[result])
+        .with_label_values(&[result.label()])
         .observe(started.elapsed().as_secs_f64());
-    NOTIFY.deliveries.with_label_values(&[result]).inc();
-    if result == "delivered" {
+    NOTIFY.deliveries.with_label_values(&[result.label()]).inc();
+    if result == WebhookResult::Delivered {
         finish(ctx, &row, "delivered", status, None).await?;
         let client = ctx.pool.get().await?;
         client
@@ -238,7 +243,7 @@ async fn failed(
         if disabled > 0 {
             NOTIFY
                 .endpoints_disabled
-                .with_label_values(&["failures"])
+                .with_label_values(&[DisableReason::Failures.label()])
                 .inc();
             tracing::warn!(
                 endpoint = row.endpoint_id,
@@ -254,7 +259,10 @@ async fn failed(
     let give_up = age.to_std().unwrap_or_default() + delay > ctx.settings.webhook_max_age;
     let status = status.map(i32::from);
     if give_up {
-        NOTIFY.deliveries.with_label_values(&["gave_up"]).inc();
+        NOTIFY
+            .deliveries
+            .with_label_values(&[WebhookResult::GaveUp.label()])
+            .inc();
         client
             .execute(
                 "UPDATE webhook_outbox SET status = 'failed', lease_until = NULL,
