@@ -1070,6 +1070,88 @@ mod tests {
     }
 
     #[test]
+    fn misspelt_keys_point_to_the_likely_one() {
+        assert_eq!(likely_key("UPSTREAM_ULR"), Some("UPSTREAM_URL"));
+        assert_eq!(likely_key("PUBLIC_URI"), Some("PUBLIC_URL"));
+        assert_eq!(likely_key("smtp_listen"), Some("SMTP_LISTEN"));
+        assert_eq!(
+            likely_key("SUBMIT_TRUSTED_NETWORK"),
+            Some("SUBMIT_TRUSTED_NETWORKS")
+        );
+        for unrelated in [
+            "PATH",
+            "HOME",
+            "HTTP_PROXY",
+            "SSL_CERT_FILE",
+            "RUST_LOG",
+            "TERM",
+        ] {
+            assert_eq!(likely_key(unrelated), None, "{unrelated}");
+        }
+        let names = [
+            "PATH",
+            "MAILTALLY_DATADIR",
+            "MAILTALLY_DATA",
+            "MAILTALLY_SOAK",
+            "LOG_LEVL",
+        ];
+        let unknown = unknown_variables(names.map(String::from));
+        assert_eq!(
+            unknown,
+            vec![
+                UnknownVariable {
+                    name: "LOG_LEVL".into(),
+                    likely: Some("LOG_LEVEL")
+                },
+                UnknownVariable {
+                    name: "MAILTALLY_DATADIR".into(),
+                    likely: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn urls_in_errors_hide_their_password() {
+        assert_eq!(
+            redact_url("smtp://ann:hunter2@mail.example.com:587"),
+            "smtp://ann:***@mail.example.com:587"
+        );
+        assert_eq!(
+            redact_url("smtps://mail.example.com"),
+            "smtps://mail.example.com"
+        );
+        let err = Settings::from_sources(&Sources::from_pairs([(
+            "UPSTREAM_URL",
+            "ftp://ann:hunter2@mail.example.com",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("UPSTREAM_URL") && !err.contains("hunter2"),
+            "{err}"
+        );
+        for good in [
+            "smtp://ann:pw@mail.example.com:587",
+            "smtps://mail.example.com",
+            "smtp://[::1]:2525?tls=none",
+        ] {
+            let s = Settings::from_sources(&Sources::from_pairs([("UPSTREAM_URL", good)]));
+            assert!(s.is_ok(), "{good}: {:?}", s.err());
+        }
+    }
+
+    #[test]
+    fn help_lines_fit_and_keep_defaults_whole() {
+        for line in Settings::help_table().lines() {
+            assert!(line.chars().count() <= HELP_WIDTH, "{line:?}");
+            if line.contains("[default:") {
+                assert!(line.contains(']'), "default split across lines: {line:?}");
+            }
+        }
+    }
+
+    #[test]
     fn cidr_matching() {
         let net: Cidr = "10.1.0.0/16".parse().unwrap();
         assert!(net.contains("10.1.200.3".parse().unwrap()));
