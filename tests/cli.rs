@@ -233,7 +233,9 @@ fn every_setting_is_checked_before_anything_starts() {
     let data_str = data.to_str().unwrap().to_string();
     let missing = home.path().join("no-such.pem");
     let missing = missing.to_str().unwrap();
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    // (settings, the key the error names, a word of what is allowed)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
         (&[("UPSTREAM_URL", "ftp://x")], "UPSTREAM_URL", "smtp"),
         (
             &[("UPSTREAM_URL", "smtp://user:hunter2@")],
