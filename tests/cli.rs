@@ -189,15 +189,23 @@ fn serve_runs_the_embedded_cluster_and_reuses_it_after_a_restart() {
 fn rewrite_prints_the_copy_one_recipient_would_get() {
     let message = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: Hi\r\nX-Mailtally-Template: hello\r\n\
 Content-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>See <a href=\"https://example.com/x?a=1&amp;b=2\">this</a></p></body></html>\r\n";
+    // With the secret given, no database is needed: an unreachable one is never tried, and
+    // no embedded cluster is made.
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("var");
     let (ok, out, err) = mailtally(
         &["rewrite", "--recipient", "b@example.com"],
         &[
             ("TRACKING_SECRET", "cli-secret"),
             ("PUBLIC_URL", "https://t.example.net"),
+            ("DATABASE_URL", "postgresql://mailtally@127.0.0.1:1/none"),
+            ("MAILTALLY_DATA", data.to_str().unwrap()),
         ],
         message,
     );
     assert!(ok, "{err}");
+    assert!(!data.exists(), "rewrite made a data directory");
+    assert!(!err.contains("WARN"), "{err}");
     assert!(
         !out.contains("X-Mailtally-Template"),
         "control headers never leave: {out}"
