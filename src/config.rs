@@ -283,20 +283,26 @@ pub const SETTINGS: &[SettingDoc] = &[
     },
 ];
 
+// The causes below are part of each message and deliberately not `source`s: a reporter that
+// prints the chain would otherwise print them twice.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read settings file {path}: {source}")]
+    #[error("cannot read settings file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("settings file {path} is not valid TOML: {source}")]
+    #[error("settings file {path} is not valid TOML: {cause}")]
     Toml {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        cause: Box<toml::de::Error>,
     },
-    #[error("settings file {path}: unknown key `{key}` (known keys: see `mailtally --help`)")]
-    UnknownKey { path: PathBuf, key: String },
+    #[error("settings file {path}: unknown key `{key}`{}", likely_hint(.likely))]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        likely: Option<&'static str>,
+    },
     #[error("settings file {path}: `{key}` must be a string, number or boolean")]
     BadType { path: PathBuf, key: String },
     #[error("setting {key}={value:?} is invalid: {reason}")]
@@ -312,7 +318,25 @@ pub enum ConfigError {
 pub struct Sources {
     file: BTreeMap<String, String>,
     env: BTreeMap<String, String>,
+    unknown_env: Vec<UnknownVariable>,
 }
+
+/// An environment variable that looks meant for mailtally but is none of its keys: a typo
+/// would otherwise leave the setting at its default without a word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownVariable {
+    pub name: String,
+    /// The known key it most likely means, when one is close.
+    pub likely: Option<&'static str>,
+}
+
+/// `MAILTALLY_*` variables that are not settings: read by the scripts and the test harness.
+const NON_SETTING_VARIABLES: &[&str] = &[
+    "MAILTALLY_BIN",
+    "MAILTALLY_PID",
+    "MAILTALLY_KEEP_TEST_DB",
+    "MAILTALLY_SOAK",
+];
 
 impl Sources {
     /// Reads the environment and, when given, the TOML file.
@@ -321,17 +345,29 @@ impl Sources {
             .iter()
             .filter_map(|s| std::env::var(s.key).ok().map(|v| (s.key.to_string(), v)))
             .collect();
+        let names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+        let unknown_env = unknown_variables(names);
         let file = match file {
             Some(path) => read_file(path)?,
             None => BTreeMap::new(),
         };
-        Ok(Sources { file, env })
+        Ok(Sources {
+            file,
+            env,
+            unknown_env,
+        })
+    }
+
+    /// Environment variables that look like misspelt or unknown mailtally settings.
+    pub fn unknown_variables(&self) -> &[UnknownVariable] {
+        &self.unknown_env
     }
 
     /// Sources made only of the given pairs (tests, embedding).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         Sources {
             file: BTreeMap::new(),
+            unknown_env: Vec::new(),
             env: pairs
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -350,14 +386,77 @@ impl Sources {
     }
 }
 
+/// The names among `names` that are no setting but look like one: `MAILTALLY_*`, a known key
+/// in the wrong case, or within a typo or two of a known key.
+pub fn unknown_variables(names: impl IntoIterator<Item = String>) -> Vec<UnknownVariable> {
+    let mut out: Vec<UnknownVariable> = names
+        .into_iter()
+        .filter(|name| !SETTINGS.iter().any(|s| s.key == name))
+        .filter(|name| !NON_SETTING_VARIABLES.contains(&name.as_str()))
+        .filter_map(|name| {
+            let likely = likely_key(&name);
+            let ours = name.to_ascii_uppercase().starts_with("MAILTALLY_");
+            (likely.is_some() || ours).then_some(UnknownVariable { name, likely })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// The known key `name` most likely means: the same key in another case, or the nearest key
+/// within one edit (two for keys of 10 characters or more, where two typos are common and a
+/// chance match with an unrelated variable is not).
+pub fn likely_key(name: &str) -> Option<&'static str> {
+    let upper = name.to_ascii_uppercase();
+    SETTINGS
+        .iter()
+        .map(|s| (edit_distance(&upper, s.key), s.key))
+        .filter(|(d, key)| *d <= if key.len() >= 10 { 2 } else { 1 })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, key)| key)
+}
+
+fn likely_hint(likely: &Option<&'static str>) -> String {
+    match likely {
+        Some(key) => format!(" (did you mean `{key}`?)"),
+        None => " (known keys: see `mailtally --help`)".to_string(),
+    }
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and transpositions
+/// of adjacent characters (`UPSTREAM_ULR` is one edit from `UPSTREAM_URL`).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
-    let table: toml::Table = text.parse().map_err(|source| ConfigError::Toml {
+    let table: toml::Table = text.parse().map_err(|cause| ConfigError::Toml {
         path: path.to_owned(),
-        source: Box::new(source),
+        cause: Box::new(cause),
     })?;
     let mut out = BTreeMap::new();
     for (key, value) in table {
@@ -365,6 +464,7 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
         if !SETTINGS.iter().any(|s| s.key == upper) {
             return Err(ConfigError::UnknownKey {
                 path: path.to_owned(),
+                likely: likely_key(&upper),
                 key,
             });
         }
@@ -529,40 +629,44 @@ impl Settings {
         let opt = |key| src.get(key).filter(|v| !v.trim().is_empty());
         let req = |key: &'static str| opt(key).unwrap_or_default();
         let settings = Settings {
-            database_url: opt("DATABASE_URL"),
+            database_url: opt("DATABASE_URL").map(database_url).transpose()?,
             data_dir: PathBuf::from(req("MAILTALLY_DATA")),
-            smtp_listen: parse(src, "SMTP_LISTEN")?,
-            http_listen: parse(src, "HTTP_LISTEN")?,
+            smtp_listen: listen(src, "SMTP_LISTEN")?,
+            http_listen: listen(src, "HTTP_LISTEN")?,
             public_url: public_url(&req("PUBLIC_URL"))?,
-            upstream_url: opt("UPSTREAM_URL"),
+            upstream_url: opt("UPSTREAM_URL").map(upstream_url).transpose()?,
             tracking_secret: opt("TRACKING_SECRET"),
             tracking_secret_previous: list(src, "TRACKING_SECRET_PREVIOUS"),
-            tls_cert: opt("TLS_CERT").map(PathBuf::from),
-            tls_key: opt("TLS_KEY").map(PathBuf::from),
+            tls_cert: readable_file(src, "TLS_CERT")?,
+            tls_key: readable_file(src, "TLS_KEY")?,
             allow_plain_auth_on_loopback: parse_bool(src, "ALLOW_PLAIN_AUTH_ON_LOOPBACK")?,
             submit_trusted_networks: parse_list(src, "SUBMIT_TRUSTED_NETWORKS")?,
-            max_message_size: parse(src, "MAX_MESSAGE_SIZE")?,
-            max_recipients: parse(src, "MAX_RECIPIENTS")?,
-            max_smtp_sessions: parse(src, "MAX_SMTP_SESSIONS")?,
+            max_message_size: positive(src, "MAX_MESSAGE_SIZE")?,
+            max_recipients: positive(src, "MAX_RECIPIENTS")?,
+            max_smtp_sessions: positive(src, "MAX_SMTP_SESSIONS")?,
             smtp_idle_timeout: Duration::from_secs(parse(src, "SMTP_IDLE_TIMEOUT")?),
             smtp_max_auth_failures: parse(src, "SMTP_MAX_AUTH_FAILURES")?,
             auth_max_failures_per_ip: parse(src, "AUTH_MAX_FAILURES_PER_IP")?,
             auth_failure_window: seconds(src, "AUTH_FAILURE_WINDOW")?,
             submit_own_address_only: parse_bool(src, "SUBMIT_OWN_ADDRESS_ONLY")?,
-            http_max_body: parse(src, "HTTP_MAX_BODY")?,
-            http_max_url: parse(src, "HTTP_MAX_URL")?,
-            delivery_workers: parse(src, "DELIVERY_WORKERS")?,
+            http_max_body: positive(src, "HTTP_MAX_BODY")?,
+            http_max_url: positive(src, "HTTP_MAX_URL")?,
+            delivery_workers: positive(src, "DELIVERY_WORKERS")?,
             retry_schedule: seconds_list(src, "RETRY_SCHEDULE")?,
             max_queue_age: seconds(src, "MAX_QUEUE_AGE")?,
             upstream_timeout: seconds(src, "UPSTREAM_TIMEOUT")?,
             trusted_proxies: parse_list(src, "TRUSTED_PROXIES")?,
             anonymize_ip: parse_bool(src, "ANONYMIZE_IP")?,
             track_text_links: parse_bool(src, "TRACK_TEXT_LINKS")?,
-            default_track: req("DEFAULT_TRACK"),
-            dkim_domain: opt("DKIM_DOMAIN"),
-            dkim_selector: opt("DKIM_SELECTOR"),
-            dkim_key: opt("DKIM_KEY").map(PathBuf::from),
-            apple_mpp_cidrs: opt("APPLE_MPP_CIDRS").map(PathBuf::from),
+            default_track: default_track(&req("DEFAULT_TRACK"))?,
+            dkim_domain: opt("DKIM_DOMAIN")
+                .map(|v| dns_name("DKIM_DOMAIN", v))
+                .transpose()?,
+            dkim_selector: opt("DKIM_SELECTOR")
+                .map(|v| dns_name("DKIM_SELECTOR", v))
+                .transpose()?,
+            dkim_key: readable_file(src, "DKIM_KEY")?,
+            apple_mpp_cidrs: readable_file(src, "APPLE_MPP_CIDRS")?,
             prefetch_window: seconds(src, "PREFETCH_WINDOW")?,
             click_scanner_window: seconds(src, "CLICK_SCANNER_WINDOW")?,
             webhook_click_hold: seconds(src, "WEBHOOK_CLICK_HOLD")?,
@@ -590,7 +694,7 @@ impl Settings {
                     })
                 }
             },
-            log_level: req("LOG_LEVEL"),
+            log_level: log_level(&req("LOG_LEVEL"))?,
         };
         if settings.event_batch_size == 0 || settings.event_channel_capacity == 0 {
             return Err(invalid(
@@ -629,6 +733,20 @@ impl Settings {
                 ));
             }
         }
+        let dkim = [
+            ("DKIM_DOMAIN", settings.dkim_domain.is_some()),
+            ("DKIM_SELECTOR", settings.dkim_selector.is_some()),
+            ("DKIM_KEY", settings.dkim_key.is_some()),
+        ];
+        if dkim.iter().any(|(_, set)| *set) {
+            if let Some(missing) = dkim.iter().find(|(_, set)| !*set).map(|(key, _)| *key) {
+                return Err(invalid(
+                    missing,
+                    "",
+                    "DKIM_DOMAIN, DKIM_SELECTOR and DKIM_KEY are set together",
+                ));
+            }
+        }
         if settings.tls_cert.is_some() != settings.tls_key.is_some() {
             return Err(invalid(
                 "TLS_CERT",
@@ -639,22 +757,60 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The settings table as text for `--help`.
+    /// The settings table as text for `--help`: each key on its line, its help below it,
+    /// wrapped and indented like clap's own long help, so that no line needs rewrapping.
     pub fn help_table() -> String {
-        let mut out =
-            String::from("Settings (environment, or the same keys in the --config TOML file):\n");
+        let mut out = String::from(
+            "Settings (environment variables, or the same keys in the --config TOML file):\n",
+        );
         for s in SETTINGS {
-            out.push_str(&format!(
-                "  {:<30} {}{}\n",
-                s.key,
-                s.help,
-                s.default
-                    .map(|d| format!(" [default: {d}]"))
-                    .unwrap_or_default()
-            ));
+            out.push_str("  ");
+            out.push_str(s.key);
+            out.push('\n');
+            let width = HELP_WIDTH - HELP_INDENT.len();
+            let mut lines = wrap(s.help, width);
+            // The default is kept whole: on the last line when it fits, else on its own.
+            if let Some(d) = s.default {
+                let default = format!("[default: {d}]");
+                match lines.last_mut() {
+                    Some(last) if last.chars().count() + 1 + default.chars().count() <= width => {
+                        last.push(' ');
+                        last.push_str(&default);
+                    }
+                    _ => lines.push(default),
+                }
+            }
+            for line in lines {
+                out.push_str(HELP_INDENT);
+                out.push_str(&line);
+                out.push('\n');
+            }
         }
         out
     }
+}
+
+/// Width of the settings table, within clap's own wrapping width so that it is left alone.
+pub const HELP_WIDTH: usize = 80;
+const HELP_INDENT: &str = "          ";
+
+/// Greedy word wrap; a word longer than `width` stands on its own line.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 fn invalid(key: &'static str, value: &str, reason: &str) -> ConfigError {
@@ -738,14 +894,198 @@ fn seconds_list(src: &Sources, key: &'static str) -> Result<Vec<Duration>, Confi
 
 fn public_url(value: &str) -> Result<String, ConfigError> {
     let trimmed = value.trim().trim_end_matches('/');
-    if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) || trimmed.len() < 10 {
-        return Err(invalid(
-            "PUBLIC_URL",
-            value,
-            "expected an http:// or https:// URL",
-        ));
+    let allowed = "expected an http:// or https:// URL with a host and no query or fragment, \
+                   such as https://t.example.com";
+    let rest = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
+        .ok_or_else(|| invalid("PUBLIC_URL", value, allowed))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    // Tracked links are this base followed by a path: a query or fragment would swallow it.
+    if rest.contains(['?', '#'])
+        || rest.contains(char::is_whitespace)
+        || host_port(authority).is_err()
+    {
+        return Err(invalid("PUBLIC_URL", value, allowed));
     }
     Ok(trimmed.to_string())
+}
+
+/// The URL with the password of its user part replaced, fit for an error message or a log.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// `host[:port]` or `[v6]:port`: a non-empty host without spaces, and a port 1-65535 if any.
+fn host_port(authority: &str) -> Result<(), String> {
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']').ok_or("unclosed `[` in the host")?;
+        addr.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("`{addr}` is not an IPv6 address"))?;
+        (addr, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || "@/?#[]".contains(c)) {
+        return Err("no host".into());
+    }
+    if let Some(port) = port {
+        port.parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("`{port}` is not a port"))?;
+    }
+    Ok(())
+}
+
+fn database_url(value: String) -> Result<String, ConfigError> {
+    match value.trim().parse::<tokio_postgres::Config>() {
+        Ok(_) => Ok(value.trim().to_string()),
+        Err(e) => Err(invalid(
+            "DATABASE_URL",
+            &redact_url(&value),
+            &format!("{e}; expected postgresql://user:pass@host:5432/db"),
+        )),
+    }
+}
+
+/// `smtp://[user:pass@]host[:port]` (STARTTLS) or `smtps://...` (TLS from the first byte).
+fn upstream_url(value: String) -> Result<String, ConfigError> {
+    let trimmed = value.trim();
+    let shown = redact_url(trimmed);
+    let fail = |why: &str| {
+        invalid(
+            "UPSTREAM_URL",
+            &shown,
+            &format!("{why}; expected smtp://user:pass@host:587 (STARTTLS) or smtps://user:pass@host:465"),
+        )
+    };
+    let (scheme, rest) = trimmed.split_once("://").ok_or_else(|| fail("not a URL"))?;
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "smtp" | "smtps") {
+        return Err(fail(&format!("the scheme `{scheme}` is not smtp or smtps")));
+    }
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host_port(host).map_err(|why| fail(&why))?;
+    if let Some((_, query)) = rest.split_once('?') {
+        for pair in query.split('&') {
+            if let Some(mode) = pair.strip_prefix("tls=") {
+                if !matches!(mode, "none" | "opportunistic" | "required") {
+                    return Err(fail(&format!(
+                        "tls={mode} is not none, opportunistic or required"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(trimmed.to_string())
+}
+
+fn listen(src: &Sources, key: &'static str) -> Result<SocketAddr, ConfigError> {
+    let value = src.get(key).unwrap_or_default();
+    value.trim().parse().map_err(|_| {
+        invalid(
+            key,
+            &value,
+            "expected an address and port such as 127.0.0.1:2525 or [::]:2525",
+        )
+    })
+}
+
+/// A count that must be at least 1 (0 would refuse everything or run nothing).
+fn positive<T: FromStr + PartialOrd + From<u8>>(
+    src: &Sources,
+    key: &'static str,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    let value: T = parse(src, key)?;
+    if value < T::from(1) {
+        return Err(invalid(
+            key,
+            &src.get(key).unwrap_or_default(),
+            "must be at least 1",
+        ));
+    }
+    Ok(value)
+}
+
+/// A path that must name a readable file now, not when the stage that needs it starts.
+fn readable_file(src: &Sources, key: &'static str) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(value) = src.get(key).filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(value.trim());
+    match std::fs::File::open(&path).and_then(|f| f.metadata()) {
+        Ok(meta) if meta.is_file() => Ok(Some(path)),
+        Ok(_) => Err(invalid(key, &value, "is not a file")),
+        Err(e) => Err(invalid(key, &value, &format!("cannot be read: {e}"))),
+    }
+}
+
+/// The grammar of `X-Mailtally-Track` (rewrite::TrackMode, which this layer cannot import).
+fn default_track(value: &str) -> Result<String, ConfigError> {
+    let words: Vec<String> = value
+        .split([',', ' '])
+        .map(|w| w.trim().to_ascii_lowercase())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let known = |w: &String| matches!(w.as_str(), "opens" | "open" | "clicks" | "click");
+    let off = words.len() == 1 && matches!(words[0].as_str(), "off" | "none");
+    if off || (!words.is_empty() && words.iter().all(known)) {
+        return Ok(value.trim().to_string());
+    }
+    Err(invalid(
+        "DEFAULT_TRACK",
+        value,
+        "expected opens,clicks, opens, clicks or off",
+    ))
+}
+
+/// A DNS name (DKIM domain or selector): dot-separated labels of letters, digits, `-` and `_`.
+fn dns_name(key: &'static str, value: String) -> Result<String, ConfigError> {
+    let name = value.trim().trim_end_matches('.');
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(invalid(
+            key,
+            &value,
+            "expected a DNS name such as example.com (letters, digits, - and _, dot-separated)",
+        ));
+    }
+    Ok(name.to_string())
+}
+
+fn log_level(value: &str) -> Result<String, ConfigError> {
+    match tracing_subscriber::EnvFilter::try_new(value.trim()) {
+        Ok(_) => Ok(value.trim().to_string()),
+        Err(e) => Err(invalid(
+            "LOG_LEVEL",
+            value,
+            &format!("{e}; expected a tracing filter such as info, warn or info,mailtally=debug"),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -776,6 +1116,88 @@ mod tests {
         ] {
             let err = Settings::from_sources(&Sources::from_pairs([(key, value)])).unwrap_err();
             assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn misspelt_keys_point_to_the_likely_one() {
+        assert_eq!(likely_key("UPSTREAM_ULR"), Some("UPSTREAM_URL"));
+        assert_eq!(likely_key("PUBLIC_URI"), Some("PUBLIC_URL"));
+        assert_eq!(likely_key("smtp_listen"), Some("SMTP_LISTEN"));
+        assert_eq!(
+            likely_key("SUBMIT_TRUSTED_NETWORK"),
+            Some("SUBMIT_TRUSTED_NETWORKS")
+        );
+        for unrelated in [
+            "PATH",
+            "HOME",
+            "HTTP_PROXY",
+            "SSL_CERT_FILE",
+            "RUST_LOG",
+            "TERM",
+        ] {
+            assert_eq!(likely_key(unrelated), None, "{unrelated}");
+        }
+        let names = [
+            "PATH",
+            "MAILTALLY_DATADIR",
+            "MAILTALLY_DATA",
+            "MAILTALLY_SOAK",
+            "LOG_LEVL",
+        ];
+        let unknown = unknown_variables(names.map(String::from));
+        assert_eq!(
+            unknown,
+            vec![
+                UnknownVariable {
+                    name: "LOG_LEVL".into(),
+                    likely: Some("LOG_LEVEL")
+                },
+                UnknownVariable {
+                    name: "MAILTALLY_DATADIR".into(),
+                    likely: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn urls_in_errors_hide_their_password() {
+        assert_eq!(
+            redact_url("smtp://ann:hunter2@mail.example.com:587"),
+            "smtp://ann:***@mail.example.com:587"
+        );
+        assert_eq!(
+            redact_url("smtps://mail.example.com"),
+            "smtps://mail.example.com"
+        );
+        let err = Settings::from_sources(&Sources::from_pairs([(
+            "UPSTREAM_URL",
+            "ftp://ann:hunter2@mail.example.com",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("UPSTREAM_URL") && !err.contains("hunter2"),
+            "{err}"
+        );
+        for good in [
+            "smtp://ann:pw@mail.example.com:587",
+            "smtps://mail.example.com",
+            "smtp://[::1]:2525?tls=none",
+        ] {
+            let s = Settings::from_sources(&Sources::from_pairs([("UPSTREAM_URL", good)]));
+            assert!(s.is_ok(), "{good}: {:?}", s.err());
+        }
+    }
+
+    #[test]
+    fn help_lines_fit_and_keep_defaults_whole() {
+        for line in Settings::help_table().lines() {
+            assert!(line.chars().count() <= HELP_WIDTH, "{line:?}");
+            if line.contains("[default:") {
+                assert!(line.contains(']'), "default split across lines: {line:?}");
+            }
         }
     }
 

@@ -39,6 +39,13 @@ async fn metrics_page(ctx: web::Data<Context>) -> HttpResponse {
 }
 
 /// The first path segment names the route group; anything else is "other" (bounded labels).
+/// The label set of `http_request_duration_seconds{route}`: what `route_group` returns.
+pub const ROUTE_GROUPS: [&str; 7] = [
+    "open", "click", "api", "insights", "metrics", "healthz", "other",
+];
+/// The label set of `http_request_duration_seconds{status}`.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 fn route_group(path: &str) -> &'static str {
     match path.split('/').nth(1).unwrap_or("") {
         "o" => "open",
@@ -84,7 +91,7 @@ pub fn start(ctx: Context) -> std::io::Result<actix_web::dev::Server> {
                         Ok(r) => r.status().as_u16(),
                         Err(e) => e.as_response_error().status_code().as_u16(),
                     };
-                    let class = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                    let class = STATUS_CLASSES
                         .get(usize::from(status / 100).saturating_sub(1))
                         .copied()
                         .unwrap_or("5xx");

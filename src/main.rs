@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use mailtally::api::accounts::{self, Role};
-use mailtally::config::{LogFormat, Settings};
+use mailtally::config::{LogFormat, Settings, Sources, UnknownVariable};
 
 #[derive(Parser)]
 #[command(
@@ -15,6 +15,7 @@ use mailtally::config::{LogFormat, Settings};
     after_long_help = Settings::help_table(),
     after_help = "Settings: see `mailtally --help` for every key and its default."
 )]
+// The settings table is printed once, by the top-level `--help`; subcommands point to it.
 struct Cli {
     /// TOML file with settings (the same keys as the environment variables); environment wins.
     #[arg(long, global = true, value_name = "FILE")]
@@ -27,13 +28,13 @@ struct Cli {
 enum Command {
     /// Run everything: SMTP relay, delivery, HTTP (tracking, API, Insights, /metrics).
     /// Applies pending migrations first; starts the embedded PostgreSQL when DATABASE_URL is unset.
-    #[command(after_long_help = Settings::help_table())]
+    #[command(after_long_help = SEE_SETTINGS)]
     Serve,
     /// Apply pending migrations and exit.
-    #[command(after_long_help = Settings::help_table())]
+    #[command(after_long_help = SEE_SETTINGS)]
     Migrate,
     /// Fold new events into the Insights rollups until caught up, with a progress bar.
-    #[command(after_long_help = Settings::help_table())]
+    #[command(after_long_help = SEE_SETTINGS)]
     Aggregate(AggregateArgs),
     /// Manage users.
     #[command(subcommand)]
@@ -45,6 +46,8 @@ enum Command {
     /// (uses the configured tracking secret and PUBLIC_URL).
     Rewrite(RewriteArgs),
 }
+
+const SEE_SETTINGS: &str = "Settings: see `mailtally --help` for every key and its default.";
 
 #[derive(Args)]
 struct EraseArgs {
@@ -106,10 +109,41 @@ fn init_logging(settings: &Settings) {
     }
 }
 
+fn warning_text(v: &UnknownVariable) -> String {
+    match v.likely {
+        Some(key) => format!(
+            "environment variable {} is not a mailtally setting; did you mean {key}?",
+            v.name
+        ),
+        None => format!(
+            "environment variable {} is not a mailtally setting (see `mailtally --help`)",
+            v.name
+        ),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = Settings::load(cli.config.as_deref()).context("invalid settings")?;
+    // Every setting is checked here, before a database, a listener or a file is touched.
+    let sources = Sources::load(cli.config.as_deref())?;
+    let settings = match Settings::from_sources(&sources) {
+        Ok(settings) => settings,
+        Err(e) => {
+            // Logging is not set up without settings; a misspelt key may be why they fail.
+            for v in sources.unknown_variables() {
+                eprintln!("warning: {}", warning_text(v));
+            }
+            return Err(e.into());
+        }
+    };
     init_logging(&settings);
+    for v in sources.unknown_variables() {
+        tracing::warn!(variable = %v.name, likely = v.likely, "{}", warning_text(v));
+    }
+    if matches!(cli.command, Command::Serve) {
+        // The DKIM key is parsed here so that a bad one stops startup before anything runs.
+        mailtally::context::rewrite_settings(&settings).context("invalid DKIM settings")?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -122,13 +156,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Serve => mailtally::serve::run(settings)
             .await
             .context("mailtally serve failed"),
-        Command::Migrate => {
-            let (db, _pool) = mailtally::serve::open_store(&settings)
-                .await
-                .context("migration failed")?;
-            db.close();
-            Ok(())
-        }
+        Command::Migrate => migrate(&settings).await,
         Command::Erase(args) => {
             let (db, pool) = mailtally::serve::open_store(&settings).await?;
             let result = async {
@@ -140,6 +168,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 anyhow::Ok(n)
             }
             .await;
+            mailtally::store::close_pool(pool).await;
             db.close();
             let n = result.context("erasure failed")?;
             println!("erased {n} copies sent to {}", args.recipient.trim());
@@ -166,10 +195,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                         .collect(),
                 }
             } else {
-                let (db, pool) = mailtally::serve::open_store(&settings).await?;
-                let secrets = mailtally::context::tracking_secrets(&settings, &pool).await;
-                db.close();
-                secrets.context("cannot read the tracking secret")?
+                stored_tracking_secrets(&settings).await?
             };
             let out = mailtally::rewrite::preview(
                 &raw,
@@ -211,6 +237,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 .context("cannot add the user")
             }
             .await;
+            mailtally::store::close_pool(pool).await;
             db.close();
             let new = result?;
             println!(
@@ -258,6 +285,92 @@ async fn aggregate(settings: Settings, batch_size: i64) -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
+    mailtally::store::close_pool(pool).await;
     db.close();
     result
+}
+
+/// `mailtally migrate`: applies what is pending and says what it did, or that nothing was.
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    use mailtally::store::{self, migrate::MIGRATIONS, Database};
+    let db = Database::open(settings.database_url.as_deref(), &settings.data_dir)
+        .await
+        .context("cannot open the database")?;
+    let result = async {
+        let pool = store::pool(&db.url, 1)?;
+        let applied = store::migrate(&pool).await;
+        store::close_pool(pool).await;
+        applied
+    }
+    .await;
+    db.close();
+    let applied = result.context("migration failed")?;
+    let latest = MIGRATIONS.last().map_or(0, |m| m.version);
+    if applied.is_empty() {
+        println!("database up to date (migration {latest})");
+    } else {
+        let list: Vec<String> = applied.iter().map(i32::to_string).collect();
+        println!(
+            "applied migrations {}; database at migration {latest}",
+            list.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The tracking secret `serve` generated and kept in the database, for `rewrite` without
+/// TRACKING_SECRET. Read only: a preview never creates a database, a cluster or a secret,
+/// since links signed with a secret no server uses would not work.
+async fn stored_tracking_secrets(
+    settings: &Settings,
+) -> anyhow::Result<mailtally::context::TrackingSecrets> {
+    use mailtally::store::{self, Database};
+    const NEEDS: &str = "mailtally rewrite signs links with the installation's tracking secret: \
+                         set TRACKING_SECRET to it, or point DATABASE_URL (or MAILTALLY_DATA) \
+                         at the database of a mailtally that has run `serve`";
+    if settings.database_url.is_none() && !settings.data_dir.join("pg/data/PG_VERSION").exists() {
+        bail!(
+            "no database under {} and no TRACKING_SECRET; {NEEDS}",
+            settings.data_dir.join("pg").display()
+        );
+    }
+    let db = Database::open(settings.database_url.as_deref(), &settings.data_dir)
+        .await
+        .context("cannot open the database")?;
+    let result = async {
+        let pool = store::pool(&db.url, 1)?;
+        let row = async {
+            let client = pool.get().await?;
+            let row = client
+                .query_opt(
+                    "SELECT value FROM server_settings WHERE key = 'tracking_secret'",
+                    &[],
+                )
+                .await?;
+            Ok::<_, store::StoreError>(row)
+        }
+        .await;
+        store::close_pool(pool).await;
+        row
+    }
+    .await;
+    db.close();
+    let secret = match result {
+        Ok(Some(row)) => row.get::<_, String>(0),
+        Ok(None) => bail!("the database holds no tracking secret yet; {NEEDS}"),
+        Err(store::StoreError::Db(e))
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+        {
+            bail!("the database is not a mailtally database yet; {NEEDS}")
+        }
+        Err(e) => return Err(anyhow::Error::from(e).context("cannot read the tracking secret")),
+    };
+    Ok(mailtally::context::TrackingSecrets {
+        current: secret.into_bytes(),
+        previous: settings
+            .tracking_secret_previous
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect(),
+    })
 }

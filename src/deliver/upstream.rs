@@ -20,6 +20,24 @@ pub enum Attempt {
     Permanent(String),
 }
 
+/// Where a copy went: the label set of `delivery_latency_seconds{via}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Upstream,
+    Capture,
+}
+
+impl Via {
+    pub const ALL: [Via; 2] = [Via::Upstream, Via::Capture];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Via::Upstream => "upstream",
+            Via::Capture => "capture",
+        }
+    }
+}
+
 pub enum Transport {
     /// The transport and the longest wait for one command (UPSTREAM_TIMEOUT).
     Smtp(AsyncSmtpTransport<Tokio1Executor>, Duration),
@@ -47,8 +65,8 @@ impl Transport {
 
     pub fn via(&self) -> &'static str {
         match self {
-            Transport::Smtp(..) => "upstream",
-            Transport::Capture => "capture",
+            Transport::Smtp(..) => Via::Upstream.label(),
+            Transport::Capture => Via::Capture.label(),
         }
     }
 

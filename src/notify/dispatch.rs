@@ -14,7 +14,7 @@ use chrono::Utc;
 use thiserror::Error;
 use uuid::Uuid;
 
-use super::metrics::NOTIFY;
+use super::metrics::{DisableReason, WebhookResult, NOTIFY};
 use super::signing;
 use crate::context::Context;
 use crate::netguard::{guard_error_in, AddressPolicy, GuardError, GuardedResolver};
@@ -152,7 +152,10 @@ async fn step(
     let mut sends = Vec::new();
     for row in claimed {
         if row.event_type == "click" && !row.include_machine && click_is_machine(ctx, &row).await? {
-            NOTIFY.deliveries.with_label_values(&["dropped"]).inc();
+            NOTIFY
+                .deliveries
+                .with_label_values(&[WebhookResult::Dropped.label()])
+                .inc();
             finish(
                 ctx,
                 &row,
@@ -209,11 +212,11 @@ impl std::fmt::Display for DeliveryFailure {
 
 impl DeliveryFailure {
     /// The result label of the delivery metrics.
-    fn label(self) -> &'static str {
+    fn result(self) -> WebhookResult {
         match self {
-            DeliveryFailure::HttpStatus(_) => "failed_http",
-            DeliveryFailure::NotAllowed(_) => "failed_not_allowed",
-            _ => "failed_network",
+            DeliveryFailure::HttpStatus(_) => WebhookResult::FailedHttp,
+            DeliveryFailure::NotAllowed(_) => WebhookResult::FailedNotAllowed,
+            _ => WebhookResult::FailedNetwork,
         }
     }
 }
@@ -243,19 +246,21 @@ async fn deliver(
         Err(failure) => Err(failure),
     };
     let (result, status, error) = match sent {
-        Ok(resp) if resp.status().is_success() => ("delivered", Some(resp.status().as_u16()), None),
+        Ok(resp) if resp.status().is_success() => {
+            (WebhookResult::Delivered, Some(resp.status().as_u16()), None)
+        }
         Ok(resp) => {
             let failure = DeliveryFailure::HttpStatus(resp.status().as_u16());
-            (failure.label(), Some(resp.status().as_u16()), Some(failure))
+            (failure.result(), Some(resp.status().as_u16()), Some(failure))
         }
-        Err(failure) => (failure.label(), None, Some(failure)),
+        Err(failure) => (failure.result(), None, Some(failure)),
     };
     NOTIFY
         .delivery_duration
-        .with_label_values(&[result])
+        .with_label_values(&[result.label()])
         .observe(started.elapsed().as_secs_f64());
-    NOTIFY.deliveries.with_label_values(&[result]).inc();
-    if result == "delivered" {
+    NOTIFY.deliveries.with_label_values(&[result.label()]).inc();
+    if result == WebhookResult::Delivered {
         finish(ctx, &row, "delivered", status, None).await?;
         let client = ctx.pool.get().await?;
         client
@@ -352,7 +357,7 @@ async fn failed(
         if disabled > 0 {
             NOTIFY
                 .endpoints_disabled
-                .with_label_values(&["failures"])
+                .with_label_values(&[DisableReason::Failures.label()])
                 .inc();
             tracing::warn!(
                 endpoint = row.endpoint_id,
@@ -368,7 +373,10 @@ async fn failed(
     let give_up = age.to_std().unwrap_or_default() + delay > ctx.settings.webhook_max_age;
     let status = status.map(i32::from);
     if give_up {
-        NOTIFY.deliveries.with_label_values(&["gave_up"]).inc();
+        NOTIFY
+            .deliveries
+            .with_label_values(&[WebhookResult::GaveUp.label()])
+            .inc();
         client
             .execute(
                 "UPDATE webhook_outbox SET status = 'failed', lease_until = NULL,

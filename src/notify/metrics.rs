@@ -6,6 +6,56 @@ use prometheus::{HistogramVec, IntCounterVec, IntGauge};
 
 use crate::metrics::{counter_vec, gauge, histogram_vec, LATENCY_BUCKETS};
 
+/// How one webhook delivery attempt ended: the label set of the delivery metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookResult {
+    Delivered,
+    FailedHttp,
+    FailedNetwork,
+    /// The address policy refused the receiver's address (OUTBOUND_ALLOWED_NETWORKS).
+    FailedNotAllowed,
+    GaveUp,
+    Dropped,
+}
+
+impl WebhookResult {
+    pub const ALL: [WebhookResult; 6] = [
+        WebhookResult::Delivered,
+        WebhookResult::FailedHttp,
+        WebhookResult::FailedNetwork,
+        WebhookResult::FailedNotAllowed,
+        WebhookResult::GaveUp,
+        WebhookResult::Dropped,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            WebhookResult::Delivered => "delivered",
+            WebhookResult::FailedHttp => "failed_http",
+            WebhookResult::FailedNetwork => "failed_network",
+            WebhookResult::FailedNotAllowed => "failed_not_allowed",
+            WebhookResult::GaveUp => "gave_up",
+            WebhookResult::Dropped => "dropped",
+        }
+    }
+}
+
+/// Why an endpoint was disabled: the label set of `webhook_endpoints_disabled_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisableReason {
+    Failures,
+}
+
+impl DisableReason {
+    pub const ALL: [DisableReason; 1] = [DisableReason::Failures];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DisableReason::Failures => "failures",
+        }
+    }
+}
+
 pub struct NotifyMetrics {
     pub outbox_queued: IntCounterVec,
     pub deliveries: IntCounterVec,

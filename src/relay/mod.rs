@@ -85,7 +85,17 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    fn label(self) -> &'static str {
+    /// Every reason, so that each series is exported at zero from the start.
+    pub const ALL: [RejectReason; 6] = [
+        RejectReason::Size,
+        RejectReason::Recipients,
+        RejectReason::Auth,
+        RejectReason::Sender,
+        RejectReason::Database,
+        RejectReason::Shutdown,
+    ];
+
+    pub fn label(self) -> &'static str {
         match self {
             RejectReason::Size => "size",
             RejectReason::Recipients => "recipients",

@@ -90,15 +90,26 @@ async fn apply_locked(
     client: &mut Client,
     migrations: &[Migration],
 ) -> Result<Vec<i32>, MigrateError> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS mailtally_migrations (
+    // Checked first: `CREATE TABLE IF NOT EXISTS` on an existing table sends a NOTICE, which
+    // tokio-postgres logs at INFO on every start.
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('mailtally_migrations') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS mailtally_migrations (
                  version integer PRIMARY KEY,
                  name text NOT NULL,
                  checksum text NOT NULL,
                  applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await?;
+            )
+            .await?;
+    }
     let rows = client
         .query(
             "SELECT version, name, checksum FROM mailtally_migrations ORDER BY version",

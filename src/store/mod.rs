@@ -63,6 +63,16 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, StoreError> {
     Ok(migrate::apply(&mut client, migrate::MIGRATIONS).await?)
 }
 
+/// Closes `pool` and gives its connections a moment to end their sessions, so that stopping
+/// the embedded cluster next does not cut them (which each reports as a connection error).
+pub async fn close_pool(pool: Pool) {
+    pool.close();
+    drop(pool);
+    // Each dropped client's connection task sends Terminate and ends on its next poll; the
+    // tasks run on the runtime's other threads, so a short sleep lets them finish.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
 /// Where the database is: a URL given by the operator, or the embedded cluster.
 pub struct Database {
     pub url: String,

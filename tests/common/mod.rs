@@ -29,6 +29,9 @@ pub fn test_cluster_dir() -> PathBuf {
 pub fn shared_cluster() -> Cluster {
     let dir = test_cluster_dir();
     std::fs::create_dir_all(&dir).expect("create test cluster dir");
+    // Names the build tree this cluster belongs to, so that scripts/test stops only its own.
+    std::fs::write(dir.join("target-tmpdir"), env!("CARGO_TARGET_TMPDIR"))
+        .expect("write the cluster's build tree");
     let lock = std::fs::File::create(dir.with_extension("lock")).expect("create lock file");
     let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
