@@ -190,6 +190,15 @@ async fn users_see_exactly_what_visibility_allows_everywhere() {
         Some(new_user.clone()),
     );
     assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    // An admin creates users of their own team only: a user in beta would read beta's mail.
+    let (status, body) = send(
+        "POST",
+        &server.url("/api/users"),
+        Some(&users[3].token),
+        Some(new_user),
+    );
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    let new_user = serde_json::json!({"email": "zed@example.com"});
     let (status, body) = send(
         "POST",
         &server.url("/api/users"),
@@ -197,13 +206,17 @@ async fn users_see_exactly_what_visibility_allows_everywhere() {
         Some(new_user.clone()),
     );
     assert_eq!(status, 201, "{body}");
+    assert_eq!(body["team_id"], users[3].team_id.unwrap(), "{body}");
     let zed = body["token"].as_str().unwrap().to_string();
     let (status, body) = get(&server.url("/api/messages"), Some(&zed));
     assert_eq!(status, 200);
+    let mut seen = ids(&body);
+    seen.sort();
+    let mut want = vec![msgs[1].id.to_string(), msgs[2].id.to_string()];
+    want.sort();
     assert_eq!(
-        ids(&body),
-        vec![msgs[2].id.to_string()],
-        "zed (beta) sees the shared one only"
+        seen, want,
+        "zed (alpha) sees the team one and the shared one"
     );
     let (status, body) = send(
         "POST",
