@@ -1110,6 +1110,10 @@ fn insights_sign_in_refuses_other_sites_and_counts_bad_cookies() {
         Some(b""),
     );
     assert_eq!(status, 403, "{head}");
+    // Reached under the listener's own address (no proxy in front): the same site.
+    let own = format!("http://{}", server.http);
+    let (status, head, _) = login(&[("Origin", &own), ("Sec-Fetch-Site", "same-origin")]);
+    assert_eq!(status, 303, "{head}");
     // From the site itself: signed in, with a Secure cookie since PUBLIC_URL is https.
     let (status, head, _) = login(&[
         ("Origin", "https://track.mailtally.test"),
@@ -1128,7 +1132,7 @@ fn insights_sign_in_refuses_other_sites_and_counts_bad_cookies() {
     assert_eq!(status, 200);
     let lower = head.to_ascii_lowercase();
     assert!(lower.contains("x-content-type-options: nosniff"), "{head}");
-    assert!(lower.contains("referrer-policy: no-referrer"), "{head}");
+    assert!(lower.contains("referrer-policy: same-origin"), "{head}");
     // Guessing through the cookie counts like bad API tokens: 401s, then 429.
     let mut statuses = Vec::new();
     for i in 0..4 {

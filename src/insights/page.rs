@@ -128,8 +128,9 @@ fn html(status: StatusCode, body: &str) -> HttpResponse {
         .body(body.to_string())
 }
 
-/// The page URLs carry template keys and message ids: no other site learns them.
-const REFERRER_POLICY: &str = "no-referrer";
+/// The page URLs carry template keys and message ids: no other site learns them. Not
+/// `no-referrer`: under it browsers send `Origin: null` even on this site's own sign-in post.
+const REFERRER_POLICY: &str = "same-origin";
 
 /// A redirect of the sign-in flow, with the headers every page carries.
 fn see_other(location: &str) -> actix_web::HttpResponseBuilder {
@@ -355,11 +356,12 @@ pub async fn index(
     for r in &rows {
         let _ = write!(
             body,
-            "<tr data-template=\"{k}\" data-scope=\"{sc}\"><td><a href=\"/insights/templates/{u}?scope={sc}&amp;class={c}\">{k}</a></td>{}</tr>",
+            "<tr data-template=\"{k}\" data-scope=\"{sa}\"><td><a href=\"/insights/templates/{u}?scope={sc}&amp;class={c}\">{k}</a></td>{}</tr>",
             figure_cells(&r.figures, class),
             k = esc(&r.template),
             u = url_part(&r.template),
             sc = url_part(&r.scope.to_string()),
+            sa = esc(&r.scope.to_string()),
             c = class_name(class),
         );
     }
