@@ -34,12 +34,13 @@ WHERE NOT EXISTS (
       AND (u.team_id IS NOT NULL OR t.owner_id = u.owner_id))
 ORDER BY u.team_id, u.owner_id, u.key, u.at, u.subject NULLS LAST;
 
--- A scoped row's first subject is the first one sent in its scope, not another team's.
+-- A scoped row's first subject is the first one sent in its scope (else its own subject), never
+-- the subject of another team's mail that first used the key.
 UPDATE templates t SET first_subject = coalesce((
     SELECT m.subject FROM messages m
     WHERE m.template_key = t.key AND m.team_id IS NOT DISTINCT FROM t.team_id
       AND (t.team_id IS NOT NULL OR m.sender_id = t.owner_id)
-    ORDER BY m.created_at LIMIT 1), t.subject, t.first_subject)
+    ORDER BY m.created_at LIMIT 1), t.subject)
 WHERE t.team_id IS NOT NULL OR t.owner_id IS NOT NULL;
 
 -- Keys known only from mail, without a scope: replaced by the scoped rows above.
