@@ -152,6 +152,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "seconds a deferred copy is retried before it bounces",
     },
     SettingDoc {
+        key: "METRICS_TOKEN",
+        default: None,
+        help: "bearer token /metrics requires (Authorization: Bearer ...); unset: /metrics is open",
+    },
+    SettingDoc {
         key: "TRUSTED_PROXIES",
         default: None,
         help: "comma-separated CIDRs whose X-Forwarded-For is honoured",
@@ -592,6 +597,7 @@ pub struct Settings {
     pub max_queue_age: Duration,
     pub upstream_timeout: Duration,
     pub trusted_proxies: Vec<Cidr>,
+    pub metrics_token: Option<String>,
     pub anonymize_ip: bool,
     pub track_text_links: bool,
     pub default_track: String,
@@ -656,6 +662,7 @@ impl Settings {
             max_queue_age: seconds(src, "MAX_QUEUE_AGE")?,
             upstream_timeout: seconds(src, "UPSTREAM_TIMEOUT")?,
             trusted_proxies: parse_list(src, "TRUSTED_PROXIES")?,
+            metrics_token: opt("METRICS_TOKEN").map(|t| t.trim().to_string()),
             anonymize_ip: parse_bool(src, "ANONYMIZE_IP")?,
             track_text_links: parse_bool(src, "TRACK_TEXT_LINKS")?,
             default_track: default_track(&req("DEFAULT_TRACK"))?,

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Service;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use futures_util::FutureExt;
 
 use crate::context::Context;
@@ -31,7 +31,20 @@ async fn healthz(ctx: web::Data<Context>) -> HttpResponse {
     }
 }
 
-async fn metrics_page(ctx: web::Data<Context>) -> HttpResponse {
+/// With METRICS_TOKEN set, `/metrics` answers only a scrape that presents it as a bearer
+/// token; a wrong one is a 401 that the failure limiter counts like a bad API token.
+async fn metrics_page(ctx: web::Data<Context>, req: HttpRequest) -> HttpResponse {
+    if let Some(expected) = &ctx.settings.metrics_token {
+        let given = crate::api::auth::bearer(&req).unwrap_or_default();
+        // Compared in constant time: the token is a secret and the endpoint is unauthenticated.
+        let same: bool =
+            subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes()).into();
+        if !same {
+            return actix_web::ResponseError::error_response(
+                &crate::api::errors::ApiError::Unauthorized,
+            );
+        }
+    }
     metrics::observe_pool(&ctx.pool);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -201,8 +201,12 @@ async fn insights_page_in_headless_chromium() {
 
     // The templates table shows the expected figures (people only, the default).
     let expected = expected_templates(&users, &msgs, 0, &|_| true);
-    let want = &expected[&msg.template];
-    let row = format!("tr[data-template=\"{}\"]", msg.template);
+    let want = &expected[&msg_row_key(&users, msg)];
+    let row = format!(
+        "tr[data-template=\"{}\"][data-scope=\"{}\"]",
+        msg.template,
+        scope_of(&users, msg)
+    );
     assert_eq!(
         driver.text(&format!("{row} td.sent")),
         want.sent.to_string()
@@ -228,7 +232,7 @@ async fn insights_page_in_headless_chromium() {
     driver.click(&format!("{row} a"));
     assert_eq!(driver.text("#template-key"), msg.template);
     assert!(!driver.find_all("svg.chart rect.bar-opens").is_empty());
-    let links = expected_links(&users, &msgs, 0, &msg.template);
+    let links = expected_links(&users, &msgs, 0, &msg_row_key(&users, msg));
     if let Some(url) = links.keys().next() {
         assert!(driver.text("#links").contains(url.as_str()));
     }

@@ -718,6 +718,466 @@ fn starttls_accepts_tls_1_2_and_1_3_only() {
     }
 }
 
+/// A user of `team` (none: no team) with `role`; (id, API token).
+fn add_team_user(
+    db_url: &str,
+    email: &str,
+    team: Option<&str>,
+    role: mailtally::api::accounts::Role,
+) -> (i64, String) {
+    let (url, email, team) = (
+        db_url.to_string(),
+        email.to_string(),
+        team.map(str::to_string),
+    );
+    std::thread::spawn(move || {
+        common::block_on(async {
+            let pool = mailtally::store::pool(&url, 1).unwrap();
+            let mut client = pool.get().await.unwrap();
+            let new = mailtally::api::accounts::add_user(
+                &mut client,
+                &email,
+                PASSWORD,
+                team.as_deref(),
+                role,
+            )
+            .await
+            .unwrap();
+            (new.user.id, new.api_token)
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// A JSON API call: (status, body).
+fn api(
+    server: &Server,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {token}");
+    let body = body.map(|b| b.to_string());
+    let mut headers = vec![("Authorization", auth.as_str())];
+    if body.is_some() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let (status, _, text) = http(
+        server.http,
+        method,
+        path,
+        &headers,
+        body.as_deref().map(str::as_bytes),
+    );
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// One message submitted over SMTP as `from` (password [`PASSWORD`]); its id.
+fn submit(server: &Server, db_url: &str, from: &str, to: &str, headers: &str) -> String {
+    let before = db_i64(db_url, "SELECT count(*) FROM messages");
+    let message = format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: Offer\r\n{headers}\
+         Content-Type: text/html\r\n\r\n<p><a href=\"https://example.com/offer\">offer</a></p>\r\n"
+    );
+    common::smtp::submit_as(server.smtp, from, PASSWORD, &[to], message.as_bytes());
+    assert_eq!(db_i64(db_url, "SELECT count(*) FROM messages"), before + 1);
+    db_rows(
+        db_url,
+        &format!(
+            "SELECT m.id::text FROM messages m JOIN users u ON u.id = m.sender_id
+             WHERE u.email = '{from}' ORDER BY m.created_at DESC LIMIT 1"
+        ),
+    )[0][0]
+        .clone()
+}
+
+use common::smtp::db_rows;
+use mailtally::api::accounts::Role;
+
+#[test]
+fn unsubscribes_cancel_only_follow_ups_of_mail_the_caller_sees() {
+    let db = TestDb::migrated();
+    let (ann, ann_token) = add_team_user(&db.url, "ann@alpha.test", Some("alpha"), Role::Member);
+    let (_, bob_token) = add_team_user(&db.url, "bob@beta.test", Some("beta"), Role::Member);
+    let server = Server::start(&db.url, &[]);
+    // Ann mails a customer privately; an automation of hers has a follow-up pending for them.
+    let message = submit(
+        &server,
+        &db.url,
+        "ann@alpha.test",
+        "ceo@customer.test",
+        "X-Mailtally-Visibility: private\r\nX-Mailtally-Template: pitch\r\n",
+    );
+    db_rows(
+        &db.url,
+        &format!(
+            "INSERT INTO automations (owner_id, trigger_template, condition, window_seconds,
+                 followup_template)
+             VALUES ({ann}, 'pitch', 'no_open', 3600, 'pitch');
+             INSERT INTO followups (automation_id, copy_id, recipient, due_at)
+             SELECT a.id, c.id, c.recipient, now() + interval '1 hour'
+             FROM automations a, copies c WHERE c.message_id = '{message}'"
+        ),
+    );
+    let pending = || {
+        db_i64(
+            &db.url,
+            "SELECT count(*) FROM followups WHERE status = 'pending'",
+        )
+    };
+    assert_eq!(pending(), 1);
+
+    // Bob (another team) unsubscribes that address and one nobody mailed: the same answer,
+    // and Ann's follow-up stays.
+    let (status, known) = api(
+        &server,
+        "POST",
+        "/api/unsubscribes",
+        &bob_token,
+        Some(serde_json::json!({"recipient": "CEO@customer.test"})),
+    );
+    assert_eq!(status, 200, "{known}");
+    let (status, unknown) = api(
+        &server,
+        "POST",
+        "/api/unsubscribes",
+        &bob_token,
+        Some(serde_json::json!({"recipient": "nobody@customer.test"})),
+    );
+    assert_eq!(status, 200, "{unknown}");
+    assert_eq!(known["cancelled_followups"], 0, "{known}");
+    assert_eq!(known["cancelled_followups"], unknown["cancelled_followups"]);
+    assert_eq!(pending(), 1, "another team cancelled Ann's follow-up");
+    // Nor does Bob's record stop it when it comes due.
+    let copy = db_rows(
+        &db.url,
+        &format!("SELECT id::text FROM copies WHERE message_id = '{message}'"),
+    )[0][0]
+        .clone();
+    let stops = |recipient: &str| {
+        db_rows(
+            &db.url,
+            &format!(
+                "SELECT {}::text",
+                mailtally::followup::rules::unsubscribed_sql(
+                    &format!("'{copy}'::uuid"),
+                    &format!("'{recipient}'")
+                )
+            ),
+        )[0][0]
+            == "true"
+    };
+    assert!(!stops("ceo@customer.test"));
+
+    // Ann's own unsubscribe cancels it, and stops it at its time.
+    let (status, body) = api(
+        &server,
+        "POST",
+        "/api/unsubscribes",
+        &ann_token,
+        Some(serde_json::json!({"recipient": "ceo@customer.test"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cancelled_followups"], 1, "{body}");
+    assert_eq!(pending(), 0);
+    assert!(stops("CEO@customer.test"));
+}
+
+#[test]
+fn template_keys_belong_to_a_team_and_cannot_be_claimed_or_probed() {
+    let db = TestDb::migrated();
+    let (_, ann_token) = add_team_user(&db.url, "ann@alpha.test", Some("alpha"), Role::Member);
+    let (_, bob_token) = add_team_user(&db.url, "bob@beta.test", Some("beta"), Role::Member);
+    let server = Server::start(&db.url, &[]);
+    // Alpha mails with the key over SMTP (shared, so that Bob sees its report row).
+    submit(
+        &server,
+        &db.url,
+        "ann@alpha.test",
+        "lead@customer.test",
+        "X-Mailtally-Template: offer-q3\r\nX-Mailtally-Visibility: shared\r\n",
+    );
+    let template = |name: &str, key: &str| serde_json::json!({"key": key, "name": name, "subject": "Hi", "html": "<p>Hi</p>"});
+    // Bob's team stores content under the same key: its own template, not alpha's.
+    let (status, body) = api(
+        &server,
+        "POST",
+        "/api/templates",
+        &bob_token,
+        Some(template("Beta's offer", "offer-q3")),
+    );
+    assert_eq!(status, 201, "{body}");
+    // Alpha is not locked out of its own key...
+    let (status, body) = api(
+        &server,
+        "POST",
+        "/api/templates",
+        &ann_token,
+        Some(template("Alpha's offer", "offer-q3")),
+    );
+    assert_eq!(status, 201, "alpha locked out of its key: {body}");
+    // ...and a key only another team uses is not revealed by a 409.
+    let (status, body) = api(
+        &server,
+        "POST",
+        "/api/templates",
+        &bob_token,
+        Some(template("Beta only", "beta-secret")),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api(
+        &server,
+        "POST",
+        "/api/templates",
+        &ann_token,
+        Some(template("Alpha too", "beta-secret")),
+    );
+    assert_eq!(status, 201, "a 409 tells another team uses the key: {body}");
+    let (_, mine) = api(
+        &server,
+        "GET",
+        "/api/templates/beta-secret",
+        &bob_token,
+        None,
+    );
+    assert_eq!(mine["name"], "Beta only", "{mine}");
+
+    // The report row of alpha's mail carries alpha's name for it, for alpha and for Bob.
+    let (ok, _, err) = common::mailtally(&["aggregate"], &[("DATABASE_URL", &db.url)], b"");
+    assert!(ok, "{err}");
+    for token in [&ann_token, &bob_token] {
+        let (status, report) = api(&server, "GET", "/api/reports/templates", token, None);
+        assert_eq!(status, 200, "{report}");
+        let rows = report["templates"].as_array().unwrap();
+        assert_eq!(rows.len(), 1, "{report}");
+        assert_eq!(rows[0]["template"], "offer-q3");
+        assert_eq!(rows[0]["name"], "Alpha's offer", "{report}");
+        let scope = rows[0]["scope"].as_str().unwrap().to_string();
+        assert!(scope.starts_with("team:"), "{scope}");
+        let (status, detail) = api(
+            &server,
+            "GET",
+            &format!("/api/reports/templates/offer-q3?scope={scope}"),
+            token,
+            None,
+        );
+        assert_eq!(
+            (status, detail["sent"].as_i64()),
+            (200, Some(1)),
+            "{detail}"
+        );
+    }
+    // Beta sent nothing with the key: its scope has no report.
+    let (status, _) = api(
+        &server,
+        "GET",
+        "/api/reports/templates/offer-q3?scope=sender:999",
+        &bob_token,
+        None,
+    );
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn admins_act_on_their_own_team_only() {
+    let db = TestDb::migrated();
+    let (_, root) = add_team_user(&db.url, "root@alpha.test", Some("alpha"), Role::Admin);
+    add_team_user(&db.url, "bob@beta.test", Some("beta"), Role::Member);
+    add_team_user(&db.url, "ann@alpha.test", Some("alpha"), Role::Member);
+    let server = Server::start(&db.url, &[]);
+    let beta_msg = submit(
+        &server,
+        &db.url,
+        "bob@beta.test",
+        "client@customer.test",
+        "X-Mailtally-Visibility: shared\r\n",
+    );
+    let alpha_msg = submit(
+        &server,
+        &db.url,
+        "ann@alpha.test",
+        "lead@customer.test",
+        "X-Mailtally-Visibility: team\r\n",
+    );
+
+    // Another team's message: the admin sees it (shared) but may not change it.
+    let archive = format!("/api/messages/{beta_msg}/archive");
+    assert_eq!(api(&server, "POST", &archive, &root, None).0, 403);
+    let delete = format!("/api/messages/{beta_msg}");
+    assert_eq!(api(&server, "DELETE", &delete, &root, None).0, 403);
+    assert_eq!(
+        db_i64(
+            &db.url,
+            &format!(
+                "SELECT count(*) FROM messages WHERE id = '{beta_msg}' AND archived_at IS NULL"
+            )
+        ),
+        1
+    );
+    // Their own team's: yes.
+    let archive = format!("/api/messages/{alpha_msg}/archive");
+    assert_eq!(api(&server, "POST", &archive, &root, None).0, 200);
+
+    // No user in another team (who would read its team mail); one in their own.
+    let (status, body) = api(
+        &server,
+        "POST",
+        "/api/users",
+        &root,
+        Some(serde_json::json!({"email": "mole@beta.test", "team": "beta"})),
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    assert_eq!(
+        db_i64(
+            &db.url,
+            "SELECT count(*) FROM users WHERE email = 'mole@beta.test'"
+        ),
+        0
+    );
+    let (status, body) = api(
+        &server,
+        "POST",
+        "/api/users",
+        &root,
+        Some(serde_json::json!({"email": "new@alpha.test"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let alpha_id = db_i64(&db.url, "SELECT id FROM teams WHERE name = 'alpha'");
+    assert_eq!(body["team_id"], alpha_id, "{body}");
+
+    // Erasure is the operator action that spans teams (data subject requests).
+    let (status, body) = api(
+        &server,
+        "POST",
+        "/api/erase",
+        &root,
+        Some(serde_json::json!({"recipient": "client@customer.test"})),
+    );
+    assert_eq!(
+        (status, body["erased_copies"].as_i64()),
+        (200, Some(1)),
+        "{body}"
+    );
+}
+
+#[test]
+fn insights_sign_in_refuses_other_sites_and_counts_bad_cookies() {
+    let db = TestDb::migrated();
+    let token = add_user(&db.url, "ann@example.com", PASSWORD);
+    let server = Server::start(
+        &db.url,
+        &[
+            ("PUBLIC_URL", "https://track.mailtally.test"),
+            ("AUTH_MAX_FAILURES_PER_IP", "3"),
+        ],
+    );
+    let form = format!("token={token}");
+    let login = |headers: &[(&str, &str)]| {
+        let mut h = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        h.extend_from_slice(headers);
+        http(
+            server.http,
+            "POST",
+            "/insights/login",
+            &h,
+            Some(form.as_bytes()),
+        )
+    };
+    // Cross-site posts sign no browser in (login CSRF), nor out.
+    for headers in [
+        vec![("Origin", "https://evil.example")],
+        vec![("Origin", "null")],
+        vec![("Sec-Fetch-Site", "cross-site")],
+    ] {
+        let (status, head, _) = login(&headers);
+        assert_eq!(status, 403, "{headers:?}: {head}");
+        assert!(!head.to_ascii_lowercase().contains("set-cookie"), "{head}");
+    }
+    let (status, head, _) = http(
+        server.http,
+        "POST",
+        "/insights/logout",
+        &[("Origin", "https://evil.example")],
+        Some(b""),
+    );
+    assert_eq!(status, 403, "{head}");
+    // Reached under the listener's own address (no proxy in front): the same site.
+    let own = format!("http://{}", server.http);
+    let (status, head, _) = login(&[("Origin", &own), ("Sec-Fetch-Site", "same-origin")]);
+    assert_eq!(status, 303, "{head}");
+    // From the site itself: signed in, with a Secure cookie since PUBLIC_URL is https.
+    let (status, head, _) = login(&[
+        ("Origin", "https://track.mailtally.test"),
+        ("Sec-Fetch-Site", "same-origin"),
+    ]);
+    assert_eq!(status, 303, "{head}");
+    let cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    for attribute in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    // Pages say nosniff and keep their URLs from other sites.
+    let (status, head, _) = http(server.http, "GET", "/insights", &[], None);
+    assert_eq!(status, 200);
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("x-content-type-options: nosniff"), "{head}");
+    assert!(lower.contains("referrer-policy: same-origin"), "{head}");
+    // Guessing through the cookie counts like bad API tokens: 401s, then 429.
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let cookie = format!("mailtally_token=mt_guess{i}");
+        let path = if i % 2 == 0 {
+            "/insights"
+        } else {
+            "/insights/templates/x"
+        };
+        statuses.push(http(server.http, "GET", path, &[("Cookie", &cookie)], None).0);
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 429]);
+}
+
+#[test]
+fn metrics_need_the_bearer_token_when_one_is_set() {
+    let db = TestDb::migrated();
+    let server = Server::start(&db.url, &[("METRICS_TOKEN", "scrape-Secret-93c1")]);
+    let (status, head, body) = http(server.http, "GET", "/metrics", &[], None);
+    assert_eq!(status, 401, "{head}");
+    assert_eq!(json_error(&body)["error"], "unauthorized");
+    assert!(!body.contains("mailtally_"), "{body}");
+    let (status, _, _) = http(
+        server.http,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer scrape-Secret-93c")],
+        None,
+    );
+    assert_eq!(status, 401);
+    let (status, _, body) = http(
+        server.http,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer scrape-Secret-93c1")],
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("mailtally_"),
+        "{}",
+        &body[..body.len().min(300)]
+    );
+}
+
 /// Server-side request forgery: webhooks and IMAP mailboxes reach only what a user may name.
 /// Refused by default: loopback, private, carrier-grade NAT, link-local, unique-local,
 /// unspecified, multicast, broadcast, documentation and reserved addresses, in every spelling,

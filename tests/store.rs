@@ -277,3 +277,154 @@ async fn retention_drops_old_event_partitions_and_keeps_recent_events() {
         count("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass").await;
     assert_eq!(partitions_after, partitions_before - dropped.len() as i64);
 }
+
+/// Template keys become per team (or per sender without one) and unsubscribes per user: the
+/// migration keeps every message, names a template only in the scope that named it, leaves the
+/// rollups as they were, and so the report figures of each team's template stay identical.
+#[tokio::test]
+async fn the_tenant_scope_migration_keeps_data_and_report_figures() {
+    use mailtally::api::visibility::Viewer;
+    use mailtally::insights::report::{self, ReportFilter, TemplateScope};
+
+    let db = TestDb::new();
+    let mut client = db.client().await;
+    let at = MIGRATIONS
+        .iter()
+        .position(|m| m.name == "0014_tenant_scopes.sql")
+        .unwrap();
+    migrate::apply(&mut client, &MIGRATIONS[..at])
+        .await
+        .unwrap();
+    // `offer` was first sent by alpha, then claimed through the API by beta (owner, name,
+    // content); `solo` is known from nina's mail only; `mine` is nina's, with content.
+    client
+        .batch_execute(
+            "INSERT INTO teams (id, name) VALUES (1, 'alpha'), (2, 'beta');
+             INSERT INTO users (id, email, team_id, password_hash) VALUES
+                 (1, 'ann@a.test', 1, 'x'), (2, 'bob@b.test', 2, 'x'), (3, 'nina@n.test', NULL, 'x');
+             INSERT INTO templates (key, first_subject, name, subject, html, owner_id, team_id)
+             VALUES ('offer', 'Alpha subject', 'Beta name', 'S', '<p>b</p>', 2, 2),
+                    ('solo', 'Solo', '', NULL, NULL, NULL, NULL),
+                    ('mine', 'Mine', 'Nina name', 'Nina subject', '<p>n</p>', 3, NULL);
+             INSERT INTO messages (id, sender_id, team_id, visibility, template_key, subject,
+                                   envelope_from, size_bytes, created_at) VALUES
+                 ('00000000-0000-7000-8000-000000000001', 1, 1, 'shared', 'offer',
+                  'Alpha subject', 'ann@a.test', 10, now() - interval '2 days'),
+                 ('00000000-0000-7000-8000-000000000002', 2, 2, 'shared', 'offer',
+                  'Beta subject', 'bob@b.test', 10, now() - interval '1 day'),
+                 ('00000000-0000-7000-8000-000000000003', 3, NULL, 'shared', 'solo',
+                  'Solo', 'nina@n.test', 10, now());
+             INSERT INTO automations (owner_id, trigger_template, condition, window_seconds,
+                                      followup_template)
+             VALUES (3, 'solo', 'no_open', 60, 'mine');
+             INSERT INTO insights_daily (template_key, day, sender_id, team_id, visibility, sent,
+                 bounced, opens, human_opens, unique_opens, human_unique_opens, clicks,
+                 human_clicks, unique_clicks, human_unique_clicks) VALUES
+                 ('offer', current_date, 1, 1, 'shared', 5, 1, 4, 3, 3, 2, 2, 1, 1, 1),
+                 ('offer', current_date, 2, 2, 'shared', 7, 0, 6, 6, 5, 5, 3, 3, 2, 2),
+                 ('solo', current_date, 3, 0, 'shared', 2, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+             INSERT INTO unsubscribes (recipient) VALUES ('gone@customer.test');",
+        )
+        .await
+        .unwrap();
+    let rollups = "SELECT string_agg(r::text, ';' ORDER BY r::text) FROM insights_daily r";
+    let before: String = client.query_one(rollups, &[]).await.unwrap().get(0);
+
+    migrate::apply(&mut client, MIGRATIONS).await.unwrap();
+
+    let after: String = client.query_one(rollups, &[]).await.unwrap().get(0);
+    assert_eq!(after, before);
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM messages").await, 3);
+    assert_eq!(count("SELECT count(*) FROM automations").await, 1);
+    let templates: Vec<(String, i64, i64, String, Option<String>, bool)> = client
+        .query(
+            "SELECT key, coalesce(team_id, 0), coalesce(owner_id, 0), name, first_subject,
+                    html IS NOT NULL
+             FROM templates ORDER BY key, team_id, owner_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .collect();
+    let row = |k: &str, team: i64, owner: i64, name: &str, first: &str, content: bool| {
+        (
+            k.to_string(),
+            team,
+            owner,
+            name.to_string(),
+            Some(first.to_string()),
+            content,
+        )
+    };
+    assert_eq!(
+        templates,
+        vec![
+            row("mine", 0, 3, "Nina name", "Nina subject", true),
+            row("offer", 1, 0, "", "Alpha subject", false),
+            row("offer", 2, 2, "Beta name", "Beta subject", true),
+            row("solo", 0, 3, "", "Solo", false),
+        ]
+    );
+    // The unsubscribe recorded before stays, for everyone, as it was recorded.
+    assert_eq!(
+        count("SELECT count(*) FROM unsubscribes WHERE user_id IS NULL").await,
+        1
+    );
+
+    // Each team's template keeps its figures and only its own name.
+    let viewer = Viewer {
+        user_id: 3,
+        team_id: None,
+    };
+    let rows = report::templates(&client, viewer, &ReportFilter::default())
+        .await
+        .unwrap();
+    let got: Vec<(String, TemplateScope, String, i64, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.template.clone(),
+                r.scope,
+                r.name.clone(),
+                r.figures.sent,
+                r.figures.bounced,
+                r.figures.human_unique_opens,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "offer".into(),
+                TemplateScope::Team(2),
+                "Beta name".into(),
+                7,
+                0,
+                5
+            ),
+            (
+                "offer".into(),
+                TemplateScope::Team(1),
+                String::new(),
+                5,
+                1,
+                2
+            ),
+            (
+                "solo".into(),
+                TemplateScope::Sender(3),
+                String::new(),
+                2,
+                0,
+                1
+            ),
+        ]
+    );
+}

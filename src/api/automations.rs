@@ -77,6 +77,8 @@ pub async fn create(
             b.followup_template
         )));
     }
+    // The trigger may name a key no mail has used yet: it is the caller's scope's.
+    templates::ensure_key(&client, &caller.0, b.trigger_template.trim()).await?;
     let a = rules::create(
         &client,
         &NewAutomation {
@@ -118,10 +120,11 @@ pub struct UnsubscribeBody {
     pub recipient: String,
 }
 
-/// Records that a recipient unsubscribed: no follow-up goes to them any more.
+/// Records that a recipient unsubscribed: no follow-up of mail the caller may see goes to them
+/// any more. Unknown addresses and addresses mailed only by others get the same answer.
 pub async fn unsubscribe(
     ctx: web::Data<Context>,
-    _caller: Caller,
+    caller: Caller,
     body: web::Json<UnsubscribeBody>,
 ) -> Result<HttpResponse, ApiError> {
     let r = body.recipient.trim();
@@ -131,7 +134,7 @@ pub async fn unsubscribe(
         )));
     }
     let client = ctx.pool.get().await?;
-    let cancelled = rules::unsubscribe(&client, r).await?;
+    let cancelled = rules::unsubscribe(&client, caller.viewer(), r).await?;
     Ok(HttpResponse::Ok()
         .json(serde_json::json!({"recipient": r, "cancelled_followups": cancelled})))
 }

@@ -1,5 +1,9 @@
 //! `POST /api/erase` (administrators): removes every copy, event and stored address of one
 //! recipient and corrects the reports, as `mailtally erase --recipient` does.
+//!
+//! Erasure spans every team on purpose: a data subject's request (GDPR art. 17) is for the
+//! installation, not for one team, so it is the one operator action an admin takes on other
+//! teams' mail. It reveals nothing of that mail (the answer is a count) and is logged.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;

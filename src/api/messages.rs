@@ -34,6 +34,8 @@ pub struct MessageSummary {
     pub subject: Option<String>,
     pub sender_id: i64,
     pub sender: String,
+    /// The team the message was sent under; with the sender, whose template key it is.
+    pub team_id: Option<i64>,
     pub visibility: String,
     pub deal: Option<String>,
     pub lead: Option<String>,
@@ -51,7 +53,7 @@ const SUMMARY_COLUMNS: &str = "m.id, m.template_key, m.subject, m.sender_id, u.e
     m.visibility, m.deal, m.lead, m.project, m.created_at, m.archived_at,
     (SELECT count(*) FROM copies c WHERE c.message_id = m.id),
     coalesce(st.opens, 0), coalesce(st.human_opens, 0), coalesce(st.clicks, 0),
-    coalesce(st.human_clicks, 0)";
+    coalesce(st.human_clicks, 0), m.team_id";
 
 const SUMMARY_FROM: &str = "messages m JOIN users u ON u.id = m.sender_id
     LEFT JOIN LATERAL (
@@ -77,6 +79,7 @@ fn summary(r: &tokio_postgres::Row) -> MessageSummary {
         human_opens: r.get(13),
         clicks: r.get(14),
         human_clicks: r.get(15),
+        team_id: r.get(16),
     }
 }
 
@@ -293,7 +296,8 @@ pub async fn get_handler(
 }
 
 /// Locks the message if the caller may see it; errs 404 when not visible, 403 when visible but
-/// neither sent by the caller nor the caller an admin.
+/// neither sent by the caller nor sent under the team the caller is an admin of. An admin
+/// changes their own team's mail only: visibility decides what they see, as for everyone.
 async fn lock_for_change(
     tx: &tokio_postgres::Transaction<'_>,
     caller: &Caller,
@@ -304,13 +308,17 @@ async fn lock_for_change(
     let idp = p.push(id);
     let row = tx
         .query_opt(
-            &format!("SELECT m.sender_id FROM messages m WHERE m.id = {idp} AND {vis} FOR UPDATE"),
+            &format!(
+                "SELECT m.sender_id, m.team_id FROM messages m
+                 WHERE m.id = {idp} AND {vis} FOR UPDATE"
+            ),
             &p.refs(),
         )
         .await?
         .ok_or(ApiError::NotFound("message"))?;
-    let sender: i64 = row.get(0);
-    if sender != caller.0.id && caller.0.role != Role::Admin {
+    let (sender, team): (i64, Option<i64>) = (row.get(0), row.get(1));
+    let team_admin = caller.0.role == Role::Admin && team.is_some() && team == caller.0.team_id;
+    if sender != caller.0.id && !team_admin {
         return Err(ApiError::Forbidden);
     }
     Ok(())

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::auth::Caller;
 use super::errors::ApiError;
 use crate::context::Context;
-use crate::insights::report::{self, ClassFilter, ReportFilter};
+use crate::insights::report::{self, ClassFilter, ReportFilter, TemplateScope};
 
 /// Query string of the template reports; everything optional, parsed here so that a bad value
 /// is a 400 naming the parameter.
@@ -21,6 +21,8 @@ pub struct ReportQuery {
     pub lead: Option<String>,
     pub project: Option<String>,
     pub class: Option<String>,
+    /// `team:ID` or `sender:ID`: whose template (keys are unique within a scope only).
+    pub scope: Option<String>,
 }
 
 fn non_empty(v: &Option<String>) -> Option<&str> {
@@ -65,6 +67,9 @@ impl ReportQuery {
             lead: non_empty(&self.lead).map(str::to_string),
             project: non_empty(&self.project).map(str::to_string),
             template: None,
+            scope: non_empty(&self.scope)
+                .map(|s| s.parse::<TemplateScope>().map_err(ApiError::BadRequest))
+                .transpose()?,
             class,
         })
     }

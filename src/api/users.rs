@@ -1,4 +1,4 @@
-//! `POST /api/users` (admins: create a user, answer with their first token), `POST /api/tokens`
+//! `POST /api/users` (admins: create a user of their team, answer with their first token), `POST /api/tokens`
 //! (another token for the caller) and `GET /api/me`.
 
 use actix_web::{web, HttpResponse};
@@ -39,12 +39,14 @@ pub async fn create_user(
         Role::Member
     };
     let mut client = ctx.pool.get().await?;
-    let team = body
+    let asked = body
         .team
         .as_deref()
         .map(str::trim)
         .filter(|t| !t.is_empty());
-    let new = accounts::add_user(&mut client, &body.email, &password, team, role).await?;
+    let team = team_for_new_user(&**client, &caller, asked).await?;
+    let new =
+        accounts::add_user(&mut client, &body.email, &password, team.as_deref(), role).await?;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "id": new.user.id,
         "email": new.user.email,
@@ -52,6 +54,29 @@ pub async fn create_user(
         "role": new.user.role.as_str(),
         "token": new.api_token,
     })))
+}
+
+/// The team a new user joins. An admin of a team manages that team's users only: the user joins
+/// the admin's team, and naming another one is refused (403), since a user placed in a team reads
+/// its team-only mail. An admin without a team is the installation's operator (made with
+/// `mailtally user add --admin` on the host) and places users in any team.
+async fn team_for_new_user(
+    client: &impl tokio_postgres::GenericClient,
+    caller: &Caller,
+    asked: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let Some(own) = caller.0.team_id else {
+        return Ok(asked.map(str::to_string));
+    };
+    let own_name: String = client
+        .query_one("SELECT name FROM teams WHERE id = $1", &[&own])
+        .await?
+        .get(0);
+    match asked {
+        None => Ok(Some(own_name)),
+        Some(t) if t == own_name => Ok(Some(own_name)),
+        Some(_) => Err(ApiError::Forbidden),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,7 +5,8 @@
 //! - `team`: the sender's team (the team the message was sent under) sees it too;
 //! - `shared`: every user sees it.
 //!
-//! Admins get nothing more: they manage users and settings, not other people's mail.
+//! Admins get nothing more: they manage their own team's users and change their own team's
+//! messages, not other teams' mail (see the README's security section).
 
 use tokio_postgres::types::ToSql;
 
@@ -55,8 +56,14 @@ impl Params {
 pub fn visible(alias: &str, viewer: Viewer, params: &mut Params) -> String {
     let user = params.push(viewer.user_id);
     let team = params.push(viewer.team_id);
+    visible_to(alias, &user, &team)
+}
+
+/// The same rule for a viewer named by SQL expressions instead of parameters: the user who
+/// recorded a row (an unsubscribe) and that user's team, read in the same query.
+pub fn visible_to(alias: &str, user_id: &str, team_id: &str) -> String {
     format!(
-        "({alias}.visibility = 'shared' OR {alias}.sender_id = {user}
-          OR ({alias}.visibility = 'team' AND {alias}.team_id = {team}))"
+        "({alias}.visibility = 'shared' OR {alias}.sender_id = {user_id}
+          OR ({alias}.visibility = 'team' AND {alias}.team_id = {team_id}))"
     )
 }

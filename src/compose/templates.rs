@@ -1,8 +1,10 @@
 //! Stored templates: the named queries behind `/api/templates`.
 //!
-//! A template key is also what reports group by, so a key first seen in mail submitted over
-//! SMTP has a row without content; storing content under it claims it. Deleting a template
-//! removes its content and keeps the key, which past messages and reports still name.
+//! A template is a key in a scope: a team's, or a sender's own when they have no team. Keys are
+//! never global, so one team can neither claim nor probe another's. A template key is also what
+//! reports group by, so a key first seen in mail submitted over SMTP has a row in its sender's
+//! scope without content; storing content under it claims it. Deleting a template removes its
+//! content and keeps the key, which past messages and reports still name.
 
 use serde::Serialize;
 use tokio_postgres::Row;
@@ -36,9 +38,10 @@ fn from_row(r: &Row) -> Template {
     }
 }
 
-/// Templates with content that `user` may use: their own and their team's.
-const USABLE: &str =
-    "html IS NOT NULL AND (owner_id = $1 OR (team_id IS NOT NULL AND team_id = $2))";
+/// The rows of the scope of the user `$1` of team `$2`: the team's templates, or the user's own
+/// when they have no team. The same scope the queue files sent mail under.
+const IN_SCOPE: &str = "(CASE WHEN $2::bigint IS NULL THEN team_id IS NULL AND owner_id = $1
+                         ELSE team_id = $2 END)";
 
 pub async fn list(
     client: &impl deadpool_postgres::GenericClient,
@@ -46,13 +49,17 @@ pub async fn list(
 ) -> Result<Vec<Template>, tokio_postgres::Error> {
     let rows = client
         .query(
-            &format!("SELECT {COLUMNS} FROM templates WHERE {USABLE} ORDER BY key"),
+            &format!(
+                "SELECT {COLUMNS} FROM templates WHERE html IS NOT NULL AND {IN_SCOPE}
+                 ORDER BY key"
+            ),
             &[&user.id, &user.team_id],
         )
         .await?;
     Ok(rows.iter().map(from_row).collect())
 }
 
+/// The template with content under `key` in `user`'s scope.
 pub async fn get(
     client: &impl deadpool_postgres::GenericClient,
     user: &User,
@@ -60,11 +67,31 @@ pub async fn get(
 ) -> Result<Option<Template>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            &format!("SELECT {COLUMNS} FROM templates WHERE key = $3 AND {USABLE}"),
+            &format!(
+                "SELECT {COLUMNS} FROM templates
+                 WHERE key = $3 AND html IS NOT NULL AND {IN_SCOPE}"
+            ),
             &[&user.id, &user.team_id, &key],
         )
         .await?;
     Ok(row.as_ref().map(from_row))
+}
+
+/// Makes sure `key` exists in `user`'s scope (an automation may name a key no mail used yet).
+pub async fn ensure_key(
+    client: &impl deadpool_postgres::GenericClient,
+    user: &User,
+    key: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO templates (key, team_id, owner_id)
+             VALUES ($3, $2, CASE WHEN $2::bigint IS NULL THEN $1::bigint END)
+             ON CONFLICT DO NOTHING",
+            &[&user.id, &user.team_id, &key],
+        )
+        .await?;
+    Ok(())
 }
 
 /// What a write did.
@@ -72,19 +99,20 @@ pub async fn get(
 pub enum Written {
     Created,
     Updated,
-    /// The key holds content `user` may not change (another owner's or team's).
+    /// The key holds content of the caller's scope that they may not change (a teammate's).
     Taken,
     NotFound,
 }
 
-/// Whether `user` may change the template `t`: its owner, or an admin of its team.
+/// Whether `user` may change a template of their scope written by `owner_id`: its writer, or
+/// an admin of its team.
 fn may_change(user: &User, owner_id: Option<i64>, team_id: Option<i64>) -> bool {
     owner_id == Some(user.id)
         || (user.role == Role::Admin && team_id.is_some() && team_id == user.team_id)
 }
 
-/// Creates the template, or claims a key known only from sent mail. `create == false`
-/// updates an existing one instead.
+/// Creates the template in `user`'s scope, or claims a key of that scope known only from sent
+/// mail. `create == false` updates an existing one instead.
 pub async fn write(
     client: &mut deadpool_postgres::Client,
     user: &User,
@@ -94,33 +122,45 @@ pub async fn write(
     let tx = client.transaction().await?;
     let existing = tx
         .query_opt(
-            "SELECT owner_id, team_id, html IS NOT NULL FROM templates WHERE key = $1 FOR UPDATE",
-            &[&t.key],
+            &format!(
+                "SELECT id, owner_id, team_id, html IS NOT NULL FROM templates
+                 WHERE key = $3 AND {IN_SCOPE} FOR UPDATE"
+            ),
+            &[&user.id, &user.team_id, &t.key],
         )
         .await?;
     let outcome = match existing {
         None if create => {
-            tx.execute(
-                "INSERT INTO templates (key, name, subject, html, text_body, owner_id, team_id,
-                     first_subject, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $3, now())",
-                &[
-                    &t.key,
-                    &t.name,
-                    &t.subject,
-                    &t.html,
-                    &t.text,
-                    &user.id,
-                    &user.team_id,
-                ],
-            )
-            .await?;
-            Written::Created
+            let inserted = tx
+                .execute(
+                    "INSERT INTO templates (key, name, subject, html, text_body, owner_id,
+                         team_id, first_subject, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $3, now())
+                     ON CONFLICT DO NOTHING",
+                    &[
+                        &t.key,
+                        &t.name,
+                        &t.subject,
+                        &t.html,
+                        &t.text,
+                        &user.id,
+                        &user.team_id,
+                    ],
+                )
+                .await?;
+            // Zero rows: a concurrent request of the same scope stored the key first.
+            if inserted == 1 {
+                Written::Created
+            } else {
+                Written::Taken
+            }
         }
         None => Written::NotFound,
         Some(row) => {
-            let (owner, team, has_content): (Option<i64>, Option<i64>, bool) =
-                (row.get(0), row.get(1), row.get(2));
+            let (id, owner, team, has_content): (i64, Option<i64>, Option<i64>, bool) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            // A team's key without content is anyone's of the team to fill; a sender's own
+            // scope has only them.
             let claimable = !has_content && (owner.is_none() || owner == Some(user.id));
             if !(claimable || may_change(user, owner, team)) {
                 if has_content {
@@ -135,18 +175,9 @@ pub async fn write(
             } else {
                 tx.execute(
                     "UPDATE templates SET name = $2, subject = $3, html = $4, text_body = $5,
-                         owner_id = coalesce(owner_id, $6), team_id = coalesce(team_id, $7),
-                         updated_at = now()
-                     WHERE key = $1",
-                    &[
-                        &t.key,
-                        &t.name,
-                        &t.subject,
-                        &t.html,
-                        &t.text,
-                        &user.id,
-                        &user.team_id,
-                    ],
+                         owner_id = coalesce(owner_id, $6), updated_at = now()
+                     WHERE id = $1",
+                    &[&id, &t.name, &t.subject, &t.html, &t.text, &user.id],
                 )
                 .await?;
                 if create {
@@ -170,10 +201,13 @@ pub async fn delete(
 ) -> Result<bool, tokio_postgres::Error> {
     let n = client
         .execute(
-            "UPDATE templates SET html = NULL, subject = NULL, text_body = NULL, updated_at = now()
-             WHERE key = $1 AND html IS NOT NULL
-               AND (owner_id = $2 OR ($3 AND team_id IS NOT NULL AND team_id = $4))",
-            &[&key, &user.id, &(user.role == Role::Admin), &user.team_id],
+            &format!(
+                "UPDATE templates SET html = NULL, subject = NULL, text_body = NULL,
+                     updated_at = now()
+                 WHERE key = $3 AND html IS NOT NULL AND {IN_SCOPE}
+                   AND (owner_id = $1 OR ($4 AND team_id IS NOT NULL))"
+            ),
+            &[&user.id, &user.team_id, &key, &(user.role == Role::Admin)],
         )
         .await?;
     Ok(n > 0)

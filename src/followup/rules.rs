@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::api::visibility::{visible, visible_to, Params, Viewer};
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Automation {
     pub id: i64,
@@ -47,13 +49,6 @@ pub async fn create(
     client: &impl deadpool_postgres::GenericClient,
     a: &NewAutomation<'_>,
 ) -> Result<Automation, tokio_postgres::Error> {
-    // The trigger may name a template no mail has used yet.
-    client
-        .execute(
-            "INSERT INTO templates (key) VALUES ($1) ON CONFLICT DO NOTHING",
-            &[&a.trigger_template],
-        )
-        .await?;
     let row = client
         .query_one(
             &format!(
@@ -118,22 +113,49 @@ pub async fn delete(
     Ok(true)
 }
 
-/// Records an unsubscribe and cancels every pending follow-up to that recipient.
+/// Records that `viewer` heard from `recipient` that they unsubscribed, and cancels the pending
+/// follow-ups of mail the viewer may see (the visibility rule): one team cannot stop another's
+/// follow-ups, nor learn from the count whether another team mails the address. Returns how
+/// many were cancelled, which counts mail the viewer sees only.
 pub async fn unsubscribe(
     client: &impl deadpool_postgres::GenericClient,
+    viewer: Viewer,
     recipient: &str,
 ) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
-            "INSERT INTO unsubscribes (recipient) VALUES (lower($1)) ON CONFLICT DO NOTHING",
-            &[&recipient],
+            "INSERT INTO unsubscribes (recipient, user_id) VALUES (lower($1), $2)
+             ON CONFLICT DO NOTHING",
+            &[&recipient, &viewer.user_id],
         )
         .await?;
+    let mut p = Params::default();
+    let r = p.push(recipient.to_string());
+    let vis = visible("m", viewer, &mut p);
     client
         .execute(
-            "UPDATE followups SET status = 'cancelled', reason = 'unsubscribed', updated_at = now()
-             WHERE lower(recipient) = lower($1) AND status = 'pending'",
-            &[&recipient],
+            &format!(
+                "UPDATE followups f SET status = 'cancelled', reason = 'unsubscribed',
+                     updated_at = now()
+                 FROM copies c JOIN messages m ON m.id = c.message_id
+                 WHERE c.id = f.copy_id AND lower(f.recipient) = lower({r})
+                   AND f.status = 'pending' AND {vis}"
+            ),
+            &p.refs(),
         )
         .await
+}
+
+/// The condition under which an unsubscribe stops a follow-up to `recipient` on `copy` (SQL
+/// expressions): one recorded by a user who may see the copy's message, or one recorded before
+/// unsubscribes were scoped (no user: installation-wide, as it was recorded then).
+pub fn unsubscribed_sql(copy: &str, recipient: &str) -> String {
+    let vis = visible_to("um", "x.user_id", "uu.team_id");
+    format!(
+        "EXISTS (SELECT 1 FROM unsubscribes x
+                 JOIN copies uc ON uc.id = {copy}
+                 JOIN messages um ON um.id = uc.message_id
+                 LEFT JOIN users uu ON uu.id = x.user_id
+                 WHERE x.recipient = lower({recipient}) AND (x.user_id IS NULL OR {vis}))"
+    )
 }

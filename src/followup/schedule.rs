@@ -195,13 +195,16 @@ async fn decide(
 ) -> Result<Outcome, FollowupError> {
     let stop = tx
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM unsubscribes WHERE recipient = lower($1)),
+            &format!(
+                "SELECT {},
                     EXISTS (SELECT 1 FROM copies c2
                             JOIN messages m2 ON m2.id = c2.message_id
                             JOIN events e ON e.copy_id = c2.id
                             WHERE lower(c2.recipient) = lower($1) AND m2.sender_id = $2
                               AND e.kind = 'reply')",
-            &[&due.recipient, &due.owner_id],
+                super::rules::unsubscribed_sql("$3", "$1")
+            ),
+            &[&due.recipient, &due.owner_id, &due.copy_id],
         )
         .await?;
     if stop.get::<_, bool>(0) {

@@ -1,5 +1,8 @@
 //! The Insights page at `/insights`: server-rendered HTML, no script, no external asset.
-//! Signing in posts an API token that is kept in an HttpOnly, SameSite=Strict cookie.
+//! Signing in posts an API token that is kept in an HttpOnly, SameSite=Strict cookie (Secure
+//! when `PUBLIC_URL` is https). Sign-in and sign-out refuse posts from another site (Origin /
+//! Sec-Fetch-Site), and a cookie that holds no valid token is answered 401, so that guessing
+//! through the cookie counts against the same failure limit as bad API tokens.
 //! Everything user-controlled goes through [`esc`].
 
 use std::fmt::Write;
@@ -123,7 +126,83 @@ fn html(status: StatusCode, body: &str) -> HttpResponse {
              script-src 'self'; connect-src 'self'",
         ))
         .insert_header(("X-Frame-Options", "DENY"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header(("Referrer-Policy", REFERRER_POLICY))
         .body(body.to_string())
+}
+
+/// The page URLs carry template keys and message ids: no other site learns them. Not
+/// `no-referrer`: under it browsers send `Origin: null` even on this site's own sign-in post.
+const REFERRER_POLICY: &str = "same-origin";
+
+/// A redirect of the sign-in flow, with the headers every page carries.
+fn see_other(location: &str) -> actix_web::HttpResponseBuilder {
+    let mut r = HttpResponse::SeeOther();
+    r.insert_header(("Location", location))
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header(("Referrer-Policy", REFERRER_POLICY));
+    r
+}
+
+/// The session cookie's attributes; `Secure` when the public URL is https, so that the token
+/// never travels over plain HTTP once a deployment is served over TLS.
+fn cookie_attributes(ctx: &Context) -> &'static str {
+    if ctx.settings.public_url.starts_with("https://") {
+        "Path=/; HttpOnly; Secure; SameSite=Strict"
+    } else {
+        "Path=/; HttpOnly; SameSite=Strict"
+    }
+}
+
+fn clear_cookie(ctx: &Context) -> String {
+    format!("{COOKIE}=; {}; Max-Age=0", cookie_attributes(ctx))
+}
+
+/// Whether a state-changing post comes from this site. A browser names the page's origin in
+/// `Origin` (and says `Sec-Fetch-Site`) on every cross-site POST; a post without either comes
+/// from no browser and so carries no victim's cookie or intent.
+fn same_site_post(ctx: &Context, req: &HttpRequest) -> bool {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("\u{0}").trim().to_ascii_lowercase())
+    };
+    if let Some(site) = header("sec-fetch-site") {
+        if site != "same-origin" && site != "none" {
+            return false;
+        }
+    }
+    let Some(origin) = header("origin") else {
+        return true;
+    };
+    let public = ctx.settings.public_url.to_ascii_lowercase();
+    let public_origin = match public.find("://") {
+        Some(i) => match public[i + 3..].find('/') {
+            Some(j) => public[..i + 3 + j].to_string(),
+            None => public.clone(),
+        },
+        None => public.clone(),
+    };
+    if origin == public_origin {
+        return true;
+    }
+    // Served under another name than PUBLIC_URL (a proxy, a local port): the browser set Host
+    // to this server, so an Origin naming that same host is this site.
+    let host = header("host").unwrap_or_default();
+    !host.is_empty() && (origin == format!("http://{host}") || origin == format!("https://{host}"))
+}
+
+fn cross_site_refused() -> HttpResponse {
+    html(
+        StatusCode::FORBIDDEN,
+        &layout(
+            "Sign in",
+            None,
+            "<h1>mailtally Insights</h1><p class=\"err\">Sign-in and sign-out are accepted \
+             from this site's own pages only.</p><p><a href=\"/insights\">Sign in</a></p>",
+        ),
+    )
 }
 
 fn sign_in_form(error: Option<&str>) -> String {
@@ -137,22 +216,52 @@ fn sign_in_form(error: Option<&str>) -> String {
     )
 }
 
-async fn signed_in(ctx: &Context, req: &HttpRequest) -> Result<Option<User>, PageError> {
-    match cookie(req, COOKIE) {
-        Some(token) => Ok(user_for_token(ctx, &token).await?),
-        None => Ok(None),
+/// Who the cookie signs in, if anyone.
+enum Session {
+    /// No cookie: show the sign-in form.
+    None,
+    /// A cookie holding no valid token (guessed, revoked, disabled user).
+    Invalid,
+    User(User),
+}
+
+async fn session(ctx: &Context, req: &HttpRequest) -> Result<Session, PageError> {
+    let Some(token) = cookie(req, COOKIE).filter(|t| !t.is_empty()) else {
+        return Ok(Session::None);
+    };
+    Ok(match user_for_token(ctx, &token).await? {
+        Some(user) => Session::User(user),
+        None => Session::Invalid,
+    })
+}
+
+/// The answer to a bad cookie on every page: 401 (which the failure limiter counts, like a bad
+/// API token), the cookie cleared, the sign-in form.
+fn bad_cookie(ctx: &Context) -> HttpResponse {
+    let mut r = html(
+        StatusCode::UNAUTHORIZED,
+        &layout(
+            "Sign in",
+            None,
+            &sign_in_form(Some("Your session is no longer valid; sign in again.")),
+        ),
+    );
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&clear_cookie(ctx)) {
+        r.headers_mut()
+            .insert(actix_web::http::header::SET_COOKIE, v);
     }
+    r
 }
 
 fn to_sign_in() -> HttpResponse {
-    HttpResponse::SeeOther()
-        .insert_header(("Location", "/insights"))
-        .finish()
+    see_other("/insights").finish()
 }
 
 #[derive(Debug, Deserialize)]
 pub struct ClassQuery {
     pub class: Option<String>,
+    /// Whose template (`team:ID`, `sender:ID`), on a template's page.
+    pub scope: Option<String>,
 }
 
 fn class_of(q: &ClassQuery) -> ClassFilter {
@@ -172,9 +281,10 @@ fn switch(base: &str, class: ClassFilter) -> String {
         ClassFilter::Human => ("on", ""),
         ClassFilter::All => ("", "on"),
     };
+    let sep = if base.contains('?') { "&amp;" } else { "?" };
     format!(
-        "<p class=\"switch\">Count: <a class=\"{h}\" id=\"class-human\" href=\"{base}?class=human\">people only</a> \
-         <a class=\"{a}\" id=\"class-all\" href=\"{base}?class=all\">all events</a></p>"
+        "<p class=\"switch\">Count: <a class=\"{h}\" id=\"class-human\" href=\"{base}{sep}class=human\">people only</a> \
+         <a class=\"{a}\" id=\"class-all\" href=\"{base}{sep}class=all\">all events</a></p>"
     )
 }
 
@@ -224,11 +334,15 @@ pub async fn index(
     req: HttpRequest,
     q: web::Query<ClassQuery>,
 ) -> Result<HttpResponse, PageError> {
-    let Some(user) = signed_in(&ctx, &req).await? else {
-        return Ok(html(
-            StatusCode::OK,
-            &layout("Sign in", None, &sign_in_form(None)),
-        ));
+    let user = match session(&ctx, &req).await? {
+        Session::User(u) => u,
+        Session::Invalid => return Ok(bad_cookie(&ctx)),
+        Session::None => {
+            return Ok(html(
+                StatusCode::OK,
+                &layout("Sign in", None, &sign_in_form(None)),
+            ))
+        }
     };
     let class = class_of(&q);
     let filter = ReportFilter {
@@ -245,10 +359,12 @@ pub async fn index(
     for r in &rows {
         let _ = write!(
             body,
-            "<tr data-template=\"{k}\"><td><a href=\"/insights/templates/{u}?class={c}\">{k}</a></td>{}</tr>",
+            "<tr data-template=\"{k}\" data-scope=\"{sa}\"><td><a href=\"/insights/templates/{u}?scope={sc}&amp;class={c}\">{k}</a></td>{}</tr>",
             figure_cells(&r.figures, class),
             k = esc(&r.template),
             u = url_part(&r.template),
+            sc = url_part(&r.scope.to_string()),
+            sa = esc(&r.scope.to_string()),
             c = class_name(class),
         );
     }
@@ -275,13 +391,23 @@ pub async fn template(
     key: web::Path<String>,
     q: web::Query<ClassQuery>,
 ) -> Result<HttpResponse, PageError> {
-    let Some(user) = signed_in(&ctx, &req).await? else {
-        return Ok(to_sign_in());
+    let user = match session(&ctx, &req).await? {
+        Session::User(u) => u,
+        Session::Invalid => return Ok(bad_cookie(&ctx)),
+        Session::None => return Ok(to_sign_in()),
     };
     let class = class_of(&q);
     let viewer = Viewer::from(&user);
+    let scope = match q.scope.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            s.parse::<report::TemplateScope>()
+                .map_err(|_| PageError::NotFound)?,
+        ),
+        None => None,
+    };
     let filter = ReportFilter {
         class,
+        scope,
         ..ReportFilter::default()
     };
     let client = ctx.pool.get().await?;
@@ -291,7 +417,14 @@ pub async fn template(
     let k = esc(&detail.row.template);
     let mut body = format!(
         "<h1>Template <span id=\"template-key\">{k}</span></h1>{}",
-        switch(&format!("/insights/templates/{}", url_part(&key)), class)
+        switch(
+            &format!(
+                "/insights/templates/{}?scope={}",
+                url_part(&key),
+                url_part(&detail.row.scope.to_string())
+            ),
+            class
+        )
     );
     let _ = write!(
         body,
@@ -381,8 +514,10 @@ pub async fn message(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, PageError> {
-    let Some(user) = signed_in(&ctx, &req).await? else {
-        return Ok(to_sign_in());
+    let user = match session(&ctx, &req).await? {
+        Session::User(u) => u,
+        Session::Invalid => return Ok(bad_cookie(&ctx)),
+        Session::None => return Ok(to_sign_in()),
     };
     let id = uuid::Uuid::parse_str(id.trim()).map_err(|_| PageError::NotFound)?;
     let client = ctx.pool.get().await?;
@@ -392,9 +527,16 @@ pub async fn message(
     let s = &m.summary;
     let subject = esc(s.subject.as_deref().unwrap_or("(no subject)"));
     let mut body = format!(
-        "<h1 id=\"subject\">{subject}</h1><p>Template <a href=\"/insights/templates/{}\">{}</a> \
+        "<h1 id=\"subject\">{subject}</h1><p>Template <a href=\"/insights/templates/{}?scope={}\">{}</a> \
          &middot; from {} &middot; {} &middot; {}</p>",
         url_part(&s.template),
+        url_part(
+            &match s.team_id {
+                Some(t) => report::TemplateScope::Team(t),
+                None => report::TemplateScope::Sender(s.sender_id),
+            }
+            .to_string()
+        ),
         esc(&s.template),
         esc(&s.sender),
         esc(&s.visibility),
@@ -550,15 +692,25 @@ pub struct LoginForm {
     pub token: String,
 }
 
-pub async fn login(ctx: web::Data<Context>, form: web::Form<LoginForm>) -> HttpResponse {
+pub async fn login(
+    ctx: web::Data<Context>,
+    req: HttpRequest,
+    form: web::Form<LoginForm>,
+) -> HttpResponse {
+    // Login CSRF: another site must not sign a victim's browser in as the attacker.
+    if !same_site_post(&ctx, &req) {
+        return cross_site_refused();
+    }
     let token = form.token.trim();
     match user_for_token(&ctx, token).await {
-        Ok(Some(_)) => HttpResponse::SeeOther()
-            .insert_header(("Location", "/insights"))
+        Ok(Some(_)) => see_other("/insights")
             .insert_header((
                 "Set-Cookie",
                 // Only a token that authenticated reaches here: base64url, safe as a value.
-                format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000"),
+                format!(
+                    "{COOKIE}={token}; {}; Max-Age=2592000",
+                    cookie_attributes(&ctx)
+                ),
             ))
             .finish(),
         Ok(None) => html(
@@ -573,13 +725,12 @@ pub async fn login(ctx: web::Data<Context>, form: web::Form<LoginForm>) -> HttpR
     }
 }
 
-pub async fn logout() -> HttpResponse {
-    HttpResponse::SeeOther()
-        .insert_header(("Location", "/insights"))
-        .insert_header((
-            "Set-Cookie",
-            format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
-        ))
+pub async fn logout(ctx: web::Data<Context>, req: HttpRequest) -> HttpResponse {
+    if !same_site_post(&ctx, &req) {
+        return cross_site_refused();
+    }
+    see_other("/insights")
+        .insert_header(("Set-Cookie", clear_cookie(&ctx)))
         .finish()
 }
 

@@ -17,6 +17,76 @@ pub enum ClassFilter {
     All,
 }
 
+/// Whose a template key is: a team's, or a sender's own when they have no team. Keys are per
+/// scope, so two teams' "welcome" are two templates with their own figures and names. Written
+/// `team:ID` or `sender:ID` in the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TemplateScope {
+    Team(i64),
+    Sender(i64),
+}
+
+impl TemplateScope {
+    /// The scope `viewer`'s own mail is filed under.
+    pub fn of(viewer: Viewer) -> TemplateScope {
+        match viewer.team_id {
+            Some(team) => TemplateScope::Team(team),
+            None => TemplateScope::Sender(viewer.user_id),
+        }
+    }
+
+    /// From a rollup's dimensions (team 0: no team).
+    fn from_dims(team_id: i64, sender_id: i64) -> TemplateScope {
+        if team_id != 0 {
+            TemplateScope::Team(team_id)
+        } else {
+            TemplateScope::Sender(sender_id)
+        }
+    }
+
+    /// The condition on a row `alias` with `team_id` (0 for none) and `sender_id`.
+    fn condition(self, alias: &str, p: &mut Params) -> String {
+        match self {
+            TemplateScope::Team(t) => format!("{alias}.team_id = {}", p.push(t)),
+            TemplateScope::Sender(s) => {
+                format!(
+                    "({alias}.team_id = 0 AND {alias}.sender_id = {})",
+                    p.push(s)
+                )
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for TemplateScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TemplateScope::Team(t) => write!(f, "team:{t}"),
+            TemplateScope::Sender(s) => write!(f, "sender:{s}"),
+        }
+    }
+}
+
+impl std::str::FromStr for TemplateScope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a template scope (`team:ID` or `sender:ID`)");
+        let (kind, id) = s.trim().split_once(':').ok_or_else(bad)?;
+        let id: i64 = id.parse().map_err(|_| bad())?;
+        match kind {
+            "team" => Ok(TemplateScope::Team(id)),
+            "sender" => Ok(TemplateScope::Sender(id)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl Serialize for TemplateScope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Filters of the template reports. Dates are days of sending (UTC), both ends included.
 #[derive(Debug, Clone, Default)]
 pub struct ReportFilter {
@@ -28,6 +98,8 @@ pub struct ReportFilter {
     pub lead: Option<String>,
     pub project: Option<String>,
     pub template: Option<String>,
+    /// Whose template: with `template`, one template; alone, one team's or sender's keys.
+    pub scope: Option<TemplateScope>,
     pub class: ClassFilter,
 }
 
@@ -127,6 +199,9 @@ fn dims_where(alias: &str, f: &ReportFilter, viewer: Viewer, p: &mut Params) -> 
     if let Some(v) = &f.template {
         w.push(format!("{alias}.template_key = {}", p.push(v.clone())));
     }
+    if let Some(scope) = f.scope {
+        w.push(scope.condition(alias, p));
+    }
     w.join(" AND ")
 }
 
@@ -145,14 +220,14 @@ fn crm_where(f: &ReportFilter, p: &mut Params) -> String {
     w.join(" AND ")
 }
 
-/// Rows with template_key, day and the ten counts: the daily rollup, or (with CRM filters,
+/// Rows with template_key, day, sender_id, team_id and the counts: the daily rollup, or (with CRM filters,
 /// which rollups do not carry) the per-copy state of the matching messages.
 fn figures_source(f: &ReportFilter, viewer: Viewer, p: &mut Params) -> String {
     if f.by_crm() {
         let dims = dims_where("s", f, viewer, p);
         let crm = crm_where(f, p);
         format!(
-            "SELECT s.template_key, s.day, 1 AS sent, s.bounced::int AS bounced, s.opens,
+            "SELECT s.template_key, s.day, s.sender_id, s.team_id, 1 AS sent, s.bounced::int AS bounced, s.opens,
                     s.human_opens, (s.opens > 0)::int AS unique_opens,
                     (s.human_opens > 0)::int AS human_unique_opens, s.clicks, s.human_clicks,
                     (s.clicks > 0)::int AS unique_clicks,
@@ -170,12 +245,16 @@ fn figures_source(f: &ReportFilter, viewer: Viewer, p: &mut Params) -> String {
 #[derive(Debug, Clone, Serialize)]
 pub struct TemplateRow {
     pub template: String,
+    /// Whose template it is (`team:ID`, `sender:ID`); the key is unique within its scope only.
+    pub scope: TemplateScope,
+    /// The name its scope gave it.
     pub name: String,
     #[serde(flatten)]
     pub figures: Figures,
 }
 
-/// One row per template with something sent that the viewer may see, most sent first.
+/// One row per template (scope and key) with something sent that the viewer may see, most
+/// sent first.
 pub async fn templates(
     client: &impl GenericClient,
     viewer: Viewer,
@@ -183,20 +262,29 @@ pub async fn templates(
 ) -> Result<Vec<TemplateRow>, InsightsError> {
     let mut p = Params::default();
     let source = figures_source(filter, viewer, &mut p);
+    // Grouped by scope first, then named from that scope's row only: a name given in one
+    // team never shows in another's report.
     let sql = format!(
-        "SELECT x.template_key, coalesce(t.name, ''), {SUMS}
-         FROM ({source}) x LEFT JOIN templates t ON t.key = x.template_key
-         GROUP BY x.template_key, t.name
-         HAVING sum(sent) > 0
-         ORDER BY sum(sent) DESC, x.template_key"
+        "SELECT g.*, coalesce(t.name, '')
+         FROM (SELECT x.template_key, x.team_id AS scope_team,
+                      CASE WHEN x.team_id = 0 THEN x.sender_id ELSE 0 END AS scope_sender,
+                      {SUMS}, sum(sent) AS total_sent
+               FROM ({source}) x
+               GROUP BY 1, 2, 3
+               HAVING sum(sent) > 0) g
+         LEFT JOIN templates t ON t.key = g.template_key
+              AND coalesce(t.team_id, 0) = g.scope_team
+              AND (g.scope_team <> 0 OR t.owner_id = g.scope_sender)
+         ORDER BY g.total_sent DESC, g.template_key, g.scope_team, g.scope_sender"
     );
     let rows = client.query(&sql, &p.refs()).await?;
     Ok(rows
         .iter()
         .map(|r| TemplateRow {
             template: r.get(0),
-            name: r.get(1),
-            figures: Figures::from_row(r, 2, filter.class),
+            scope: TemplateScope::from_dims(r.get(1), r.get(2)),
+            name: r.get(16),
+            figures: Figures::from_row(r, 3, filter.class),
         })
         .collect())
 }
@@ -242,7 +330,8 @@ pub struct TemplateDetail {
 const TOP: i64 = 20;
 
 /// A template's figures with a daily series, top links and clients; `None` when the viewer
-/// sees nothing sent with it.
+/// sees nothing sent with it. Without a scope in `filter`, the viewer's own template of that
+/// key when they see one, else the one of the key with most sent.
 pub async fn template(
     client: &impl GenericClient,
     viewer: Viewer,
@@ -251,9 +340,17 @@ pub async fn template(
 ) -> Result<Option<TemplateDetail>, InsightsError> {
     let mut filter = filter.clone();
     filter.template = Some(key.to_string());
-    let Some(row) = templates(client, viewer, &filter).await?.into_iter().next() else {
+    let rows = templates(client, viewer, &filter).await?;
+    let own = TemplateScope::of(viewer);
+    let Some(row) = rows
+        .iter()
+        .find(|r| r.scope == own)
+        .or_else(|| rows.first())
+        .cloned()
+    else {
         return Ok(None);
     };
+    filter.scope = Some(row.scope);
 
     let mut p = Params::default();
     let source = figures_source(&filter, viewer, &mut p);

@@ -99,8 +99,10 @@ pub async fn insert(
     let statement = client
         .prepare_cached(
             "WITH template AS (
-                 INSERT INTO templates (key, first_subject) VALUES ($1, $2)
-                 ON CONFLICT (key) DO NOTHING
+                 -- The key in the sender's scope: their team's, or their own without one.
+                 INSERT INTO templates (key, first_subject, team_id, owner_id)
+                 VALUES ($1, $2, $5, CASE WHEN $5::bigint IS NULL THEN $4::bigint END)
+                 ON CONFLICT DO NOTHING
              ), message AS (
                  INSERT INTO messages (id, sender_id, team_id, visibility, template_key, subject,
                      header_message_id, envelope_from, deal, lead, project, track, size_bytes,

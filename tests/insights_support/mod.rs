@@ -388,7 +388,36 @@ pub fn sees(users: &[TestUser], viewer: usize, m: &Msg) -> bool {
         || (m.visibility == "team" && v.team_id.is_some() && v.team_id == s.team_id)
 }
 
-/// Expected report rows per template for `viewer`, over the messages `keep` selects.
+/// The template scope a message is filed under, as reports write it: its sender's team, or the
+/// sender for one without a team.
+pub fn scope_of(users: &[TestUser], m: &Msg) -> String {
+    let s = &users[m.sender];
+    match s.team_id {
+        Some(t) => format!("team:{t}"),
+        None => format!("sender:{}", s.id),
+    }
+}
+
+/// The key of a report row: scope and template key (a key is unique within its scope only).
+pub fn row_key(scope: &str, template: &str) -> String {
+    format!("{scope} {template}")
+}
+
+/// [`row_key`] of the row a message counts in.
+pub fn msg_row_key(users: &[TestUser], m: &Msg) -> String {
+    row_key(&scope_of(users, m), &m.template)
+}
+
+/// [`row_key`] of a report row as the API returns it.
+pub fn report_row_key(r: &serde_json::Value) -> String {
+    row_key(
+        r["scope"].as_str().expect("scope"),
+        r["template"].as_str().expect("template"),
+    )
+}
+
+/// Expected report rows per template ([`row_key`]) for `viewer`, over the messages `keep`
+/// selects.
 pub fn expected_templates(
     users: &[TestUser],
     msgs: &[Msg],
@@ -397,7 +426,7 @@ pub fn expected_templates(
 ) -> BTreeMap<String, Counts> {
     let mut out: BTreeMap<String, Counts> = BTreeMap::new();
     for m in msgs.iter().filter(|m| sees(users, viewer, m) && keep(m)) {
-        let row = out.entry(m.template.clone()).or_default();
+        let row = out.entry(msg_row_key(users, m)).or_default();
         for c in &m.copies {
             let classes = final_classes(c);
             let human = |i: usize| matches!(classes[i], Some("human") | Some("proxy"));
@@ -429,17 +458,18 @@ pub fn expected_templates(
     out
 }
 
-/// Expected clicks per link URL of one template for `viewer`: (clicks, human clicks).
+/// Expected clicks per link URL of one template ([`row_key`]) for `viewer`: (clicks, human
+/// clicks).
 pub fn expected_links(
     users: &[TestUser],
     msgs: &[Msg],
     viewer: usize,
-    template: &str,
+    key: &str,
 ) -> BTreeMap<String, (i64, i64)> {
     let mut out: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     for m in msgs
         .iter()
-        .filter(|m| sees(users, viewer, m) && m.template == template)
+        .filter(|m| sees(users, viewer, m) && msg_row_key(users, m) == key)
     {
         for c in &m.copies {
             let classes = final_classes(c);
