@@ -195,6 +195,37 @@ fn untouched_messages() {
     assert_eq!(p.render(&keys(), Uuid::now_v7(), "b"), junk);
 }
 
+#[test]
+fn wrapped_link_values_are_signed_as_a_browser_reads_them() {
+    let long = "A1b2C3d4".repeat(300);
+    let url = format!("https://shop.test/view/?id={long}");
+    let wrapped: String = url
+        .as_bytes()
+        .chunks(60)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let html = format!(
+        "<html><body><a href=\" {wrapped}\r\n\">a</a><map><area href=\"&#10;{wrapped}\" alt=\"m\"></map>\
+         <!--[if mso]><v:roundrect href=\"{}\"><center>v</center></v:roundrect><![endif]-->\
+         <a href=\"java\r\nscript:alert(1)\">j</a><a href=\"mail\r\nto:a@b.test\">m</a>\
+         <a href=\"https://shop.test/un\r\nsubscribe\">u</a></body></html>\r\n",
+        wrapped.replace("\r\n", "\r\n\t")
+    );
+    let raw = msg(
+        "Content-Type: text/html; charset=utf-8\n",
+        html.as_bytes(),
+        "\r\n",
+    );
+    // Every byte but the three link values maps back to the original.
+    assert_eq!(check_message("wrapped", &raw), 3);
+    let p = prepare(&raw, &settings());
+    let urls: Vec<_> = p.links.iter().map(|l| l.url.as_str()).collect();
+    assert_eq!(urls, [url.as_str(); 3]);
+    assert!(p.links.iter().any(|l| l.vml));
+    assert!(p.links[0].raw.contains("\r\n"), "the written value is kept");
+}
+
 /// The DKIM record's `p=` for a private key: the SubjectPublicKeyInfo for RSA, the bare
 /// 32-byte key for Ed25519 (RFC 8463), both from `openssl pkey`.
 fn dkim_public_key(pem_path: &std::path::Path, ed25519: bool) -> String {

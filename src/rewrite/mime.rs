@@ -44,8 +44,11 @@ impl Ctx {
         opted_out: bool,
         vml: bool,
     ) -> Option<Chunk> {
-        self.policy.decide(url, text, opted_out).ok()?;
-        let url = policy::trim_url(url).to_owned();
+        // Decided and signed as the browser will read it, so the redirect goes where the
+        // recipient's click would have gone.
+        let url = policy::browser_url(url);
+        self.policy.decide(&url, text, opted_out).ok()?;
+        let url = url.into_owned();
         let index = u32::try_from(self.links.len()).ok()?;
         let len = token::click_token_len(url.len());
         self.links.push(TrackedLink {
