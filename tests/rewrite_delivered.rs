@@ -254,3 +254,84 @@ fn wrapped_links_redirect_where_a_browser_goes() {
         b_html.replace(&written, &b_url)
     );
 }
+
+fn utf16(text: &str, little_endian: bool, bom: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for u in bom.then_some(0xFEFF).into_iter().chain(text.encode_utf16()) {
+        out.extend_from_slice(&if little_endian {
+            u.to_le_bytes()
+        } else {
+            u.to_be_bytes()
+        });
+    }
+    out
+}
+
+/// A multipart/alternative message whose two parts are UTF-16, base64.
+fn utf16_message(to: &str, label: &str, text: &str, html: &str, le: bool, bom: bool) -> String {
+    format!(
+        "From: {SENDER}\r\nTo: {to}\r\nSubject: Your order\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/alternative; boundary=\"u16\"\r\n\r\n--u16\r\n\
+         Content-Type: text/plain; charset=\"{label}\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\
+         --u16\r\nContent-Type: text/html; charset={label}\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\
+         --u16--\r\n",
+        base64_lines(&utf16(text, le, bom)),
+        base64_lines(&utf16(html, le, bom)),
+    )
+}
+
+#[test]
+fn utf16_parts_arrive_as_the_text_that_was_written() {
+    let run = Run::start();
+    // (label, little-endian, BOM): Windows mailers write little-endian without a BOM.
+    let cases = [
+        ("utf-16", true, false),
+        ("utf-16", true, true),
+        ("utf-16", false, false),
+        ("utf-16", false, true),
+        ("UTF-16LE", true, false),
+        ("utf-16be", false, false),
+    ];
+    let text_of = |i: usize| {
+        format!("Hello Jane,\r\n\r\nyour order {i} has shipped. Track it at https://shop.example.com/track?order={i} today.\r\n")
+    };
+    let html_of = |i: usize| {
+        format!("<html><head><meta http-equiv=\"Content-Type\" content=\"text/html; charset=utf-16\"></head>\r\n\
+                 <body><p>Hello Jane,</p><p>your order {i} has shipped.</p>\r\n\
+                 <a href=\"https://shop.example.com/track?order={i}\">Track it</a></body></html>\r\n")
+    };
+    for (i, (label, le, bom)) in cases.iter().enumerate() {
+        let to = format!("case{i}@example.net");
+        let m = utf16_message(&to, label, &text_of(i), &html_of(i), *le, *bom);
+        run.submit(&to, m.as_bytes());
+    }
+    let copies = run.delivered(cases.len());
+    let public = run.server.url("");
+    for (i, case) in cases.iter().enumerate() {
+        let parts = decode_parts(&copies[&format!("case{i}@example.net")]);
+        assert_eq!(parts.len(), 2, "{case:?}: {parts:?}");
+        let link = format!("https://shop.example.com/track?order={i}");
+        let (ty, charset, text) = &parts[0];
+        assert_eq!(
+            (ty.as_str(), charset.as_deref()),
+            ("text/plain", Some("utf-8"))
+        );
+        assert_eq!(
+            lf(&common::untrack(text, &public)),
+            lf(&text_of(i)),
+            "{case:?}"
+        );
+        assert_eq!(run.follow(text), [link.as_str()], "{case:?}");
+        let (ty, charset, html) = &parts[1];
+        assert_eq!(
+            (ty.as_str(), charset.as_deref()),
+            ("text/html", Some("utf-8"))
+        );
+        assert_eq!(
+            lf(&common::untrack(html, &public)),
+            lf(&html_of(i).replace("charset=utf-16", "charset=utf-8")),
+            "{case:?}"
+        );
+        assert_eq!(run.follow(html), [link], "{case:?}");
+    }
+}
