@@ -335,3 +335,78 @@ fn utf16_parts_arrive_as_the_text_that_was_written() {
         assert_eq!(run.follow(html), [link], "{case:?}");
     }
 }
+
+/// The untouched-messages counter of one cause, from `/metrics`.
+fn unparseable_count(run: &Run, cause: &str) -> Option<f64> {
+    let text = run
+        .http
+        .get(&run.server.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("mailtally_rewrite_untouched_messages_total{"))
+        .filter(|l| {
+            l.contains("reason=\"unparseable\"") && l.contains(&format!("cause=\"{cause}\""))
+        })
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn unparseable_messages_go_out_as_they_came_and_are_counted_by_cause() {
+    let run = Run::start();
+    let causes = [
+        "no_header",
+        "mime",
+        "transfer_encoding",
+        "charset",
+        "internal",
+    ];
+    for cause in causes {
+        assert_eq!(
+            unparseable_count(&run, cause),
+            Some(0.0),
+            "{cause} from the start"
+        );
+    }
+
+    // The first line is whitespace: readers disagree on where the headers are.
+    let ws = format!(" \r\nFrom: {SENDER}\r\nTo: ws@example.net\r\nSubject: Hi\r\nContent-Type: text/html\r\n\r\n<a href=\"https://shop.example.com/a\">a</a>\r\n");
+    // A plain-text footer appended to a base64 body, as list software does.
+    let footer = format!(
+        "From: {SENDER}\r\nTo: list@example.net\r\nSubject: List mail\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\
+         \r\n_______________________________________________\r\nList mailing list\r\nhttps://lists.example.org/listinfo/list\r\n",
+        base64_lines(b"<html><body><a href=\"https://shop.example.com/b\">b</a></body></html>")
+    );
+    // UTF-16 without a BOM whose byte order its text does not tell (no ASCII-range text).
+    let cjk = format!(
+        "From: {SENDER}\r\nTo: cjk@example.net\r\nSubject: Order\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-16\r\nContent-Transfer-Encoding: base64\r\n\r\n{}",
+        base64_lines(&utf16("ご注文の商品を発送いたしました", true, false))
+    );
+    let sent = [
+        ("ws@example.net", ws, "no_header"),
+        ("list@example.net", footer, "transfer_encoding"),
+        ("cjk@example.net", cjk, "charset"),
+    ];
+    for (to, m, _) in &sent {
+        run.submit(to, m.as_bytes());
+    }
+    let copies = run.delivered(sent.len());
+    for (to, m, cause) in &sent {
+        assert_eq!(
+            &copies[*to], m,
+            "{cause}: the copy is the message as it came"
+        );
+    }
+    for cause in causes {
+        let want = if sent.iter().any(|s| s.2 == cause) {
+            1.0
+        } else {
+            0.0
+        };
+        assert_eq!(unparseable_count(&run, cause), Some(want), "{cause}");
+    }
+}
