@@ -4,7 +4,7 @@ mod rewrite_support;
 
 use base64::Engine;
 use mail_parser::{MessageParser, PartType};
-use mailtally::rewrite::{prepare, preview, TrackMode, Untouched};
+use mailtally::rewrite::{prepare, preview, TrackMode, Unparseable, Untouched};
 use rewrite_support::*;
 use uuid::Uuid;
 
@@ -191,8 +191,138 @@ fn untouched_messages() {
 
     let junk = b"\x00\x01 not a message at all";
     let p = prepare(junk, &settings());
-    assert!(p.untouched.is_some());
+    assert_eq!(
+        p.untouched,
+        Some(Untouched::Unparseable(Unparseable::NoHeader))
+    );
     assert_eq!(p.render(&keys(), Uuid::now_v7(), "b"), junk);
+}
+
+#[test]
+fn unparseable_messages_say_why() {
+    let html = b"<a href=\"https://x.test/\">x</a>\r\n";
+    // A whitespace or blank first line: no header block where readers look for one.
+    for first in [" \r\n", "\t\r\n", "\r\n"] {
+        let mut raw = first.as_bytes().to_vec();
+        raw.extend(msg(
+            "X-Mailtally-Template: t\nContent-Type: text/html\n",
+            html,
+            "\r\n",
+        ));
+        let p = prepare(&raw, &settings());
+        assert_eq!(
+            p.untouched,
+            Some(Untouched::Unparseable(Unparseable::NoHeader)),
+            "{first:?}"
+        );
+        assert_eq!(p.render(&keys(), Uuid::now_v7(), "b"), raw, "{first:?}");
+    }
+
+    // A plain-text footer after a base64 body (list software): the body is left as it came.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(html);
+    let footer = format!("{b64}\r\n_______________\r\nThe list: https://lists.test/info\r\n");
+    for ct in ["text/html; charset=utf-8", "text/plain; charset=utf-8"] {
+        let raw = msg(
+            &format!(
+                "X-Mailtally-Template: t\nContent-Type: {ct}\nContent-Transfer-Encoding: base64\n"
+            ),
+            footer.as_bytes(),
+            "\r\n",
+        );
+        let p = prepare(&raw, &settings());
+        assert_eq!(
+            p.untouched,
+            Some(Untouched::Unparseable(Unparseable::TransferEncoding)),
+            "{ct}"
+        );
+        assert!(p.parts[0].skipped.is_some(), "{ct}: {:?}", p.parts);
+        let out = p.render(&keys(), Uuid::now_v7(), "b");
+        assert_eq!(out.len(), raw.len() - "X-Mailtally-Template: t\r\n".len());
+        assert!(out.ends_with(footer.as_bytes()));
+    }
+
+    // Beside a part that is rewritten, the unreadable one stays byte for byte and the message
+    // is not counted as untouched.
+    let body = format!(
+        "--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n{footer}--b\r\nContent-Type: text/html\r\n\r\n<a href=\"https://x.test/\">x</a>\r\n--b--\r\n"
+    );
+    let raw = msg(
+        "Content-Type: multipart/alternative; boundary=b\n",
+        body.as_bytes(),
+        "\r\n",
+    );
+    let p = prepare(&raw, &settings());
+    assert_eq!(p.untouched, None);
+    assert_eq!(p.links.len(), 1);
+    let out = String::from_utf8(p.render(&keys(), Uuid::now_v7(), "b")).unwrap();
+    assert!(out.contains(&footer));
+
+    // UTF-16 of a byte order its text does not tell.
+    let cjk: Vec<u8> = "ご注文の商品"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let raw = msg(
+        "Content-Type: text/plain; charset=utf-16\nContent-Transfer-Encoding: base64\n",
+        format!(
+            "{}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(&cjk)
+        )
+        .as_bytes(),
+        "\r\n",
+    );
+    let p = prepare(&raw, &settings());
+    assert_eq!(
+        p.untouched,
+        Some(Untouched::Unparseable(Unparseable::Charset))
+    );
+    assert_eq!(p.render(&keys(), Uuid::now_v7(), "b"), raw);
+
+    // A group sent one by one is still addressed one by one: only a body part was unreadable.
+    let raw = msg(
+        "X-Mailtally-Group: separate\nCc: Carl <c@example.net>\nContent-Type: text/html\nContent-Transfer-Encoding: base64\n",
+        footer.as_bytes(),
+        "\r\n",
+    );
+    let p = prepare(&raw, &settings());
+    assert_eq!(
+        p.untouched,
+        Some(Untouched::Unparseable(Unparseable::TransferEncoding))
+    );
+    let out = String::from_utf8(p.render(&keys(), Uuid::now_v7(), "b@example.net")).unwrap();
+    assert!(out.contains("To: <b@example.net>\r\n"), "{out}");
+    assert!(!out.contains("c@example.net"), "{out}");
+}
+
+#[test]
+fn wrapped_link_values_are_signed_as_a_browser_reads_them() {
+    let long = "A1b2C3d4".repeat(300);
+    let url = format!("https://shop.test/view/?id={long}");
+    let wrapped: String = url
+        .as_bytes()
+        .chunks(60)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let html = format!(
+        "<html><body><a href=\" {wrapped}\r\n\">a</a><map><area href=\"&#10;{wrapped}\" alt=\"m\"></map>\
+         <!--[if mso]><v:roundrect href=\"{}\"><center>v</center></v:roundrect><![endif]-->\
+         <a href=\"java\r\nscript:alert(1)\">j</a><a href=\"mail\r\nto:a@b.test\">m</a>\
+         <a href=\"https://shop.test/un\r\nsubscribe\">u</a></body></html>\r\n",
+        wrapped.replace("\r\n", "\r\n\t")
+    );
+    let raw = msg(
+        "Content-Type: text/html; charset=utf-8\n",
+        html.as_bytes(),
+        "\r\n",
+    );
+    // Every byte but the three link values maps back to the original.
+    assert_eq!(check_message("wrapped", &raw), 3);
+    let p = prepare(&raw, &settings());
+    let urls: Vec<_> = p.links.iter().map(|l| l.url.as_str()).collect();
+    assert_eq!(urls, [url.as_str(); 3]);
+    assert!(p.links.iter().any(|l| l.vml));
+    assert!(p.links[0].raw.contains("\r\n"), "the written value is kept");
 }
 
 /// The DKIM record's `p=` for a private key: the SubjectPublicKeyInfo for RSA, the bare

@@ -49,7 +49,7 @@ fn mime_corpus() {
         check_message(&name, &raw);
         let p = mailtally::rewrite::prepare(&raw, &settings());
         if let Some(u) = p.untouched {
-            *untouched.entry(u.as_str()).or_insert(0) += 1;
+            *untouched.entry((u.as_str(), u.cause())).or_insert(0) += 1;
         }
         for r in p.parts.iter().filter(|r| r.skipped.is_some()) {
             skipped.push(format!(

@@ -22,6 +22,15 @@ fuzz_target!(|data: &[u8]| {
     let p = prepare(data, &settings);
     let out = p.render(&keys, uuid::Uuid::from_u128(1), "r@example.com");
     if p.untouched.is_some() && p.slots() == 0 {
-        assert!(out.len() <= data.len());
+        // The relay's own DKIM signature is the one field a copy may gain: a message whose
+        // header block was read is signed even when a body part could not be.
+        let ours = if settings.dkim.is_some() && out.starts_with(b"DKIM-Signature:") {
+            out.windows(2)
+                .position(|w| w[0] == b'\n' && !matches!(w[1], b' ' | b'\t'))
+                .map_or(out.len(), |p| p + 1)
+        } else {
+            0
+        };
+        assert!(out.len() - ours <= data.len());
     }
 });

@@ -117,10 +117,10 @@ pub(super) async fn finish(s: &mut Session) -> Next {
         },
         size_bytes,
     ) = handoff;
-    if let Some(reason) = untouched {
+    if let Some(why) = untouched {
         METRICS
             .messages_untouched_total
-            .with_label_values(&[reason])
+            .with_label_values(&[why.as_str(), why.cause()])
             .inc();
     }
     let visibility = facts
@@ -141,7 +141,7 @@ pub(super) async fn finish(s: &mut Session) -> Next {
         size_bytes,
         facts,
         links,
-        untouched: untouched.map(str::to_string),
+        untouched: untouched.map(|u| u.as_str().to_string()),
         copies: copies
             .into_iter()
             .map(|(id, recipient, body)| NewCopy {
@@ -199,7 +199,7 @@ pub struct MessageFacts {
 pub struct Handoff {
     pub facts: MessageFacts,
     pub links: Vec<(i32, String)>,
-    pub untouched: Option<&'static str>,
+    pub untouched: Option<rewrite::Untouched>,
     pub copies: Vec<(Uuid, String, Vec<u8>)>,
 }
 
@@ -243,7 +243,7 @@ pub fn copies_for(
             .iter()
             .map(|l| (l.index as i32, l.url.clone()))
             .collect(),
-        untouched: prepared.untouched.map(|u| u.as_str()),
+        untouched: prepared.untouched,
         copies,
     }
 }

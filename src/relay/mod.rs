@@ -65,13 +65,21 @@ pub static METRICS: LazyLock<RelayMetrics> = LazyLock::new(|| {
         "smtp_received_bytes_total",
         "message bytes received by DATA and BDAT",
     ),
-    messages_untouched_total: metrics::counter_vec(
+    messages_untouched_total: with_every_untouched(metrics::counter_vec(
         "rewrite_untouched_messages_total",
-        "messages sent on unchanged (signed, encrypted, unparseable, tracking off, DKIM without key)",
-        &["reason"],
-    ),
+        "messages sent on unchanged, by reason (signed, encrypted, unparseable, tracking off, DKIM without key) and cause of unparseable",
+        &["reason", "cause"],
+    )),
 }
 });
+
+/// Every reason and cause at zero from the start, so that a rate over them is never "no data".
+fn with_every_untouched(c: IntCounterVec) -> IntCounterVec {
+    for why in crate::rewrite::Untouched::all() {
+        c.with_label_values(&[why.as_str(), why.cause()]);
+    }
+    c
+}
 
 /// Why a message was refused: the bounded label set of `smtp_messages_rejected_total`.
 #[derive(Debug, Clone, Copy)]

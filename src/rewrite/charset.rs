@@ -22,6 +22,10 @@ pub enum CharsetError {
     Unknown(String),
     #[error("text is not valid {0}")]
     Malformed(&'static str),
+    #[error("UTF-16 text of undeclared byte order that cannot be told")]
+    ByteOrder,
+    #[error("UTF-16 byte-order mark contradicts the label {0:?}")]
+    ByteOrderMark(String),
 }
 
 /// Decode `bytes` labelled `label`.
@@ -52,13 +56,7 @@ pub(crate) fn decode<'a>(
         return Err(CharsetError::Unknown(label));
     }
     if enc == UTF_16LE || enc == UTF_16BE {
-        // MIME's bare "UTF-16" without a BOM is big-endian (RFC 2781); a BOM decides.
-        let fallback = if label == "utf-16le" {
-            UTF_16LE
-        } else {
-            UTF_16BE
-        };
-        let (enc, bom) = Encoding::for_bom(bytes).unwrap_or((fallback, 0));
+        let (enc, bom) = utf16_order(bytes, &label)?;
         let (text, had_errors) = enc.decode_without_bom_handling(bytes.get(bom..).unwrap_or(&[]));
         if had_errors {
             return Err(CharsetError::Malformed("UTF-16"));
@@ -75,6 +73,55 @@ pub(crate) fn decode<'a>(
         return Ok((text, Plan::ToUtf8));
     }
     Ok((text, Plan::Same(enc)))
+}
+
+/// The byte order of a UTF-16 part and the length of its byte-order mark.
+///
+/// `utf-16le` / `utf-16be` (and Microsoft's `unicodefeff` / `unicodefffe`) declare it; a BOM
+/// agreeing with the label is dropped. Other UTF-16 labels (`utf-16`, `ucs-2`, `unicode`)
+/// leave it to a BOM, else to the zero bytes of ASCII-range text: RFC 2781 says big-endian,
+/// but Windows mailers write little-endian without a BOM, and decoding that as big-endian
+/// turns English into CJK. When neither tells, the part is not converted at all.
+fn utf16_order(bytes: &[u8], label: &str) -> Result<(&'static Encoding, usize), CharsetError> {
+    let bom = match bytes {
+        [0xFF, 0xFE, ..] => Some(UTF_16LE),
+        [0xFE, 0xFF, ..] => Some(UTF_16BE),
+        _ => None,
+    };
+    let declared = match label {
+        "utf-16le" | "unicodefeff" => Some(UTF_16LE),
+        "utf-16be" | "unicodefffe" => Some(UTF_16BE),
+        _ => None,
+    };
+    match (declared, bom) {
+        (Some(d), Some(b)) if d == b => Ok((d, 2)),
+        (Some(_), Some(_)) => Err(CharsetError::ByteOrderMark(label.to_owned())),
+        (Some(d), None) => Ok((d, 0)),
+        (None, Some(b)) => Ok((b, 2)),
+        (None, None) => utf16_order_of_text(bytes).map(|e| (e, 0)),
+    }
+}
+
+/// Tell little- from big-endian UTF-16 by its zero bytes: a character below U+0100 has a
+/// zero high byte, which comes second (LE) or first (BE). Markup and Latin text are full of
+/// them; text without them (CJK only) or with both kinds in similar numbers is not guessed.
+fn utf16_order_of_text(bytes: &[u8]) -> Result<&'static Encoding, CharsetError> {
+    let units = bytes.len() / 2;
+    let (mut zero_first, mut zero_second) = (0usize, 0usize);
+    for pair in bytes.chunks_exact(2) {
+        zero_first += usize::from(pair[0] == 0);
+        zero_second += usize::from(pair[1] == 0);
+    }
+    // At least a quarter of the characters below U+0100, and the other byte zero at most an
+    // eighth as often (U+0100, U+0200, ... have a zero low byte; U+0000 counts on both).
+    let tells = |major: usize, minor: usize| major * 4 >= units && major > 0 && minor * 8 <= major;
+    if tells(zero_second, zero_first) {
+        Ok(UTF_16LE)
+    } else if tells(zero_first, zero_second) {
+        Ok(UTF_16BE)
+    } else {
+        Err(CharsetError::ByteOrder)
+    }
 }
 
 /// Whether `encode` changes the bytes at all (else the UTF-8 text is the output).
@@ -165,6 +212,79 @@ mod tests {
         assert_eq!(t, "hi");
         let (t, p) = decode(b"Hi Mom -+Jjo--!", Some("utf-7")).unwrap();
         assert_eq!((&*t, p), ("Hi Mom -☺-!", Plan::ToUtf8));
+    }
+
+    fn utf16(text: &str, le: bool, bom: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for u in bom.then_some(0xFEFF).into_iter().chain(text.encode_utf16()) {
+            out.extend_from_slice(&if le { u.to_le_bytes() } else { u.to_be_bytes() });
+        }
+        out
+    }
+
+    #[test]
+    fn utf16_byte_order_is_detected_or_declared() {
+        let text = "<p>Hello Bob, your order has shipped.</p>";
+        for le in [true, false] {
+            for bom in [true, false] {
+                let bytes = utf16(text, le, bom);
+                for label in ["utf-16", "UTF-16", "ucs-2", "unicode"] {
+                    let (t, p) = decode(&bytes, Some(label)).unwrap();
+                    assert_eq!((&*t, p), (text, Plan::ToUtf8), "{label} le={le} bom={bom}");
+                }
+                let own = if le { "utf-16le" } else { "utf-16be" };
+                let (t, _) = decode(&bytes, Some(own)).unwrap();
+                assert_eq!(t, text, "{own} bom={bom}");
+                let other = if le { "utf-16be" } else { "utf-16le" };
+                if bom {
+                    assert_eq!(
+                        decode(&bytes, Some(other)),
+                        Err(CharsetError::ByteOrderMark(other.to_owned()))
+                    );
+                }
+            }
+        }
+        // Latin text with a few characters whose low byte is zero (U+0100) still tells.
+        let t = "Āa Ābcdefghijklmnop";
+        assert_eq!(decode(&utf16(t, true, false), Some("utf-16")).unwrap().0, t);
+        assert_eq!(
+            decode(&utf16(t, false, false), Some("utf-16")).unwrap().0,
+            t
+        );
+    }
+
+    #[test]
+    fn utf16_of_untellable_order_is_not_guessed() {
+        // CJK only: no zero bytes either way.
+        let cjk = "日本語のテキストです";
+        for le in [true, false] {
+            assert_eq!(
+                decode(&utf16(cjk, le, false), Some("utf-16")),
+                Err(CharsetError::ByteOrder)
+            );
+            // With a BOM or a declaring label it is fine.
+            assert_eq!(
+                decode(&utf16(cjk, le, true), Some("utf-16")).unwrap().0,
+                cjk
+            );
+        }
+        assert_eq!(
+            decode(&utf16(cjk, true, false), Some("utf-16le"))
+                .unwrap()
+                .0,
+            cjk
+        );
+        // As many zero bytes first as second.
+        assert_eq!(
+            decode(b"\x00\x00\x00\x00", Some("utf-16")),
+            Err(CharsetError::ByteOrder)
+        );
+        assert_eq!(decode(b"", Some("utf-16")), Err(CharsetError::ByteOrder));
+        // A UTF-8 BOM is not a UTF-16 one.
+        assert_eq!(
+            decode(b"\xef\xbb\xbfhi", Some("utf-16")),
+            Err(CharsetError::ByteOrder)
+        );
     }
 
     #[test]

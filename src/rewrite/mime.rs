@@ -19,7 +19,7 @@ use super::policy::{self, LinkPolicy};
 use super::token;
 use super::transfer::{self, Cte, Flat, MAX_LINE};
 use super::{html, text};
-use super::{PartReport, Prepared, RewriteSettings, TrackedLink, Untouched};
+use super::{PartReport, Prepared, RewriteSettings, TrackedLink, Unparseable, Untouched};
 
 /// Shared state of one message's rewrite: the policy and the links found so far.
 pub(crate) struct Ctx {
@@ -44,8 +44,11 @@ impl Ctx {
         opted_out: bool,
         vml: bool,
     ) -> Option<Chunk> {
-        self.policy.decide(url, text, opted_out).ok()?;
-        let url = policy::trim_url(url).to_owned();
+        // Decided and signed as the browser will read it, so the redirect goes where the
+        // recipient's click would have gone.
+        let url = policy::browser_url(url);
+        self.policy.decide(&url, text, opted_out).ok()?;
+        let url = url.into_owned();
         let index = u32::try_from(self.links.len()).ok()?;
         let len = token::click_token_len(url.len());
         self.links.push(TrackedLink {
@@ -94,6 +97,16 @@ pub enum PartError {
     Transfer(#[from] transfer::TransferError),
     #[error(transparent)]
     Charset(#[from] charset::CharsetError),
+}
+
+impl PartError {
+    fn cause(&self) -> Unparseable {
+        match self {
+            PartError::Offsets => Unparseable::Mime,
+            PartError::Transfer(_) => Unparseable::TransferEncoding,
+            PartError::Charset(_) => Unparseable::Charset,
+        }
+    }
 }
 
 /// Names the subject may contain: the recipients' display names and local parts.
@@ -160,11 +173,14 @@ fn strip_controls(raw: &[u8], fields: &[Field]) -> Vec<Edit> {
 
 pub(crate) fn prepare(raw: &[u8], settings: &RewriteSettings) -> Prepared {
     let fields = headers::fields(raw, 0, raw.len());
+    if fields.is_empty() {
+        return untouched(raw, settings, Untouched::Unparseable(Unparseable::NoHeader));
+    }
     let Some(msg) = MessageParser::default().parse(raw) else {
-        return untouched(raw, settings, Untouched::Unparseable);
+        return untouched(raw, settings, Untouched::Unparseable(Unparseable::Mime));
     };
-    if msg.parts.is_empty() || fields.is_empty() {
-        return untouched(raw, settings, Untouched::Unparseable);
+    if msg.parts.is_empty() {
+        return untouched(raw, settings, Untouched::Unparseable(Unparseable::Mime));
     }
     let names = recipient_names(&msg);
     let subject = msg.subject().map(str::to_owned);
@@ -232,6 +248,9 @@ pub(crate) fn prepare(raw: &[u8], settings: &RewriteSettings) -> Prepared {
         .collect();
 
     let mut reports = Vec::new();
+    // What made the first unreadable part unreadable, and whether any part changed.
+    let mut unreadable = None;
+    let mut changed = false;
     for (id, is_html) in text_parts(&msg) {
         if !(is_html || (ctx.clicks && settings.track_text_links)) {
             continue;
@@ -239,6 +258,7 @@ pub(crate) fn prepare(raw: &[u8], settings: &RewriteSettings) -> Prepared {
         let before = ctx.links.len();
         match rewrite_part(raw, &msg, id, is_html, &mut ctx) {
             Ok((part_edits, converted)) => {
+                changed |= !part_edits.is_empty();
                 edits.extend(part_edits);
                 reports.push(PartReport {
                     part: id,
@@ -249,6 +269,7 @@ pub(crate) fn prepare(raw: &[u8], settings: &RewriteSettings) -> Prepared {
             }
             Err(e) => {
                 ctx.links.truncate(before);
+                unreadable = unreadable.or(Some(e.cause()));
                 reports.push(PartReport {
                     part: id,
                     html: is_html,
@@ -258,13 +279,16 @@ pub(crate) fn prepare(raw: &[u8], settings: &RewriteSettings) -> Prepared {
             }
         }
     }
+    // Nothing rewritten because a part could not be read: the message goes out as it came
+    // (control headers aside) and is counted as such.
+    let why = unreadable.filter(|_| !changed).map(Untouched::Unparseable);
     finish(
         raw,
         controls,
         ctx.links,
         reports,
         edits,
-        None,
+        why,
         signer.map(Arc::new),
     )
 }
@@ -300,7 +324,11 @@ fn text_parts(msg: &Message) -> Vec<(usize, bool)> {
                 }
                 stack.extend(children.iter().rev().map(|&c| c as usize));
             }
-            PartType::Html(_) if !attachment && is("text", "html") => out.push((id, true)),
+            // By its label: a body mail-parser could not decode (base64 with a footer
+            // appended) comes as Text whatever its type, and must be reported, not passed over.
+            PartType::Html(_) | PartType::Text(_) if !attachment && is("text", "html") => {
+                out.push((id, true))
+            }
             PartType::Text(_) if !attachment && (ct.is_none() || is("text", "plain")) => {
                 out.push((id, false))
             }

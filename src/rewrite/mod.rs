@@ -110,20 +110,84 @@ impl std::str::FromStr for TrackMode {
 pub enum Untouched {
     Signed,
     Encrypted,
-    Unparseable,
+    Unparseable(Unparseable),
     TrackingOff,
     DkimWithoutKey,
 }
 
+/// What made a message unparseable: the `cause` label of the untouched-messages metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unparseable {
+    /// The first line is not a header field (blank or whitespace), or there is no header
+    /// block at all: readers disagree on where such a message's headers are.
+    NoHeader,
+    /// The MIME parser finds no message in it.
+    Mime,
+    /// A text part's body is not valid in its Content-Transfer-Encoding (a plain-text footer
+    /// appended to a base64 body by list software), and no other part could be rewritten.
+    TransferEncoding,
+    /// A text part's charset cannot be read exactly (unknown label on 8-bit text, malformed
+    /// text, UTF-16 of undeclared byte order that cannot be told), and no other part could be
+    /// rewritten.
+    Charset,
+    /// The rewrite gave up on a bug of its own (caught; the message still goes out).
+    Internal,
+}
+
+impl Unparseable {
+    pub const ALL: [Unparseable; 5] = [
+        Unparseable::NoHeader,
+        Unparseable::Mime,
+        Unparseable::TransferEncoding,
+        Unparseable::Charset,
+        Unparseable::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unparseable::NoHeader => "no_header",
+            Unparseable::Mime => "mime",
+            Unparseable::TransferEncoding => "transfer_encoding",
+            Unparseable::Charset => "charset",
+            Unparseable::Internal => "internal",
+        }
+    }
+
+    /// Only a body part was unreadable: the header block is sound and may be edited.
+    fn headers_read(self) -> bool {
+        matches!(self, Unparseable::TransferEncoding | Unparseable::Charset)
+    }
+}
+
 impl Untouched {
-    /// Label for the rewrite-failure / untouched metrics.
+    /// Every value, for metrics exported before the first message.
+    pub fn all() -> impl Iterator<Item = Untouched> {
+        [
+            Untouched::Signed,
+            Untouched::Encrypted,
+            Untouched::TrackingOff,
+            Untouched::DkimWithoutKey,
+        ]
+        .into_iter()
+        .chain(Unparseable::ALL.map(Untouched::Unparseable))
+    }
+
+    /// Label for the untouched metric's `reason` and the `messages.untouched` column.
     pub fn as_str(self) -> &'static str {
         match self {
             Untouched::Signed => "signed",
             Untouched::Encrypted => "encrypted",
-            Untouched::Unparseable => "unparseable",
+            Untouched::Unparseable(_) => "unparseable",
             Untouched::TrackingOff => "tracking_off",
             Untouched::DkimWithoutKey => "dkim_without_key",
+        }
+    }
+
+    /// Label for the untouched metric's `cause`: what made it unparseable, else empty.
+    pub fn cause(self) -> &'static str {
+        match self {
+            Untouched::Unparseable(c) => c.as_str(),
+            _ => "",
         }
     }
 }
@@ -183,7 +247,11 @@ impl Prepared {
     pub fn render(&self, keys: &TokenKeys, copy: Uuid, recipient: &str) -> Vec<u8> {
         let mut out = copy::fill(&self.template, &self.patches, &self.links, keys, copy);
         // A signature over the headers would break; an unparseable message is left alone.
-        let may_readdress = matches!(self.untouched, None | Some(Untouched::TrackingOff));
+        let may_readdress = match self.untouched {
+            None | Some(Untouched::TrackingOff) => true,
+            Some(Untouched::Unparseable(c)) => c.headers_read(),
+            Some(_) => false,
+        };
         if self.controls.separate && may_readdress {
             out = headers::addressed_to(&out, recipient);
         }
@@ -215,7 +283,9 @@ pub fn prepare(raw: &[u8], settings: &RewriteSettings) -> Prepared {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         mime::prepare(raw, settings)
     }))
-    .unwrap_or_else(|_| mime::untouched(raw, settings, Untouched::Unparseable))
+    .unwrap_or_else(|_| {
+        mime::untouched(raw, settings, Untouched::Unparseable(Unparseable::Internal))
+    })
 }
 
 /// What `mailtally rewrite` prints: the copy one recipient would get.

@@ -1,5 +1,7 @@
 //! Which links are tracked. One place, so that HTML, VML and text links follow one rule.
 
+use std::borrow::Cow;
+
 use super::token::MAX_URL_LEN;
 
 /// Why a link is left as it is.
@@ -73,7 +75,8 @@ impl LinkPolicy {
 
     /// Decide one link. `url` is the decoded attribute value, `text` what the reader sees.
     pub fn decide(&self, url: &str, text: &str, opted_out: bool) -> Result<(), Skip> {
-        let url = trim_url(url);
+        let url = browser_url(url);
+        let url = url.as_ref();
         if opted_out {
             return Err(Skip::OptedOut);
         }
@@ -114,9 +117,17 @@ impl LinkPolicy {
     }
 }
 
-/// What a browser would follow: ASCII whitespace around the value does not count.
-pub fn trim_url(url: &str) -> &str {
-    url.trim_matches(|c: char| c.is_ascii_whitespace() || c <= ' ')
+/// The URL a browser would follow for a decoded attribute value: the WHATWG URL parser
+/// strips leading and trailing C0 controls and spaces and removes every tab, CR and LF
+/// before parsing. Mail clients wrap long `href` values across lines; signing the value as
+/// written would send the click to a URL nobody asked for.
+pub fn browser_url(url: &str) -> Cow<'_, str> {
+    let trimmed = url.trim_matches(|c: char| c <= ' ');
+    if trimmed.contains(['\t', '\n', '\r']) {
+        Cow::Owned(trimmed.replace(['\t', '\n', '\r'], ""))
+    } else {
+        Cow::Borrowed(trimmed)
+    }
 }
 
 /// The URL scheme, lower case, when the value has one (RFC 3986: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":").
@@ -198,5 +209,53 @@ mod tests {
         assert_eq!(p.decide("/relative", "", false), Err(Skip::NotWeb));
         let long = format!("https://x.test/{}", "a".repeat(MAX_URL_LEN));
         assert_eq!(p.decide(&long, "", false), Err(Skip::TooLong));
+    }
+
+    #[test]
+    fn values_are_read_as_a_browser_reads_them() {
+        assert_eq!(
+            browser_url("\u{0}\x1f https://x.test/view/?id=AB\r\n  CD\tEF\n\x0c \u{1}"),
+            "https://x.test/view/?id=AB  CDEF"
+        );
+        // Only tab, CR and LF go from the inside; other controls and spaces stay.
+        assert_eq!(
+            browser_url("https://x.test/a b\x0bc"),
+            "https://x.test/a b\x0bc"
+        );
+        // Non-ASCII whitespace is not the parser's to strip.
+        assert_eq!(
+            browser_url("\u{a0}https://x.test/"),
+            "\u{a0}https://x.test/"
+        );
+        assert!(matches!(browser_url("https://x.test/"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn rules_see_the_value_a_browser_follows() {
+        let p = p();
+        // A scheme or a word broken by a line break is still that scheme or word.
+        assert_eq!(
+            p.decide("java\nscript:alert(1)", "", false),
+            Err(Skip::NotWeb)
+        );
+        assert_eq!(p.decide("mail\r\nto:a@b.c", "", false), Err(Skip::Mailto));
+        assert_eq!(p.decide("ht\ntps://x.test/a", "", false), Ok(()));
+        assert_eq!(p.decide("\n\t#top", "", false), Err(Skip::Fragment));
+        assert_eq!(
+            p.decide("https://x.test/unsub\r\nscribe?id=1", "here", false),
+            Err(Skip::Unsubscribe)
+        );
+        assert_eq!(
+            p.decide("https://x.test/list/\nleave?id=1", "Leave", false),
+            Err(Skip::Unsubscribe)
+        );
+        assert_eq!(
+            p.decide("https://t.example.com/\nc/abc", "", false),
+            Err(Skip::AlreadyTracked)
+        );
+        assert_eq!(p.decide(" \r\n\t ", "", false), Err(Skip::Empty));
+        // The limit is on what the token would carry.
+        let wrapped = format!("https://x.test/{}", "a\r\n".repeat(MAX_URL_LEN / 2));
+        assert_eq!(p.decide(&wrapped, "", false), Ok(()));
     }
 }
