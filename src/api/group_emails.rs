@@ -14,6 +14,7 @@ use super::auth::Caller;
 use super::errors::{single_line, ApiError};
 use crate::compose::{self, templates, ComposeError, Composition, Idempotency, Recipient};
 use crate::context::Context;
+use crate::queue::budget::OverBudget;
 
 /// Most recipients one request may name.
 pub const MAX_RECIPIENTS: usize = 1000;
@@ -238,6 +239,22 @@ pub async fn create(
             list.join("; ")
         )));
     }
+    // The copies are bounded before they are written (a lower bound of their size), and
+    // again once written, before anything is queued.
+    let max_bytes = ctx.settings.submission_max_bytes;
+    let count = recipients.len();
+    let too_large = |bytes: u64| {
+        ApiError::SubmissionTooLarge(format!(
+            "nothing was sent: the copies for {count} recipients take at least {bytes} bytes, \
+             more than the limit of {max_bytes} bytes per request"
+        ))
+    };
+    if max_bytes > 0 {
+        let merged = composition.merged_bytes(&recipients);
+        if merged > max_bytes {
+            return Err(too_large(merged));
+        }
+    }
     let rewrite = ctx.rewrite.clone();
     let keys = ctx.tracking_secrets.keys();
     let mut message =
@@ -245,6 +262,14 @@ pub async fn create(
             .await
             .map_err(|_| ApiError::BadRequest("the server is shutting down".into()))?
             .map_err(compose_error)?;
+    let bytes = message.copy_bytes();
+    if max_bytes > 0 && bytes > max_bytes {
+        return Err(too_large(bytes));
+    }
+    let per_hour = ctx.settings.sender_max_bytes_per_hour;
+    crate::queue::budget::charge(&ctx.pool, sender.id, bytes, per_hour)
+        .await
+        .map_err(|e| compose_error(e.into()))?;
 
     let answer = compose::answer(&message, body.send_at);
     let earlier = compose::queue(
@@ -253,9 +278,14 @@ pub async fn create(
         ctx.settings.sender_rate_per_minute,
         idem.as_ref().map(|i| (i, &answer)),
     )
-    .await
-    .map_err(compose_error)?;
-    match earlier {
+    .await;
+    if !matches!(earlier, Ok(None)) {
+        // Nothing was queued (an error, or the key's first request had queued it already).
+        if let Err(e) = crate::queue::budget::refund(&ctx.pool, sender.id, bytes, per_hour).await {
+            tracing::warn!(error = %e, "cannot give back a sending budget charge");
+        }
+    }
+    match earlier.map_err(compose_error)? {
         Some(answer) => Ok(HttpResponse::Ok().json(answer)),
         None => Ok(HttpResponse::Accepted().json(answer)),
     }
@@ -270,6 +300,15 @@ fn compose_error(e: ComposeError) -> ApiError {
         ComposeError::Db(d) => ApiError::Db(d),
         ComposeError::Queue(crate::queue::QueueError::Pool(p)) => ApiError::Unavailable(p),
         ComposeError::Queue(crate::queue::QueueError::Db(d)) => ApiError::Db(d),
+        ComposeError::Queue(crate::queue::QueueError::OverBudget(over)) => match over {
+            OverBudget::Never { .. } => {
+                ApiError::SubmissionTooLarge(format!("nothing was sent: {over}"))
+            }
+            OverBudget::Later { retry_after, .. } => ApiError::BudgetUsedUp {
+                retry_after,
+                message: format!("nothing was sent: {over}"),
+            },
+        },
         ComposeError::Queue(q) => ApiError::Unprocessable(q.to_string()),
     }
 }

@@ -133,6 +133,17 @@ impl Composition {
             .collect()
     }
 
+    /// The merged subject, HTML and text of every recipient, in bytes: less than their copies
+    /// will take (headers, MIME and the tracking come on top), so a bound it passes is checked
+    /// again on the copies; what it does not pass is refused before any copy is written.
+    pub fn merged_bytes(&self, recipients: &[Recipient]) -> u64 {
+        recipients
+            .iter()
+            .filter_map(|r| self.merge(r).ok())
+            .map(|(s, h, t)| (s.len() + h.len() + t.map_or(0, |t| t.len())) as u64)
+            .sum()
+    }
+
     /// (subject, html, text) for one recipient.
     fn merge(&self, r: &Recipient) -> Result<(String, String, Option<String>), ComposeError> {
         let values = r.values();

@@ -4,6 +4,7 @@
 //! Owns the `messages`/`copies` rows and their delivery state. It must never record an outcome
 //! for a copy whose lease it no longer holds, and never lose a committed copy.
 
+pub mod budget;
 pub mod claim;
 pub mod pacing;
 pub mod retry;
@@ -26,6 +27,8 @@ pub enum QueueError {
     Db(#[from] tokio_postgres::Error),
     #[error("message of {0} bytes is too large to store")]
     TooLarge(usize),
+    #[error("{0}")]
+    OverBudget(budget::OverBudget),
 }
 
 /// A message accepted by the relay, ready to be stored.
@@ -57,6 +60,13 @@ pub struct NewCopy {
     pub fields: Option<serde_json::Value>,
     /// Not delivered before this time (pacing, scheduled sends); `None`: at once.
     pub not_before: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl NewMessage {
+    /// The bytes its copies take: what the sending bounds count.
+    pub fn copy_bytes(&self) -> u64 {
+        self.copies.iter().map(|c| c.body.len() as u64).sum()
+    }
 }
 
 /// Wakes this process's delivery workers when mail is queued (other nodes poll).

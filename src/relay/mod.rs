@@ -82,6 +82,10 @@ pub enum RejectReason {
     Sender,
     Database,
     Shutdown,
+    /// An unknown value in a control header.
+    Header,
+    /// SENDER_MAX_BYTES_PER_HOUR.
+    Budget,
 }
 
 impl RejectReason {
@@ -93,6 +97,8 @@ impl RejectReason {
             RejectReason::Sender => "sender",
             RejectReason::Database => "database",
             RejectReason::Shutdown => "shutdown",
+            RejectReason::Header => "header",
+            RejectReason::Budget => "budget",
         }
     }
 

@@ -38,6 +38,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(11, "0011_compose.sql"),
     migration!(12, "0012_followups.sql"),
     migration!(13, "0013_replies.sql"),
+    migration!(14, "0014_sender_usage.sql"),
 ];
 
 /// Arbitrary constant naming mailtally's migration lock among advisory locks.
