@@ -52,7 +52,10 @@ fn crlf_and_lf_and_identity() {
         );
         // Every line ends in CRLF, whatever the message used: a bare LF could end an
         // upstream's DATA early.
-        assert!(crlf::is_normal(s.as_bytes()) && s.contains("\r\n"), "{eol:?}");
+        assert!(
+            crlf::is_normal(s.as_bytes()) && s.contains("\r\n"),
+            "{eol:?}"
+        );
     }
 }
 

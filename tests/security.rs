@@ -1058,3 +1058,77 @@ fn group_emails_and_smtp_are_bounded_per_submission_and_per_sender_hour() {
     assert!(r.starts_with("250"), "{r}");
     assert_eq!(queued(), (2, 5));
 }
+
+#[test]
+fn a_group_email_is_written_in_chunks_and_a_late_chunk_over_the_bound_queues_nothing() {
+    let group = |n: usize| {
+        let recipients: Vec<_> = (0..n)
+            .map(|i| serde_json::json!({"email": format!("r{i}@example.net"), "fields": {"n": i}}))
+            .collect();
+        serde_json::json!({
+            "subject": "Offer {{n}}",
+            "html": "<p>Hi {{n}}</p><a href=\"https://shop.example/{{n}}\">shop</a>",
+            "recipients": recipients,
+        })
+    };
+    // Several chunks of copies: every recipient once, every copy listed, paced one after the
+    // other across the chunks.
+    let db = TestDb::migrated();
+    let ann = add_user(&db.url, "ann@example.com", PASSWORD);
+    let server = Server::start(&db.url, &[("SENDER_RATE_PER_MINUTE", "60")]);
+    let (status, answer) = common::api::call(
+        "POST",
+        &server.url("/api/group-emails"),
+        &ann,
+        Some(&group(250)),
+        None,
+    );
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["copies"], 250);
+    assert_eq!(answer["recipients"].as_array().unwrap().len(), 250);
+    assert_eq!(
+        db_i64(
+            &db.url,
+            "SELECT count(DISTINCT lower(recipient)) FROM copies"
+        ),
+        250
+    );
+    assert_eq!(
+        db_i64(
+            &db.url,
+            "SELECT count(*) FROM events WHERE kind = 'accepted'"
+        ),
+        250
+    );
+    // One a second: the last copy goes about 249 s from now, not 99 s (each chunk restarting).
+    let last = db_i64(
+        &db.url,
+        "SELECT extract(epoch FROM max(next_attempt_at) - now())::int8 FROM copies
+         WHERE status = 'queued' AND lease_until IS NULL",
+    );
+    assert!((240..=250).contains(&last), "paced across chunks: {last}");
+    assert_eq!(db_i64(&db.url, "SELECT count(*) FROM messages"), 1);
+    assert!(db_i64(&db.url, "SELECT size_bytes FROM messages") > 0);
+
+    // The merged fields fit the bound, the copies (headers, MIME, tracking) do not: refused
+    // once a later chunk is over it, and what earlier chunks wrote is rolled back.
+    let db = TestDb::migrated();
+    let ann = add_user(&db.url, "ann@example.com", PASSWORD);
+    let server = Server::start(&db.url, &[("SUBMISSION_MAX_BYTES", "100000")]);
+    let (status, answer) = common::api::call(
+        "POST",
+        &server.url("/api/group-emails"),
+        &ann,
+        Some(&group(250)),
+        None,
+    );
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"], "submission_too_large");
+    for table in ["messages", "copies", "events", "links", "sender_usage"] {
+        assert_eq!(
+            db_i64(&db.url, &format!("SELECT count(*) FROM {table}")),
+            0,
+            "{table}"
+        );
+    }
+}

@@ -239,55 +239,38 @@ pub async fn create(
             list.join("; ")
         )));
     }
-    // The copies are bounded before they are written (a lower bound of their size), and
-    // again once written, before anything is queued.
+    // The copies are bounded before any is written (by a lower bound of their size), and
+    // again as they are written, before anything is committed.
     let max_bytes = ctx.settings.submission_max_bytes;
-    let count = recipients.len();
-    let too_large = |bytes: u64| {
-        ApiError::SubmissionTooLarge(format!(
-            "nothing was sent: the copies for {count} recipients take at least {bytes} bytes, \
-             more than the limit of {max_bytes} bytes per request"
-        ))
-    };
     if max_bytes > 0 {
         let merged = composition.merged_bytes(&recipients);
         if merged > max_bytes {
-            return Err(too_large(merged));
+            return Err(ApiError::SubmissionTooLarge(format!(
+                "nothing was sent: the copies for {} recipients take at least {merged} bytes, \
+                 more than the limit of {max_bytes} bytes per request",
+                recipients.len()
+            )));
         }
     }
-    let rewrite = ctx.rewrite.clone();
-    let keys = ctx.tracking_secrets.keys();
-    let mut message =
-        tokio::task::spawn_blocking(move || composition.render(&recipients, &rewrite, &keys))
-            .await
-            .map_err(|_| ApiError::BadRequest("the server is shutting down".into()))?
-            .map_err(compose_error)?;
-    let bytes = message.copy_bytes();
-    if max_bytes > 0 && bytes > max_bytes {
-        return Err(too_large(bytes));
-    }
-    let per_hour = ctx.settings.sender_max_bytes_per_hour;
-    crate::queue::budget::charge(&ctx.pool, sender.id, bytes, per_hour)
-        .await
-        .map_err(|e| compose_error(e.into()))?;
-
-    let answer = compose::answer(&message, body.send_at);
-    let earlier = compose::queue(
+    let bounds = compose::Bounds {
+        per_minute: ctx.settings.sender_rate_per_minute,
+        max_bytes,
+        per_hour: ctx.settings.sender_max_bytes_per_hour,
+    };
+    let queued = compose::queue_in_chunks(
         &ctx.pool,
-        &mut message,
-        ctx.settings.sender_rate_per_minute,
-        idem.as_ref().map(|i| (i, &answer)),
+        std::sync::Arc::new(composition),
+        recipients,
+        ctx.rewrite.clone(),
+        ctx.tracking_secrets.keys(),
+        bounds,
+        idem.as_ref(),
     )
-    .await;
-    if !matches!(earlier, Ok(None)) {
-        // Nothing was queued (an error, or the key's first request had queued it already).
-        if let Err(e) = crate::queue::budget::refund(&ctx.pool, sender.id, bytes, per_hour).await {
-            tracing::warn!(error = %e, "cannot give back a sending budget charge");
-        }
-    }
-    match earlier.map_err(compose_error)? {
-        Some(answer) => Ok(HttpResponse::Ok().json(answer)),
-        None => Ok(HttpResponse::Accepted().json(answer)),
+    .await
+    .map_err(compose_error)?;
+    match queued {
+        compose::Queued::Earlier(answer) => Ok(HttpResponse::Ok().json(answer)),
+        compose::Queued::New(answer) => Ok(HttpResponse::Accepted().json(answer)),
     }
 }
 
@@ -296,6 +279,7 @@ fn compose_error(e: ComposeError) -> ApiError {
         ComposeError::Merge { .. } | ComposeError::Build(_) | ComposeError::IdempotencyMismatch => {
             ApiError::Unprocessable(e.to_string())
         }
+        ComposeError::TooLarge { .. } => ApiError::SubmissionTooLarge(e.to_string()),
         ComposeError::Pool(p) => ApiError::Unavailable(p),
         ComposeError::Db(d) => ApiError::Db(d),
         ComposeError::Queue(crate::queue::QueueError::Pool(p)) => ApiError::Unavailable(p),
