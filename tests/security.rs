@@ -913,9 +913,7 @@ fn smuggled_transactions_never_reach_a_lenient_upstream() {
     for t in &txs {
         let data = t["data"].as_str().unwrap();
         assert!(data.contains("RCPT TO:<hidden@victim.example>"), "{data:?}");
-        let bare = data
-            .replace("\r\n", "")
-            .contains(|c| c == '\r' || c == '\n');
+        let bare = data.replace("\r\n", "").contains(['\r', '\n']);
         assert!(!bare, "a bare line end went upstream: {data:?}");
     }
 }
