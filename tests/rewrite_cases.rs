@@ -4,7 +4,7 @@ mod rewrite_support;
 
 use base64::Engine;
 use mail_parser::{MessageParser, PartType};
-use mailtally::rewrite::{prepare, preview, TrackMode, Unparseable, Untouched};
+use mailtally::rewrite::{crlf, prepare, preview, TrackMode, Unparseable, Untouched};
 use rewrite_support::*;
 use uuid::Uuid;
 
@@ -50,8 +50,12 @@ fn crlf_and_lf_and_identity() {
             s.contains(&format!("\" />{}</body>", "")),
             "pixel before </body>"
         );
-        // Line endings of the message are the same kind as before.
-        assert_eq!(s.matches("\r\n").count() > 0, eol == "\r\n");
+        // Every line ends in CRLF, whatever the message used: a bare LF could end an
+        // upstream's DATA early.
+        assert!(
+            crlf::is_normal(s.as_bytes()) && s.contains("\r\n"),
+            "{eol:?}"
+        );
     }
 }
 
@@ -114,7 +118,7 @@ fn long_line_switches_to_quoted_printable() {
     check_message("998", &raw);
     let out = prepare(&raw, &settings()).render(&keys(), Uuid::now_v7(), "b");
     let s = String::from_utf8_lossy(&out);
-    assert!(s.contains("Content-Transfer-Encoding: quoted-printable\n"));
+    assert!(s.contains("Content-Transfer-Encoding: quoted-printable\r\n"));
     assert!(!s.contains("Content-Transfer-Encoding: 7bit"));
     assert!(out.split(|&b| b == b'\n').all(|l| l.len() <= 998));
 }
@@ -148,7 +152,11 @@ fn untouched_messages() {
     assert_eq!(p.untouched, Some(Untouched::Signed));
     let out = p.render(&keys(), Uuid::now_v7(), "b");
     assert!(!String::from_utf8_lossy(&out).contains("X-Mailtally"));
-    assert_eq!(out.len(), signed.len() - "X-Mailtally-Template: t\n".len());
+    // Line ends become CRLF even here: S/MIME signs the CRLF form (RFC 8551 3.1.1).
+    assert_eq!(
+        out.len(),
+        crlf::normalise(&signed).len() - "X-Mailtally-Template: t\r\n".len()
+    );
 
     // S/MIME in one opaque part: signed-data and enveloped-data alike are left as they are.
     for (smime_type, why) in [
@@ -164,7 +172,7 @@ fn untouched_messages() {
         assert_eq!(p.untouched, Some(why), "{smime_type}");
         assert_eq!(
             p.render(&keys(), Uuid::now_v7(), "b"),
-            opaque,
+            crlf::normalise(&opaque).as_ref(),
             "{smime_type}"
         );
     }

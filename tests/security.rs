@@ -1634,3 +1634,416 @@ mod outbound {
         assert!(wait_until(Duration::from_secs(10), || peer.count() == 4));
     }
 }
+
+/// An upstream that ends DATA on any line holding only a dot, whatever ends the lines around it
+/// (CRLF, bare LF or bare CR: the lenient parsers of the SMTP smuggling class), and writes each
+/// transaction it accepts as one JSON line: `{"from", "rcpts", "data"}` (data as Latin-1).
+const LENIENT_UPSTREAM: &str = r#"
+import json, re, socket, sys, threading
+port, record = int(sys.argv[1]), sys.argv[2]
+lock = threading.Lock()
+END = re.compile(rb'(\r\n|\n|\r)\.(\r\n|\n|\r)')
+def serve(conn):
+    conn.sendall(b'220 lenient ESMTP\r\n')
+    buf, tx, in_data = b'', None, False
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        buf += chunk
+        while True:
+            if in_data:
+                m = END.search(b'\n' + buf)
+                if not m:
+                    break
+                data, buf = buf[:max(m.start() - 1, 0)], buf[m.end() - 1:]
+                with lock, open(record, 'a') as out:
+                    out.write(json.dumps({'from': tx['from'], 'rcpts': tx['rcpts'],
+                                          'data': data.decode('latin-1')}) + '\n')
+                tx, in_data = None, False
+                conn.sendall(b'250 2.0.0 queued\r\n')
+                continue
+            m = re.search(rb'\r\n|\n|\r', buf)
+            if not m:
+                break
+            line, buf = buf[:m.start()].decode('latin-1'), buf[m.end():]
+            verb = line[:4].upper()
+            if not line.strip():
+                continue
+            if verb in ('EHLO', 'HELO'):
+                conn.sendall(b'250 lenient\r\n')
+            elif verb == 'MAIL':
+                tx = {'from': line[10:], 'rcpts': []}
+                conn.sendall(b'250 2.1.0 ok\r\n')
+            elif verb == 'RCPT':
+                if tx is not None:
+                    tx['rcpts'].append(line[8:])
+                conn.sendall(b'250 2.1.5 ok\r\n')
+            elif verb == 'DATA':
+                in_data = tx is not None
+                conn.sendall(b'354 go ahead\r\n' if in_data else b'503 no MAIL\r\n')
+            elif verb == 'QUIT':
+                conn.sendall(b'221 bye\r\n')
+                conn.close()
+                return
+            else:
+                if verb == 'RSET':
+                    tx = None
+                conn.sendall(b'250 ok\r\n')
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', port))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+struct LenientUpstream {
+    child: std::process::Child,
+    port: u16,
+    record: tempfile::NamedTempFile,
+}
+
+impl LenientUpstream {
+    fn start() -> LenientUpstream {
+        let port = common::free_port();
+        let record = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new("python3")
+            .arg("-c")
+            .arg(LENIENT_UPSTREAM)
+            .arg(port.to_string())
+            .arg(record.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        assert!(
+            common::smtp::wait_until(Duration::from_secs(10), || {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            }),
+            "the lenient upstream did not start"
+        );
+        LenientUpstream {
+            child,
+            port,
+            record,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}?tls=none", self.port)
+    }
+
+    fn transactions(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.record.path())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for LenientUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An authenticated session as `user`, ready for MAIL FROM.
+fn signed_in(smtp: SocketAddr, user: &str) -> Client {
+    let mut c = Client::connect(smtp);
+    c.cmd("EHLO client.example");
+    let auth = c.cmd(&format!("AUTH PLAIN {}", auth_plain(user, PASSWORD)));
+    assert!(auth.starts_with("235"), "{auth}");
+    c
+}
+
+#[test]
+fn smuggled_transactions_never_reach_a_lenient_upstream() {
+    let db = TestDb::migrated();
+    add_user(&db.url, "ann@example.com", PASSWORD);
+    let upstream = LenientUpstream::start();
+    let server = Server::start(&db.url, &[("UPSTREAM_URL", &upstream.url())]);
+    let hidden = "MAIL FROM:<ceo@example.com>\r\nRCPT TO:<hidden@victim.example>\r\nDATA\r\n\
+                  Subject: hidden\r\n\r\nnot tracked, not recorded\r\n";
+    // Every lenient end of DATA, and the CRLF-dot forms a receiver un-stuffs.
+    let sequences: [&[u8]; 8] = [
+        b"\n.\r\n", b"\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\r", b"\r\n.\n", b"\n.\r", b"\r.\n",
+    ];
+    let message = |seq: &[u8]| {
+        let mut m =
+            b"From: ann@example.com\r\nTo: bob@example.net\r\nSubject: offer\r\n\r\nHello".to_vec();
+        m.extend_from_slice(seq);
+        m.extend_from_slice(hidden.as_bytes());
+        m
+    };
+    for seq in sequences {
+        let mut c = signed_in(server.smtp, "ann@example.com");
+        assert!(c.cmd("MAIL FROM:<ann@example.com>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<bob@example.net>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        let mut body = message(seq);
+        body.extend_from_slice(b"\r\n.\r\n");
+        c.send_raw(&body);
+        let r = c.read();
+        assert!(r.starts_with("250 2.0.0"), "{seq:?}: {r}");
+    }
+    // BDAT, with a CR ending one chunk and its LF starting the next.
+    {
+        let whole = message(b"\n.\r\n");
+        let at = whole.windows(2).position(|w| w == b".\r").unwrap() + 2;
+        let (first, second) = whole.split_at(at);
+        let mut c = signed_in(server.smtp, "ann@example.com");
+        assert!(c.cmd("MAIL FROM:<ann@example.com>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<bob@example.net>").starts_with("250"));
+        c.send_raw(format!("BDAT {}\r\n", first.len()).as_bytes());
+        c.send_raw(first);
+        assert!(c.read().starts_with("250"));
+        c.send_raw(format!("BDAT {} LAST\r\n", second.len()).as_bytes());
+        c.send_raw(second);
+        let r = c.read();
+        assert!(r.starts_with("250 2.0.0"), "BDAT: {r}");
+    }
+    let submitted = sequences.len() + 1;
+    let settled = common::smtp::wait_until(Duration::from_secs(60), || {
+        db_i64(
+            &db.url,
+            "SELECT count(*) FROM copies WHERE status IN ('delivered', 'bounced')",
+        ) == submitted as i64
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let txs = upstream.transactions();
+    for t in &txs {
+        assert_eq!(t["rcpts"], serde_json::json!(["<bob@example.net>"]), "{t}");
+        assert_eq!(t["from"], "<ann@example.com>", "{t}");
+    }
+    assert_eq!(
+        txs.len(),
+        submitted,
+        "one transaction per message: {txs:#?}"
+    );
+    assert!(settled, "every copy delivered");
+    assert_eq!(common::smtp::delivered(&db.url), submitted as i64);
+    // Nothing is lost: the would-be hidden transaction is text of the one message, every line
+    // ending in CRLF, a dot line stuffed.
+    for t in &txs {
+        let data = t["data"].as_str().unwrap();
+        assert!(data.contains("RCPT TO:<hidden@victim.example>"), "{data:?}");
+        let bare = data.replace("\r\n", "").contains(['\r', '\n']);
+        assert!(!bare, "a bare line end went upstream: {data:?}");
+    }
+}
+
+#[test]
+fn an_unknown_smtp_visibility_is_refused_naming_the_header() {
+    let db = TestDb::migrated();
+    add_user(&db.url, "ann@example.com", PASSWORD);
+    let server = Server::start(&db.url, &[]);
+    for value in ["privat", "private;", "everyone"] {
+        let mut c = signed_in(server.smtp, "ann@example.com");
+        assert!(c.cmd("MAIL FROM:<ann@example.com>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<bob@example.net>").starts_with("250"));
+        let r = c.data(
+            format!("From: ann@example.com\r\nX-Mailtally-Visibility: {value}\r\nSubject: s\r\n\r\nhi\r\n")
+                .as_bytes(),
+        );
+        assert!(r.starts_with("554 5.6.0"), "{value}: {r}");
+        assert!(r.contains("X-Mailtally-Visibility"), "{r}");
+        // The session goes on: the next message is a new transaction.
+        assert!(c.cmd("MAIL FROM:<ann@example.com>").starts_with("250"));
+    }
+    assert_eq!(db_i64(&db.url, "SELECT count(*) FROM messages"), 0);
+    let mut c = signed_in(server.smtp, "ann@example.com");
+    assert!(c.cmd("MAIL FROM:<ann@example.com>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<bob@example.net>").starts_with("250"));
+    let r = c.data(
+        b"From: ann@example.com\r\nX-Mailtally-Visibility:  Private \r\nSubject: s\r\n\r\nhi\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let rows = common::smtp::db_rows(&db.url, "SELECT visibility FROM messages");
+    assert_eq!(rows, vec![vec!["private".to_string()]]);
+}
+
+/// Retry-After of a raw HTTP head.
+fn retry_after(head: &str) -> Option<u64> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("retry-after")
+            .then(|| v.trim().parse().ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn group_emails_and_smtp_are_bounded_per_submission_and_per_sender_hour() {
+    let db = TestDb::migrated();
+    let ann = add_user(&db.url, "ann@example.com", PASSWORD);
+    add_user(&db.url, "bob@example.com", PASSWORD);
+    let server = Server::start(
+        &db.url,
+        &[
+            ("SUBMISSION_MAX_BYTES", "1000000"),
+            ("SENDER_MAX_BYTES_PER_HOUR", "600000"),
+        ],
+    );
+    let queued = || {
+        (
+            db_i64(&db.url, "SELECT count(*) FROM messages"),
+            db_i64(&db.url, "SELECT count(*) FROM copies"),
+        )
+    };
+    let auth = format!("Bearer {ann}");
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let group = |html: &str, n: usize| {
+        let recipients: Vec<_> = (0..n)
+            .map(|i| serde_json::json!({"email": format!("r{i}@example.net")}))
+            .collect();
+        serde_json::json!({"subject": "Offer", "html": html, "recipients": recipients}).to_string()
+    };
+
+    // The reported amplification: 150 KB of HTML to 1000 recipients in one small request.
+    let big = "<p>0123456789 abcdefghij</p>\n".repeat(150_000 / 28);
+    let body = group(&big, 1000);
+    assert!(body.len() < 1_048_576);
+    let (status, _, reply) = http(
+        server.http,
+        "POST",
+        "/api/group-emails",
+        &headers,
+        Some(body.as_bytes()),
+    );
+    assert_eq!(status, 413, "{reply}");
+    assert_eq!(json_error(&reply)["error"], "submission_too_large");
+    assert_eq!(queued(), (0, 0), "nothing queued");
+
+    // SMTP: a message whose size times its recipients is over the bound.
+    let mut c = signed_in(server.smtp, "bob@example.com");
+    assert!(c.cmd("MAIL FROM:<bob@example.com>").starts_with("250"));
+    for i in 0..4 {
+        assert!(c
+            .cmd(&format!("RCPT TO:<r{i}@example.net>"))
+            .starts_with("250"));
+    }
+    let text = "0123456789 abcdefghij klmnopqrst uvwxyz\r\n".repeat(300_000 / 41);
+    let r = c.data(format!("From: bob@example.com\r\nSubject: s\r\n\r\n{text}").as_bytes());
+    assert!(r.starts_with("552 5.3.4"), "{r}");
+    assert_eq!(queued(), (0, 0), "nothing queued");
+
+    // The hourly budget: one group email fits, the second does not, and neither does SMTP mail
+    // of the same sender; a 429 says when to come back.
+    let html = "<p>0123456789 abcdefghij</p>\n".repeat(100_000 / 28);
+    let body = group(&html, 4);
+    let (status, _, reply) = http(
+        server.http,
+        "POST",
+        "/api/group-emails",
+        &headers,
+        Some(body.as_bytes()),
+    );
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(queued(), (1, 4));
+    let (status, head, reply) = http(
+        server.http,
+        "POST",
+        "/api/group-emails",
+        &headers,
+        Some(body.as_bytes()),
+    );
+    assert_eq!(status, 429, "{reply}");
+    assert_eq!(json_error(&reply)["error"], "sending_budget_used_up");
+    let retry = retry_after(&head).expect("Retry-After");
+    assert!((1..=3660).contains(&retry), "{retry}");
+    assert_eq!(queued(), (1, 4), "nothing more queued");
+
+    let mut c = signed_in(server.smtp, "ann@example.com");
+    assert!(c.cmd("MAIL FROM:<ann@example.com>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<x@example.net>").starts_with("250"));
+    let text = "0123456789 abcdefghij klmnopqrst uvwxyz\r\n".repeat(250_000 / 41);
+    let r = c.data(format!("From: ann@example.com\r\nSubject: s\r\n\r\n{text}").as_bytes());
+    assert!(r.starts_with("451 4.7.0"), "{r}");
+    assert_eq!(queued(), (1, 4), "nothing more queued");
+    // What still fits goes: the budget refuses only what is over it.
+    assert!(c.cmd("MAIL FROM:<ann@example.com>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<x@example.net>").starts_with("250"));
+    let r = c.data(b"From: ann@example.com\r\nSubject: small\r\n\r\nhi\r\n");
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(queued(), (2, 5));
+}
+
+#[test]
+fn a_group_email_is_written_in_chunks_and_a_late_chunk_over_the_bound_queues_nothing() {
+    let group = |n: usize| {
+        let recipients: Vec<_> = (0..n)
+            .map(|i| serde_json::json!({"email": format!("r{i}@example.net"), "fields": {"n": i}}))
+            .collect();
+        serde_json::json!({
+            "subject": "Offer {{n}}",
+            "html": "<p>Hi {{n}}</p><a href=\"https://shop.example/{{n}}\">shop</a>",
+            "recipients": recipients,
+        })
+    };
+    // Several chunks of copies: every recipient once, every copy listed, paced one after the
+    // other across the chunks.
+    let db = TestDb::migrated();
+    let ann = add_user(&db.url, "ann@example.com", PASSWORD);
+    let server = Server::start(&db.url, &[("SENDER_RATE_PER_MINUTE", "60")]);
+    let (status, answer) = common::api::call(
+        "POST",
+        &server.url("/api/group-emails"),
+        &ann,
+        Some(&group(250)),
+        None,
+    );
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["copies"], 250);
+    assert_eq!(answer["recipients"].as_array().unwrap().len(), 250);
+    assert_eq!(
+        db_i64(
+            &db.url,
+            "SELECT count(DISTINCT lower(recipient)) FROM copies"
+        ),
+        250
+    );
+    assert_eq!(
+        db_i64(
+            &db.url,
+            "SELECT count(*) FROM events WHERE kind = 'accepted'"
+        ),
+        250
+    );
+    // One a second: the last copy goes about 249 s from now, not 99 s (each chunk restarting).
+    let last = db_i64(
+        &db.url,
+        "SELECT extract(epoch FROM max(next_attempt_at) - now())::int8 FROM copies
+         WHERE status = 'queued' AND lease_until IS NULL",
+    );
+    assert!((240..=250).contains(&last), "paced across chunks: {last}");
+    assert_eq!(db_i64(&db.url, "SELECT count(*) FROM messages"), 1);
+    assert!(db_i64(&db.url, "SELECT size_bytes FROM messages") > 0);
+
+    // The merged fields fit the bound, the copies (headers, MIME, tracking) do not: refused
+    // once a later chunk is over it, and what earlier chunks wrote is rolled back.
+    let db = TestDb::migrated();
+    let ann = add_user(&db.url, "ann@example.com", PASSWORD);
+    let server = Server::start(&db.url, &[("SUBMISSION_MAX_BYTES", "100000")]);
+    let (status, answer) = common::api::call(
+        "POST",
+        &server.url("/api/group-emails"),
+        &ann,
+        Some(&group(250)),
+        None,
+    );
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"], "submission_too_large");
+    for table in ["messages", "copies", "events", "links", "sender_usage"] {
+        assert_eq!(
+            db_i64(&db.url, &format!("SELECT count(*) FROM {table}")),
+            0,
+            "{table}"
+        );
+    }
+}

@@ -32,6 +32,12 @@ pub enum ApiError {
     /// Too many bad API tokens from one address (AUTH_MAX_FAILURES_PER_IP); wait the seconds.
     #[error("too many failed authentications from this address; retry in {0} seconds")]
     TooManyRequests(u64),
+    /// What a request would queue is over SUBMISSION_MAX_BYTES (or the whole hourly budget).
+    #[error("{0}")]
+    SubmissionTooLarge(String),
+    /// The sender's SENDER_MAX_BYTES_PER_HOUR is used up for now; wait the seconds.
+    #[error("{message}")]
+    BudgetUsedUp { retry_after: u64, message: String },
     #[error("the database is unavailable")]
     Unavailable(#[from] deadpool_postgres::PoolError),
     #[error("internal error")]
@@ -66,6 +72,8 @@ impl ApiError {
             ApiError::UriTooLong(_) => "uri_too_long",
             ApiError::HeadersTooLarge(_) => "headers_too_large",
             ApiError::TooManyRequests(_) => "too_many_requests",
+            ApiError::SubmissionTooLarge(_) => "submission_too_large",
+            ApiError::BudgetUsedUp { .. } => "sending_budget_used_up",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Db(_) | ApiError::Insights(_) | ApiError::Account(_) => "internal",
         }
@@ -85,6 +93,8 @@ impl ResponseError for ApiError {
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::SubmissionTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BudgetUsedUp { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -98,7 +108,11 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             resp.insert_header(("WWW-Authenticate", "Bearer"));
         }
-        if let ApiError::TooManyRequests(secs) = self {
+        if let ApiError::TooManyRequests(secs)
+        | ApiError::BudgetUsedUp {
+            retry_after: secs, ..
+        } = self
+        {
             resp.insert_header(("Retry-After", secs.to_string()));
         }
         resp.json(serde_json::json!({"error": self.code(), "message": self.to_string()}))

@@ -14,6 +14,7 @@ use super::auth::Caller;
 use super::errors::{single_line, ApiError};
 use crate::compose::{self, templates, ComposeError, Composition, Idempotency, Recipient};
 use crate::context::Context;
+use crate::queue::budget::OverBudget;
 
 /// Most recipients one request may name.
 pub const MAX_RECIPIENTS: usize = 1000;
@@ -238,26 +239,38 @@ pub async fn create(
             list.join("; ")
         )));
     }
-    let rewrite = ctx.rewrite.clone();
-    let keys = ctx.tracking_secrets.keys();
-    let mut message =
-        tokio::task::spawn_blocking(move || composition.render(&recipients, &rewrite, &keys))
-            .await
-            .map_err(|_| ApiError::BadRequest("the server is shutting down".into()))?
-            .map_err(compose_error)?;
-
-    let answer = compose::answer(&message, body.send_at);
-    let earlier = compose::queue(
+    // The copies are bounded before any is written (by a lower bound of their size), and
+    // again as they are written, before anything is committed.
+    let max_bytes = ctx.settings.submission_max_bytes;
+    if max_bytes > 0 {
+        let merged = composition.merged_bytes(&recipients);
+        if merged > max_bytes {
+            return Err(ApiError::SubmissionTooLarge(format!(
+                "nothing was sent: the copies for {} recipients take at least {merged} bytes, \
+                 more than the limit of {max_bytes} bytes per request",
+                recipients.len()
+            )));
+        }
+    }
+    let bounds = compose::Bounds {
+        per_minute: ctx.settings.sender_rate_per_minute,
+        max_bytes,
+        per_hour: ctx.settings.sender_max_bytes_per_hour,
+    };
+    let queued = compose::queue_in_chunks(
         &ctx.pool,
-        &mut message,
-        ctx.settings.sender_rate_per_minute,
-        idem.as_ref().map(|i| (i, &answer)),
+        std::sync::Arc::new(composition),
+        recipients,
+        ctx.rewrite.clone(),
+        ctx.tracking_secrets.keys(),
+        bounds,
+        idem.as_ref(),
     )
     .await
     .map_err(compose_error)?;
-    match earlier {
-        Some(answer) => Ok(HttpResponse::Ok().json(answer)),
-        None => Ok(HttpResponse::Accepted().json(answer)),
+    match queued {
+        compose::Queued::Earlier(answer) => Ok(HttpResponse::Ok().json(answer)),
+        compose::Queued::New(answer) => Ok(HttpResponse::Accepted().json(answer)),
     }
 }
 
@@ -266,10 +279,20 @@ fn compose_error(e: ComposeError) -> ApiError {
         ComposeError::Merge { .. } | ComposeError::Build(_) | ComposeError::IdempotencyMismatch => {
             ApiError::Unprocessable(e.to_string())
         }
+        ComposeError::TooLarge { .. } => ApiError::SubmissionTooLarge(e.to_string()),
         ComposeError::Pool(p) => ApiError::Unavailable(p),
         ComposeError::Db(d) => ApiError::Db(d),
         ComposeError::Queue(crate::queue::QueueError::Pool(p)) => ApiError::Unavailable(p),
         ComposeError::Queue(crate::queue::QueueError::Db(d)) => ApiError::Db(d),
+        ComposeError::Queue(crate::queue::QueueError::OverBudget(over)) => match over {
+            OverBudget::Never { .. } => {
+                ApiError::SubmissionTooLarge(format!("nothing was sent: {over}"))
+            }
+            OverBudget::Later { retry_after, .. } => ApiError::BudgetUsedUp {
+                retry_after,
+                message: format!("nothing was sent: {over}"),
+            },
+        },
         ComposeError::Queue(q) => ApiError::Unprocessable(q.to_string()),
     }
 }

@@ -38,6 +38,9 @@ pub enum ComposeError {
     Build(String),
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyMismatch,
+    /// The copies are over SUBMISSION_MAX_BYTES: nothing was queued.
+    #[error("nothing was sent: the copies take more than the limit of {max} bytes per request")]
+    TooLarge { max: u64 },
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error("database error: {0}")]
@@ -131,6 +134,17 @@ impl Composition {
             .filter_map(|r| self.merge(r).err())
             .take(limit)
             .collect()
+    }
+
+    /// The merged subject, HTML and text of every recipient, in bytes: less than their copies
+    /// will take (headers, MIME and the tracking come on top), so a bound it passes is checked
+    /// again on the copies; what it does not pass is refused before any copy is written.
+    pub fn merged_bytes(&self, recipients: &[Recipient]) -> u64 {
+        recipients
+            .iter()
+            .filter_map(|r| self.merge(r).ok())
+            .map(|(s, h, t)| (s.len() + h.len() + t.map_or(0, |t| t.len())) as u64)
+            .sum()
     }
 
     /// (subject, html, text) for one recipient.
@@ -250,6 +264,143 @@ pub fn reply_subject(subject: &str) -> String {
     }
 }
 
+/// Recipients rendered and written at a time: a group email holds one chunk's copies in
+/// memory, not all of them.
+pub const CHUNK: usize = 100;
+
+/// The bounds a group email is queued under.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// SENDER_RATE_PER_MINUTE.
+    pub per_minute: u32,
+    /// SUBMISSION_MAX_BYTES (0: none).
+    pub max_bytes: u64,
+    /// SENDER_MAX_BYTES_PER_HOUR (0: none).
+    pub per_hour: u64,
+}
+
+/// What [`queue_in_chunks`] did.
+#[derive(Debug)]
+pub enum Queued {
+    /// Queued now; the answer to give.
+    New(serde_json::Value),
+    /// The Idempotency-Key's first request queued it: nothing was, and this is its answer.
+    Earlier(serde_json::Value),
+}
+
+/// Renders and writes a group email [`CHUNK`] recipients at a time in one transaction, at the
+/// sender's pace, with its idempotency record; the copies' bytes are bounded as they are
+/// written and charged to the sender's hourly budget before the commit. Over a bound, the
+/// transaction is rolled back: nothing is queued.
+pub async fn queue_in_chunks(
+    pool: &deadpool_postgres::Pool,
+    composition: std::sync::Arc<Composition>,
+    recipients: Vec<Recipient>,
+    settings: std::sync::Arc<RewriteSettings>,
+    keys: TokenKeys,
+    bounds: Bounds,
+    idem: Option<&Idempotency>,
+) -> Result<Queued, ComposeError> {
+    let message_id = Uuid::now_v7();
+    let send_at = composition.send_at;
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    if let Some(idem) = idem {
+        let stored = serde_json::json!({
+            "message_id": message_id, "copies": recipients.len(), "send_at": send_at,
+        });
+        // A concurrent request with the same key waits here for the first one's commit.
+        let inserted = tx
+            .execute(
+                "INSERT INTO group_sends (sender_id, idempotency_key, request_hash, message_id,
+                     response)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[
+                    &composition.sender.id,
+                    &idem.key,
+                    &idem.request_hash,
+                    &message_id,
+                    &stored,
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            drop(tx);
+            let earlier = earlier_answer(&client, composition.sender.id, idem).await?;
+            return Ok(Queued::Earlier(earlier.unwrap_or(serde_json::Value::Null)));
+        }
+    }
+    let step_us = match bounds.per_minute {
+        0 => 0,
+        n => 60_000_000 / i64::from(n),
+    };
+    let mut listed: Vec<(Uuid, String)> = Vec::with_capacity(recipients.len());
+    let mut bytes: u64 = 0;
+    let mut size = 0;
+    let mut untouched = None;
+    for (k, chunk) in recipients.chunks(CHUNK).enumerate() {
+        let (c, s, keys, chunk) = (
+            composition.clone(),
+            settings.clone(),
+            keys.clone(),
+            chunk.to_vec(),
+        );
+        let mut m = tokio::task::spawn_blocking(move || c.render(&chunk, &s, &keys))
+            .await
+            .map_err(|_| ComposeError::Build("the server is shutting down".into()))??;
+        m.id = message_id;
+        bytes += m.copy_bytes();
+        if bounds.max_bytes > 0 && bytes > bounds.max_bytes {
+            return Err(ComposeError::TooLarge {
+                max: bounds.max_bytes,
+            });
+        }
+        if let (Some(at), true) = (send_at, k > 0) {
+            // A scheduled send is spread from its own time: this chunk goes on from the last.
+            let from = at + chrono::Duration::microseconds(step_us * (k * CHUNK) as i64);
+            for c in &mut m.copies {
+                c.not_before = Some(from);
+            }
+        }
+        queue::pacing::assign(&tx, &mut m, bounds.per_minute).await?;
+        if k == 0 {
+            queue::insert(&tx, &m).await?;
+        } else {
+            queue::insert_copies(&tx, &m).await?;
+        }
+        size = size.max(m.size_bytes);
+        untouched = untouched.or(m.untouched.clone());
+        listed.extend(m.copies.into_iter().map(|c| (c.id, c.recipient)));
+    }
+    tx.execute(
+        "UPDATE messages SET size_bytes = $2, untouched = $3 WHERE id = $1",
+        &[
+            &message_id,
+            &i32::try_from(size).unwrap_or(i32::MAX),
+            &untouched,
+        ],
+    )
+    .await?;
+    let sender = composition.sender.id;
+    queue::budget::charge(pool, sender, bytes, bounds.per_hour).await?;
+    if let Err(e) = tx.commit().await {
+        if let Err(e) = queue::budget::refund(pool, sender, bytes, bounds.per_hour).await {
+            tracing::warn!(error = %e, "cannot give back a sending budget charge");
+        }
+        return Err(e.into());
+    }
+    queue::QUEUED.notify_waiters();
+    listed.sort_by_key(|c| c.0);
+    Ok(Queued::New(serde_json::json!({
+        "message_id": message_id,
+        "copies": listed.len(),
+        "recipients": listed.iter().map(|(id, r)| serde_json::json!({
+            "email": r, "copy_id": id,
+        })).collect::<Vec<_>>(),
+        "send_at": send_at,
+    })))
+}
+
 /// An `Idempotency-Key` with the request it came with.
 #[derive(Debug, Clone)]
 pub struct Idempotency {
@@ -302,56 +453,4 @@ pub async fn earlier_answer(
         )
         .collect();
     Ok(Some(answer))
-}
-
-/// The answer to a group email: the message, its copies by id, when they go.
-pub fn answer(m: &NewMessage, send_at: Option<DateTime<Utc>>) -> serde_json::Value {
-    let mut copies: Vec<&NewCopy> = m.copies.iter().collect();
-    copies.sort_by_key(|c| c.id);
-    serde_json::json!({
-        "message_id": m.id,
-        "copies": m.copies.len(),
-        "recipients": copies.iter().map(|c| serde_json::json!({
-            "email": c.recipient, "copy_id": c.id,
-        })).collect::<Vec<_>>(),
-        "send_at": send_at,
-    })
-}
-
-/// Queues a composed message at the sender's pace, in one transaction with its idempotency
-/// record. `Ok(Some(answer))`: the key was used already (by a request that committed first),
-/// nothing was queued, and `answer` is what that request got.
-pub async fn queue(
-    pool: &deadpool_postgres::Pool,
-    m: &mut NewMessage,
-    per_minute: u32,
-    idem: Option<(&Idempotency, &serde_json::Value)>,
-) -> Result<Option<serde_json::Value>, ComposeError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    if let Some((idem, answer)) = idem {
-        let mut stored = answer.clone();
-        if let Some(o) = stored.as_object_mut() {
-            o.remove("recipients");
-        }
-        let answer = &stored;
-        // A concurrent request with the same key waits here for the first one's commit.
-        let inserted = tx
-            .execute(
-                "INSERT INTO group_sends (sender_id, idempotency_key, request_hash, message_id,
-                     response)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                &[&m.sender_id, &idem.key, &idem.request_hash, &m.id, answer],
-            )
-            .await?;
-        if inserted == 0 {
-            drop(tx);
-            return earlier_answer(&client, m.sender_id, idem).await;
-        }
-    }
-    queue::pacing::assign(&tx, m, per_minute).await?;
-    queue::insert(&tx, m).await?;
-    tx.commit().await?;
-    queue::QUEUED.notify_waiters();
-    Ok(None)
 }

@@ -77,7 +77,8 @@ impl Transport {
         }
     }
 
-    /// Sends `body` as is: MAIL FROM `from` (empty: the null sender), RCPT TO `to`.
+    /// Sends `body`, its line ends normalised (`rewrite::crlf`): MAIL FROM `from` (empty: the
+    /// null sender), RCPT TO `to`.
     pub async fn send(&self, from: &str, to: &str, body: &[u8]) -> Attempt {
         let (transport, command_timeout) = match self {
             Transport::Capture => return Attempt::Delivered,
@@ -99,8 +100,12 @@ impl Transport {
             Ok(e) => e,
             Err(e) => return Attempt::Permanent(format!("bad envelope: {e}")),
         };
+        // Copies are normalised before they are queued; a copy queued by an older version may
+        // still hold a bare CR or LF, which lettre's dot-stuffing (after CRLF only) would let
+        // end the upstream's DATA early (SMTP smuggling).
+        let body = crate::rewrite::crlf::normalise(body);
         // lettre always ends DATA with CRLF "." CRLF: the copy's own final line end is that CRLF.
-        let body = body.strip_suffix(b"\r\n").unwrap_or(body);
+        let body = body.strip_suffix(b"\r\n").unwrap_or(&body);
         // Bounded as a whole too: a peer that trickles replies must not hold the lease forever.
         let sent =
             tokio::time::timeout(command_timeout * 3, transport.send_raw(&envelope, body)).await;

@@ -298,6 +298,9 @@ async fn compose_followup(
     };
     queue::pacing::assign(tx, &mut message, ctx.settings.sender_rate_per_minute).await?;
     queue::insert(tx, &message).await?;
+    // Counted, not refused: the sender's other mail waits for the budget this one uses.
+    let per_hour = ctx.settings.sender_max_bytes_per_hour;
+    queue::budget::record(tx, message.sender_id, message.copy_bytes(), per_hour).await?;
     Ok(Outcome::Sent(message.id))
 }
 

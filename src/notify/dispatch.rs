@@ -251,7 +251,11 @@ async fn deliver(
         }
         Ok(resp) => {
             let failure = DeliveryFailure::HttpStatus(resp.status().as_u16());
-            (failure.result(), Some(resp.status().as_u16()), Some(failure))
+            (
+                failure.result(),
+                Some(resp.status().as_u16()),
+                Some(failure),
+            )
         }
         Err(failure) => (failure.result(), None, Some(failure)),
     };

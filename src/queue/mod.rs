@@ -4,6 +4,7 @@
 //! Owns the `messages`/`copies` rows and their delivery state. It must never record an outcome
 //! for a copy whose lease it no longer holds, and never lose a committed copy.
 
+pub mod budget;
 pub mod claim;
 pub mod pacing;
 pub mod retry;
@@ -26,6 +27,8 @@ pub enum QueueError {
     Db(#[from] tokio_postgres::Error),
     #[error("message of {0} bytes is too large to store")]
     TooLarge(usize),
+    #[error("{0}")]
+    OverBudget(budget::OverBudget),
 }
 
 /// A message accepted by the relay, ready to be stored.
@@ -59,6 +62,13 @@ pub struct NewCopy {
     pub not_before: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+impl NewMessage {
+    /// The bytes its copies take: what the sending bounds count.
+    pub fn copy_bytes(&self) -> u64 {
+        self.copies.iter().map(|c| c.body.len() as u64).sum()
+    }
+}
+
 /// Wakes this process's delivery workers when mail is queued (other nodes poll).
 pub static QUEUED: LazyLock<Notify> = LazyLock::new(Notify::new);
 
@@ -83,6 +93,67 @@ pub async fn enqueue_paced(
     insert(&tx, m).await?;
     tx.commit().await?;
     QUEUED.notify_waiters();
+    Ok(())
+}
+
+/// More copies of a message already inserted by [`insert`] in the same transaction (a large
+/// group email is written a chunk at a time), with their `accepted` events and any link not
+/// listed yet.
+pub async fn insert_copies(
+    client: &impl deadpool_postgres::GenericClient,
+    m: &NewMessage,
+) -> Result<(), QueueError> {
+    let statement = client
+        .prepare_cached(
+            "WITH link AS (
+                 INSERT INTO links (message_id, idx, url)
+                 SELECT $1, l.idx, l.url FROM unnest($2::int4[], $3::text[]) AS l (idx, url)
+                 ON CONFLICT (message_id, idx) DO NOTHING
+             ), copy AS (
+                 INSERT INTO copies (id, message_id, recipient, body, header_message_id, fields,
+                     next_attempt_at)
+                 SELECT c.id, $1, c.recipient, c.body, c.mid, c.fields, coalesce(c.not_before, now())
+                 FROM unnest($4::uuid[], $5::text[], $6::bytea[], $7::text[], $8::jsonb[],
+                             $9::timestamptz[])
+                      AS c (id, recipient, body, mid, fields, not_before)
+             )
+             INSERT INTO events (id, occurred_at, message_id, copy_id, kind)
+             SELECT e.id, now(), $1, e.copy_id, 'accepted'
+             FROM unnest($10::uuid[], $4::uuid[]) AS e (id, copy_id)",
+        )
+        .await?;
+    let copy_ids: Vec<Uuid> = m.copies.iter().map(|c| c.id).collect();
+    let recipients: Vec<&str> = m.copies.iter().map(|c| c.recipient.as_str()).collect();
+    let bodies: Vec<&[u8]> = m.copies.iter().map(|c| c.body.as_slice()).collect();
+    let message_ids: Vec<Option<&str>> = m
+        .copies
+        .iter()
+        .map(|c| c.header_message_id.as_deref())
+        .collect();
+    let fields: Vec<Option<&serde_json::Value>> =
+        m.copies.iter().map(|c| c.fields.as_ref()).collect();
+    let not_before: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+        m.copies.iter().map(|c| c.not_before).collect();
+    let event_ids: Vec<Uuid> = m.copies.iter().map(|_| Uuid::now_v7()).collect();
+    let link_indexes: Vec<i32> = m.links.iter().map(|l| l.0).collect();
+    let link_urls: Vec<&str> = m.links.iter().map(|l| l.1.as_str()).collect();
+    client
+        .execute(
+            &statement,
+            &[
+                &m.id,
+                &link_indexes,
+                &link_urls,
+                &copy_ids,
+                &recipients,
+                &bodies,
+                &message_ids,
+                &fields,
+                &not_before,
+                &event_ids,
+            ],
+        )
+        .await?;
     Ok(())
 }
 

@@ -4,9 +4,10 @@
 use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceiver};
 use uuid::Uuid;
 
-use super::session::{Mode, Next, Session};
+use super::session::{Mode, Next, Oversize, Session};
 use super::{RejectReason, METRICS};
-use crate::queue::{self, NewCopy, NewMessage};
+use crate::queue::budget::OverBudget;
+use crate::queue::{self, NewCopy, NewMessage, QueueError};
 use crate::rewrite::{self, RewriteSettings, TokenKeys};
 
 pub(super) fn data(s: &mut Session) -> Next {
@@ -72,18 +73,35 @@ pub(super) async fn chunk_received(s: &mut Session, is_last: bool) -> Next {
 
 /// The end of DATA or of the last BDAT chunk: commit, then answer.
 pub(super) async fn finish(s: &mut Session) -> Next {
-    let Some(tx) = s.tx.take() else {
+    let Some(mut tx) = s.tx.take() else {
         s.reply(503, "5.5.1", "No mail transaction");
         return Next::Continue;
     };
-    if tx.oversized {
-        RejectReason::Size.count();
-        s.reply(
-            552,
-            "5.3.4",
-            "Message size exceeds fixed maximum message size",
-        );
-        return Next::Continue;
+    // A last BDAT of 0 octets ends the message without a chunk: what was kept back is taken.
+    let settings = &s.ctx().settings;
+    tx.take_in(
+        true,
+        settings.max_message_size,
+        settings.submission_max_bytes,
+    );
+    // RFC 3463 X.3.4 "message too big for system": the same message will never fit, so 5xx.
+    match tx.oversized {
+        Some(Oversize::Message) => {
+            RejectReason::Size.count();
+            s.reply(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            );
+            return Next::Continue;
+        }
+        Some(Oversize::Submission) => {
+            RejectReason::Size.count();
+            let text = submission_too_large(tx.recipients.len(), s);
+            s.reply(552, "5.3.4", &text);
+            return Next::Continue;
+        }
+        None => {}
     }
     // The rewrite is CPU work (a few ms for a large message): off the session's thread.
     let rewrite = s.ctx().rewrite.clone();
@@ -114,9 +132,58 @@ pub(super) async fn finish(s: &mut Session) -> Next {
             links,
             untouched,
             copies,
+            bad_visibility,
         },
         size_bytes,
     ) = handoff;
+    if let Some(value) = bad_visibility {
+        // Refused rather than read as a default: a typo must not widen who sees the message,
+        // and the API answers 422 for the same value. RFC 3463 X.6.0: the content is at fault.
+        RejectReason::Header.count();
+        s.reply(
+            554,
+            "5.6.0",
+            &format!(
+                "X-Mailtally-Visibility must be private, team or shared, not \"{}\"",
+                reply_safe(&value)
+            ),
+        );
+        return Next::Continue;
+    }
+    // The copies may be larger than what was received (tokens, pixel): bound what is stored.
+    let copy_bytes: u64 = copies.iter().map(|c| c.2.len() as u64).sum();
+    let max_total = s.ctx().settings.submission_max_bytes;
+    if max_total > 0 && copy_bytes > max_total {
+        RejectReason::Size.count();
+        let text = submission_too_large(copies.len(), s);
+        s.reply(552, "5.3.4", &text);
+        return Next::Continue;
+    }
+    let per_hour = s.ctx().settings.sender_max_bytes_per_hour;
+    match queue::budget::charge(&s.ctx().pool, tx.sender.id, copy_bytes, per_hour).await {
+        Ok(()) => {}
+        Err(QueueError::OverBudget(over)) => {
+            RejectReason::Budget.count();
+            match over {
+                // Can never fit: permanent, like any other size bound (X.3.4).
+                OverBudget::Never { .. } => s.reply(552, "5.3.4", &over.to_string()),
+                // A policy the sender meets again by waiting: transient, and RFC 3463 X.7.0
+                // (security or policy status) since no code names a sending quota.
+                OverBudget::Later { .. } => s.reply(451, "4.7.0", &over.to_string()),
+            }
+            return Next::Continue;
+        }
+        Err(e) => {
+            RejectReason::Database.count();
+            tracing::error!(error = %e, "cannot count a message against its sender's budget");
+            s.reply(
+                451,
+                "4.3.0",
+                "Temporary failure storing the message, try again later",
+            );
+            return Next::Continue;
+        }
+    }
     if let Some(why) = untouched {
         METRICS
             .messages_untouched_total
@@ -166,6 +233,11 @@ pub(super) async fn finish(s: &mut Session) -> Next {
         Err(e) => {
             RejectReason::Database.count();
             tracing::error!(error = %e, "cannot queue a message");
+            let sender = message.sender_id;
+            if let Err(e) = queue::budget::refund(&s.ctx().pool, sender, copy_bytes, per_hour).await
+            {
+                tracing::warn!(error = %e, "cannot give back a sending budget charge");
+            }
             s.reply(
                 451,
                 "4.3.0",
@@ -174,6 +246,29 @@ pub(super) async fn finish(s: &mut Session) -> Next {
         }
     }
     Next::Continue
+}
+
+/// The 552 text for a submission over SUBMISSION_MAX_BYTES.
+fn submission_too_large(recipients: usize, s: &Session) -> String {
+    format!(
+        "Message size times its {recipients} recipients exceeds the limit of {} bytes per submission",
+        s.ctx().settings.submission_max_bytes
+    )
+}
+
+/// A client's value as it may appear in a reply: printable ASCII, at most 64 characters.
+fn reply_safe(value: &str) -> String {
+    value
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 /// What the relay learns of a message from its headers.
@@ -201,6 +296,8 @@ pub struct Handoff {
     pub links: Vec<(i32, String)>,
     pub untouched: Option<rewrite::Untouched>,
     pub copies: Vec<(Uuid, String, Vec<u8>)>,
+    /// An `X-Mailtally-Visibility` that is none of the known values, as written.
+    pub bad_visibility: Option<String>,
 }
 
 /// The hand-off to the rewrite stage: the message is rewritten once, then each recipient's
@@ -213,11 +310,13 @@ pub fn copies_for(
 ) -> Handoff {
     let prepared = rewrite::prepare(raw, settings);
     let c = &prepared.controls;
-    let visibility = c
-        .visibility
-        .as_ref()
-        .map(|v| v.trim().to_ascii_lowercase())
-        .filter(|v| matches!(v.as_str(), "private" | "team" | "shared"));
+    let written = c.visibility.as_ref().map(|v| v.trim().to_ascii_lowercase());
+    let known = |v: &String| matches!(v.as_str(), "private" | "team" | "shared");
+    let visibility = written.clone().filter(known);
+    let bad_visibility = match (&written, &visibility) {
+        (Some(_), None) => c.visibility.clone(),
+        _ => None,
+    };
     let facts = MessageFacts {
         template_key: c.template.clone(),
         subject: c.subject.clone(),
@@ -245,6 +344,7 @@ pub fn copies_for(
             .collect(),
         untouched: prepared.untouched,
         copies,
+        bad_visibility,
     }
 }
 

@@ -55,14 +55,7 @@ pub(super) async fn mail_from(s: &mut Session, from: MailFrom<String>) -> Next {
             None => return Next::Continue,
         },
     };
-    s.tx = Some(Transaction {
-        envelope_from: address,
-        sender,
-        recipients: Vec::new(),
-        body: Vec::new(),
-        oversized: false,
-        bdat_started: false,
-    });
+    s.tx = Some(Transaction::new(address, sender));
     s.reply(250, "2.1.0", "Ok");
     Next::Continue
 }

@@ -90,17 +90,23 @@ pub enum RejectReason {
     Sender,
     Database,
     Shutdown,
+    /// An unknown value in a control header.
+    Header,
+    /// SENDER_MAX_BYTES_PER_HOUR.
+    Budget,
 }
 
 impl RejectReason {
     /// Every reason, so that each series is exported at zero from the start.
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::Size,
         RejectReason::Recipients,
         RejectReason::Auth,
         RejectReason::Sender,
         RejectReason::Database,
         RejectReason::Shutdown,
+        RejectReason::Header,
+        RejectReason::Budget,
     ];
 
     pub fn label(self) -> &'static str {
@@ -111,6 +117,8 @@ impl RejectReason {
             RejectReason::Sender => "sender",
             RejectReason::Database => "database",
             RejectReason::Shutdown => "shutdown",
+            RejectReason::Header => "header",
+            RejectReason::Budget => "budget",
         }
     }
 

@@ -17,6 +17,7 @@ use super::reply::{self, push};
 use super::{auth, data, ehlo, mail, rcpt, RejectReason, METRICS};
 use crate::api::accounts::User;
 use crate::context::Context;
+use crate::rewrite::crlf::CrlfNormaliser;
 
 /// What every session of one listener shares.
 pub(crate) struct Shared {
@@ -49,10 +50,69 @@ pub(crate) struct Transaction {
     pub envelope_from: String,
     pub sender: User,
     pub recipients: Vec<String>,
+    /// The message as received, its line ends normalised (no bare CR or LF: SMTP smuggling).
     pub body: Vec<u8>,
-    /// The body went past MAX_MESSAGE_SIZE; what follows is read and dropped, then 552.
-    pub oversized: bool,
+    /// What the DATA or BDAT receiver wrote and the normaliser has not taken yet: a trailing CR
+    /// stays here, since the end of DATA takes it back.
+    pub raw: Vec<u8>,
+    pub normaliser: CrlfNormaliser,
+    /// Message bytes received (dot-stuffing removed, before normalising): what SIZE counts.
+    pub received: usize,
+    /// Which bound the message went past; what follows is read and dropped, then 552.
+    pub oversized: Option<Oversize>,
     pub bdat_started: bool,
+}
+
+/// The bound a message went past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Oversize {
+    /// MAX_MESSAGE_SIZE.
+    Message,
+    /// SUBMISSION_MAX_BYTES: its size times its recipients.
+    Submission,
+}
+
+impl Transaction {
+    pub fn new(envelope_from: String, sender: User) -> Transaction {
+        Transaction {
+            envelope_from,
+            sender,
+            recipients: Vec::new(),
+            body: Vec::new(),
+            raw: Vec::new(),
+            normaliser: CrlfNormaliser::new(),
+            received: 0,
+            oversized: None,
+            bdat_started: false,
+        }
+    }
+
+    /// Takes what the receiver wrote into `raw`: counts it, normalises it into `body`, and
+    /// drops the body once it is over a bound. `done`: the receiver has seen the end.
+    pub fn take_in(&mut self, done: bool, max_size: usize, max_total: u64) {
+        let keep = usize::from(!done && self.raw.last() == Some(&b'\r'));
+        let split = self.raw.len() - keep;
+        self.received += split;
+        if self.oversized.is_none() {
+            self.normaliser.push(&self.raw[..split], &mut self.body);
+            if done {
+                self.normaliser.finish(&mut self.body);
+            }
+        }
+        self.raw.drain(..split);
+        let total = (self.received as u64).saturating_mul(self.recipients.len() as u64);
+        let over = if self.received > max_size {
+            Some(Oversize::Message)
+        } else if max_total > 0 && total > max_total {
+            Some(Oversize::Submission)
+        } else {
+            None
+        };
+        if self.oversized.is_none() && over.is_some() {
+            self.oversized = over;
+            self.body = Vec::new();
+        }
+    }
 }
 
 /// What the session does after a step.
@@ -205,6 +265,7 @@ impl Session {
     /// Feeds input to the phase in progress.
     async fn step(&mut self, bytes: &mut Iter<'_, u8>) -> Next {
         let max_size = self.ctx().settings.max_message_size;
+        let max_total = self.ctx().settings.submission_max_bytes;
         match &mut self.mode {
             Mode::Command => self.command(bytes).await,
             Mode::Data(receiver) => {
@@ -213,14 +274,11 @@ impl Session {
                     return Next::Continue;
                 };
                 let before = bytes.len();
-                let done = receiver.ingest(bytes, &mut tx.body);
+                let done = receiver.ingest(bytes, &mut tx.raw);
                 METRICS
                     .received_bytes_total
                     .inc_by((before - bytes.len()) as u64);
-                if tx.body.len() > max_size {
-                    tx.oversized = true;
-                    tx.body = Vec::new();
-                }
+                tx.take_in(done, max_size, max_total);
                 if done {
                     self.mode = Mode::Command;
                     return data::finish(self).await;
@@ -233,14 +291,13 @@ impl Session {
                     return Next::Continue;
                 };
                 let before = bytes.len();
-                let done = receiver.ingest(bytes, &mut tx.body);
+                let done = receiver.ingest(bytes, &mut tx.raw);
                 METRICS
                     .received_bytes_total
                     .inc_by((before - bytes.len()) as u64);
-                if tx.body.len() > max_size {
-                    tx.oversized = true;
-                    tx.body = Vec::new();
-                }
+                // A CR ending one chunk may meet its LF in the next: only the last chunk ends
+                // the message.
+                tx.take_in(done && receiver.is_last, max_size, max_total);
                 if done {
                     let last = receiver.is_last;
                     self.mode = Mode::Command;
@@ -395,5 +452,69 @@ impl Session {
     /// Whether the peer may start a mail transaction at all.
     pub fn may_submit(&self) -> bool {
         self.user.is_some() || self.peer_is_trusted()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::accounts::Role;
+
+    fn transaction() -> Transaction {
+        let user = User {
+            id: 1,
+            email: "ann@example.com".into(),
+            team_id: None,
+            role: Role::Member,
+            default_visibility: "team".into(),
+        };
+        let mut tx = Transaction::new("ann@example.com".into(), user);
+        tx.recipients.push("bob@example.net".into());
+        tx
+    }
+
+    /// DATA as the session feeds it, the input cut into pieces of `piece` bytes.
+    fn receive(input: &[u8], piece: usize) -> Transaction {
+        let mut tx = transaction();
+        let mut receiver = DataReceiver::new();
+        for chunk in input.chunks(piece) {
+            let mut bytes = chunk.iter();
+            let done = receiver.ingest(&mut bytes, &mut tx.raw);
+            tx.take_in(done, 1 << 20, 0);
+            if done {
+                assert!(bytes.as_slice().is_empty(), "nothing after the end here");
+                return tx;
+            }
+        }
+        panic!("no end of DATA in {:?}", String::from_utf8_lossy(input));
+    }
+
+    #[test]
+    fn data_is_normalised_whatever_the_pieces() {
+        let input = b"a\n.\r\nMAIL FROM:<x@y>\r\r.\r..\r\nb\r\n.\r\n";
+        let want = b"a\r\n.\r\nMAIL FROM:<x@y>\r\n\r\n.\r\n..\r\nb\r\n";
+        for piece in 1..=input.len() {
+            let tx = receive(input, piece);
+            assert_eq!(
+                String::from_utf8_lossy(&tx.body),
+                String::from_utf8_lossy(want),
+                "pieces of {piece}"
+            );
+            assert_eq!(tx.received, 31, "pieces of {piece}");
+        }
+    }
+
+    #[test]
+    fn size_times_recipients_over_the_bound_drops_the_body() {
+        let mut tx = transaction();
+        tx.recipients.push("carl@example.net".into());
+        tx.raw.extend_from_slice(&[b'x'; 600]);
+        tx.take_in(false, 1000, 1000);
+        assert_eq!(tx.oversized, Some(Oversize::Submission));
+        assert!(tx.body.is_empty());
+        let mut tx = transaction();
+        tx.raw.extend_from_slice(&[b'x'; 1001]);
+        tx.take_in(false, 1000, 0);
+        assert_eq!(tx.oversized, Some(Oversize::Message));
     }
 }

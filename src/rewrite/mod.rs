@@ -8,6 +8,7 @@
 pub mod charset;
 pub mod controls;
 pub mod copy;
+pub mod crlf;
 pub mod dkim;
 mod headers;
 pub mod html;
@@ -255,6 +256,11 @@ impl Prepared {
         if self.controls.separate && may_readdress {
             out = headers::addressed_to(&out, recipient);
         }
+        // The input was normalised in `prepare`; this also holds for whatever a part's
+        // re-encoding or a header edit wrote, before anything is signed, stored or sent.
+        if let std::borrow::Cow::Owned(normal) = crlf::normalise(&out) {
+            out = normal;
+        }
         match &self.signer {
             Some(signer) => match signer.header(&out) {
                 Ok(h) => {
@@ -278,6 +284,9 @@ impl Prepared {
 
 /// Rewrite a message once. Never panics, never fails: the worst case is `untouched`.
 pub fn prepare(raw: &[u8], settings: &RewriteSettings) -> Prepared {
+    // Every way in (SMTP, composed mail, `mailtally rewrite`) comes through here: no bare CR or
+    // LF goes further (SMTP smuggling, see `crlf`).
+    let raw = &*crlf::normalise(raw);
     // The rewrite is written not to panic; this is the last line of defence so that a bug
     // in it or in a parser costs tracking, never the message.
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

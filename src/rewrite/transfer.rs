@@ -180,8 +180,8 @@ pub(crate) fn encode_identity(flat: Flat) -> (Vec<u8>, Vec<Patch>) {
     (flat.data, patches)
 }
 
-/// Quoted-printable. Line breaks of the text are kept as they are (hard breaks); soft
-/// breaks use `eol`. Token characters are always literal, so every copy has this layout.
+/// Quoted-printable. CRLF line breaks of the text are kept as hard breaks, a bare CR or LF
+/// is escaped; soft breaks use `eol`. Token characters are always literal, so every copy has this layout.
 pub(crate) fn encode_qp(flat: &Flat, eol: &[u8]) -> (Vec<u8>, Vec<Patch>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let d = &flat.data;
@@ -200,12 +200,8 @@ pub(crate) fn encode_qp(flat: &Flat, eol: &[u8]) -> (Vec<u8>, Vec<Patch>) {
             i += 2;
             continue;
         }
-        if b == b'\n' {
-            out.push(b'\n');
-            col = 0;
-            i += 1;
-            continue;
-        }
+        // A bare LF (or CR) of the text, `=0A` in the part (hard breaks are CRLF: the message
+        // was normalised), is written `=0A` again: as a raw byte it would be a bare line end.
         // Fast path: bytes outside any token, up to the next line break, token or soft
         // break: runs of literal bytes copied at once, escapes in between. The same output
         // as the general case below.
@@ -349,6 +345,7 @@ mod tests {
         };
         let (enc, _) = encode_qp(&flat, b"\r\n");
         assert_eq!(*decode(&enc, Cte::QuotedPrintable).unwrap(), text);
+        assert!(crate::rewrite::crlf::is_normal(&enc), "no bare line end");
         let long = vec![b'x'; 3000];
         let (enc, _) = encode_qp(
             &Flat {
