@@ -2047,3 +2047,73 @@ fn a_group_email_is_written_in_chunks_and_a_late_chunk_over_the_bound_queues_not
         );
     }
 }
+
+/// Charges of one sender that meet at once are held to the hourly budget together, not each
+/// against the same reading of the hour: many SMTP sessions or group-email requests in flight
+/// at one moment must not multiply SENDER_MAX_BYTES_PER_HOUR. Here every charge arrives while
+/// the minute's row is busy, so each one has read the hour before any of them is counted.
+#[test]
+fn charges_that_meet_at_once_stay_within_the_hourly_budget() {
+    let db = TestDb::migrated();
+    add_user(&db.url, "ann@example.com", PASSWORD);
+    let ann = db_i64(
+        &db.url,
+        "SELECT id FROM users WHERE email = 'ann@example.com'",
+    );
+    let url = db.url.clone();
+    let passed = common::block_on(async move {
+        let pool = mailtally::store::pool(&url, 12).unwrap();
+        let mut holder = pool.get().await.unwrap();
+        // Away from a minute's end, so that every charge counts on the same minute's row.
+        while holder
+            .query_one("SELECT extract(second FROM now())::float8", &[])
+            .await
+            .unwrap()
+            .get::<_, f64>(0)
+            > 45.0
+        {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        holder
+            .execute(
+                "INSERT INTO sender_usage (sender_id, minute, bytes)
+                 VALUES ($1, date_trunc('minute', now()), 0)",
+                &[&ann],
+            )
+            .await
+            .unwrap();
+        let busy = holder.transaction().await.unwrap();
+        busy.execute(
+            "SELECT 1 FROM sender_usage WHERE sender_id = $1 FOR UPDATE",
+            &[&ann],
+        )
+        .await
+        .unwrap();
+        let charges: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    mailtally::queue::budget::charge(&pool, ann, 400, 1000).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        busy.commit().await.unwrap();
+        let mut passed = 0;
+        for c in charges {
+            if c.await.unwrap().is_ok() {
+                passed += 1;
+            }
+        }
+        passed
+    });
+    let counted = db_i64(
+        &db.url,
+        "SELECT coalesce(sum(bytes), 0)::int8 FROM sender_usage",
+    );
+    assert_eq!(
+        (passed, counted),
+        (2, 800),
+        "8 charges of 400 bytes against 1000 an hour: {passed} passed, {counted} counted"
+    );
+}

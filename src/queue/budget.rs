@@ -1,10 +1,15 @@
 //! The hourly sending budget: the bytes each sender may queue in any hour
 //! (SENDER_MAX_BYTES_PER_HOUR), one budget shared by SMTP, group emails and follow-ups.
 //!
-//! A charge is one statement of its own, before the copies are written, so that nothing is
-//! locked while they are; a charge whose copies then fail to queue is given back.
+//! A charge is a short transaction of its own under a per-sender advisory lock, before the
+//! copies are written, so that concurrent submissions of one sender cannot all pass on the same
+//! reading and nothing is locked while the copies are written; a charge whose copies then fail
+//! to queue is given back.
 
 use super::QueueError;
+
+/// Arbitrary constant naming the budget's advisory locks ("mtbu").
+const LOCK_CLASS: i32 = 0x6d74_6275;
 
 /// Why bytes do not fit in a sender's hourly budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,10 +41,10 @@ impl std::fmt::Display for OverBudget {
 /// Counts `bytes` against `sender_id`'s budget of `per_hour` bytes (0: no budget, nothing is
 /// counted), or refuses them with [`QueueError::OverBudget`] and counts nothing.
 ///
-/// One statement, whose commit does not wait for the disk: the relay pays one round trip per
-/// message for the budget. The reading of the last hour is not locked, so submissions of one
-/// sender that are in flight at the same moment may pass on the same reading: the budget holds
-/// to within those (at most `MAX_SMTP_SESSIONS` times `SUBMISSION_MAX_BYTES`), and a charge
+/// The sender's advisory lock is taken first and the hour is read by a statement after it, so
+/// that a charge always sees every charge committed before it (READ COMMITTED takes a snapshot
+/// per statement): submissions of one sender in flight at the same moment are counted one after
+/// the other, never against the same reading. The commit does not wait for the disk: a charge
 /// lost to a PostgreSQL crash only makes the hour more lenient, never loses mail.
 pub async fn charge(
     pool: &deadpool_postgres::Pool,
@@ -56,9 +61,14 @@ pub async fn charge(
             budget: per_hour,
         }));
     }
-    let client = pool.get().await?;
+    let mut client = pool.get().await?;
     let (signed_bytes, signed_budget) = (bytes as i64, per_hour.min(i64::MAX as u64) as i64);
-    let charged = client
+    let tx = client.transaction().await?;
+    // Ids past i32 share locks with others: a wait, never a wrong count.
+    let key = (sender_id & 0x7fff_ffff) as i32;
+    tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_CLASS, &key])
+        .await?;
+    let charged = tx
         .query_opt(
             "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
                   gone AS (DELETE FROM sender_usage
@@ -73,6 +83,7 @@ pub async fn charge(
             &[&sender_id, &signed_bytes, &signed_budget],
         )
         .await?;
+    tx.commit().await?;
     if charged.is_some() {
         return Ok(());
     }
