@@ -800,18 +800,19 @@ use common::smtp::db_rows;
 use mailtally::api::accounts::Role;
 
 #[test]
-fn unsubscribes_cancel_only_follow_ups_of_mail_the_caller_sees() {
+fn unsubscribes_cancel_only_follow_ups_of_the_callers_own_team() {
     let db = TestDb::migrated();
     let (ann, ann_token) = add_team_user(&db.url, "ann@alpha.test", Some("alpha"), Role::Member);
     let (_, bob_token) = add_team_user(&db.url, "bob@beta.test", Some("beta"), Role::Member);
     let server = Server::start(&db.url, &[]);
-    // Ann mails a customer privately; an automation of hers has a follow-up pending for them.
+    // Ann mails a customer, shared (every user sees it, Bob too); an automation of hers has a
+    // follow-up pending for them. Seeing the mail does not make it Bob's to act on.
     let message = submit(
         &server,
         &db.url,
         "ann@alpha.test",
         "ceo@customer.test",
-        "X-Mailtally-Visibility: private\r\nX-Mailtally-Template: pitch\r\n",
+        "X-Mailtally-Visibility: shared\r\nX-Mailtally-Template: pitch\r\n",
     );
     db_rows(
         &db.url,
@@ -1840,7 +1841,7 @@ fn an_unknown_smtp_visibility_is_refused_naming_the_header() {
     let db = TestDb::migrated();
     add_user(&db.url, "ann@example.com", PASSWORD);
     let server = Server::start(&db.url, &[]);
-    for value in ["privat", "private;", "everyone"] {
+    for value in ["privat", "private;", "everyone", "", "  "] {
         let mut c = signed_in(server.smtp, "ann@example.com");
         assert!(c.cmd("MAIL FROM:<ann@example.com>").starts_with("250"));
         assert!(c.cmd("RCPT TO:<bob@example.net>").starts_with("250"));

@@ -120,8 +120,8 @@ pub struct UnsubscribeBody {
     pub recipient: String,
 }
 
-/// Records that a recipient unsubscribed: no follow-up of mail the caller may see goes to them
-/// any more. Unknown addresses and addresses mailed only by others get the same answer.
+/// Records that a recipient unsubscribed: no follow-up of mail the caller acts for (their own,
+/// their team's team or shared mail) goes to them any more. Unknown addresses and addresses mailed only by others get the same answer.
 pub async fn unsubscribe(
     ctx: web::Data<Context>,
     caller: Caller,

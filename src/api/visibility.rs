@@ -67,3 +67,21 @@ pub fn visible_to(alias: &str, user_id: &str, team_id: &str) -> String {
           OR ({alias}.visibility = 'team' AND {alias}.team_id = {team_id}))"
     )
 }
+
+/// The mail a user acts for as a sender, narrower than what they see: their own, and their
+/// team's mail that the team sees (`team` or `shared`; not a teammate's `private`). Shared mail
+/// of another team is seen by everyone but acted on (unsubscribes that cancel its follow-ups)
+/// by its own team only. `user_id` and `team_id` are SQL expressions, as in [`visible_to`].
+pub fn acts_for_to(alias: &str, user_id: &str, team_id: &str) -> String {
+    format!(
+        "({alias}.sender_id = {user_id}
+          OR ({alias}.visibility IN ('team', 'shared') AND {alias}.team_id = {team_id}))"
+    )
+}
+
+/// [`acts_for_to`] for a viewer given as parameters.
+pub fn acts_for(alias: &str, viewer: Viewer, params: &mut Params) -> String {
+    let user = params.push(viewer.user_id);
+    let team = params.push(viewer.team_id);
+    acts_for_to(alias, &user, &team)
+}

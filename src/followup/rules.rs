@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::api::visibility::{visible, visible_to, Params, Viewer};
+use crate::api::visibility::{acts_for, acts_for_to, Params, Viewer};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Automation {
@@ -114,9 +114,10 @@ pub async fn delete(
 }
 
 /// Records that `viewer` heard from `recipient` that they unsubscribed, and cancels the pending
-/// follow-ups of mail the viewer may see (the visibility rule): one team cannot stop another's
+/// follow-ups of mail the viewer acts for (their own, their team's team or shared mail): one
+/// team cannot stop another's
 /// follow-ups, nor learn from the count whether another team mails the address. Returns how
-/// many were cancelled, which counts mail the viewer sees only.
+/// many were cancelled, which counts mail the viewer acts for only.
 pub async fn unsubscribe(
     client: &impl deadpool_postgres::GenericClient,
     viewer: Viewer,
@@ -131,7 +132,7 @@ pub async fn unsubscribe(
         .await?;
     let mut p = Params::default();
     let r = p.push(recipient.to_string());
-    let vis = visible("m", viewer, &mut p);
+    let scope = acts_for("m", viewer, &mut p);
     client
         .execute(
             &format!(
@@ -139,7 +140,7 @@ pub async fn unsubscribe(
                      updated_at = now()
                  FROM copies c JOIN messages m ON m.id = c.message_id
                  WHERE c.id = f.copy_id AND lower(f.recipient) = lower({r})
-                   AND f.status = 'pending' AND {vis}"
+                   AND f.status = 'pending' AND {scope}"
             ),
             &p.refs(),
         )
@@ -147,15 +148,16 @@ pub async fn unsubscribe(
 }
 
 /// The condition under which an unsubscribe stops a follow-up to `recipient` on `copy` (SQL
-/// expressions): one recorded by a user who may see the copy's message, or one recorded before
+/// expressions): one recorded by a user who acts for the copy's message (its sender, or its
+/// team for team or shared mail), or one recorded before
 /// unsubscribes were scoped (no user: installation-wide, as it was recorded then).
 pub fn unsubscribed_sql(copy: &str, recipient: &str) -> String {
-    let vis = visible_to("um", "x.user_id", "uu.team_id");
+    let scope = acts_for_to("um", "x.user_id", "uu.team_id");
     format!(
         "EXISTS (SELECT 1 FROM unsubscribes x
                  JOIN copies uc ON uc.id = {copy}
                  JOIN messages um ON um.id = uc.message_id
                  LEFT JOIN users uu ON uu.id = x.user_id
-                 WHERE x.recipient = lower({recipient}) AND (x.user_id IS NULL OR {vis}))"
+                 WHERE x.recipient = lower({recipient}) AND (x.user_id IS NULL OR {scope}))"
     )
 }

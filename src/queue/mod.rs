@@ -69,6 +69,40 @@ impl NewMessage {
     }
 }
 
+/// A message's copies and links as the arrays its insert statements unnest.
+struct Columns<'a> {
+    copy_ids: Vec<Uuid>,
+    recipients: Vec<&'a str>,
+    bodies: Vec<&'a [u8]>,
+    message_ids: Vec<Option<&'a str>>,
+    fields: Vec<Option<&'a serde_json::Value>>,
+    not_before: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    /// One `accepted` event a copy.
+    event_ids: Vec<Uuid>,
+    link_indexes: Vec<i32>,
+    link_urls: Vec<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(m: &'a NewMessage) -> Self {
+        let copies = &m.copies;
+        Columns {
+            copy_ids: copies.iter().map(|c| c.id).collect(),
+            recipients: copies.iter().map(|c| c.recipient.as_str()).collect(),
+            bodies: copies.iter().map(|c| c.body.as_slice()).collect(),
+            message_ids: copies
+                .iter()
+                .map(|c| c.header_message_id.as_deref())
+                .collect(),
+            fields: copies.iter().map(|c| c.fields.as_ref()).collect(),
+            not_before: copies.iter().map(|c| c.not_before).collect(),
+            event_ids: copies.iter().map(|_| Uuid::now_v7()).collect(),
+            link_indexes: m.links.iter().map(|l| l.0).collect(),
+            link_urls: m.links.iter().map(|l| l.1.as_str()).collect(),
+        }
+    }
+}
+
 /// Wakes this process's delivery workers when mail is queued (other nodes poll).
 pub static QUEUED: LazyLock<Notify> = LazyLock::new(Notify::new);
 
@@ -122,21 +156,17 @@ pub async fn insert_copies(
              FROM unnest($10::uuid[], $4::uuid[]) AS e (id, copy_id)",
         )
         .await?;
-    let copy_ids: Vec<Uuid> = m.copies.iter().map(|c| c.id).collect();
-    let recipients: Vec<&str> = m.copies.iter().map(|c| c.recipient.as_str()).collect();
-    let bodies: Vec<&[u8]> = m.copies.iter().map(|c| c.body.as_slice()).collect();
-    let message_ids: Vec<Option<&str>> = m
-        .copies
-        .iter()
-        .map(|c| c.header_message_id.as_deref())
-        .collect();
-    let fields: Vec<Option<&serde_json::Value>> =
-        m.copies.iter().map(|c| c.fields.as_ref()).collect();
-    let not_before: Vec<Option<chrono::DateTime<chrono::Utc>>> =
-        m.copies.iter().map(|c| c.not_before).collect();
-    let event_ids: Vec<Uuid> = m.copies.iter().map(|_| Uuid::now_v7()).collect();
-    let link_indexes: Vec<i32> = m.links.iter().map(|l| l.0).collect();
-    let link_urls: Vec<&str> = m.links.iter().map(|l| l.1.as_str()).collect();
+    let Columns {
+        copy_ids,
+        recipients,
+        bodies,
+        message_ids,
+        fields,
+        not_before,
+        event_ids,
+        link_indexes,
+        link_urls,
+    } = Columns::of(m);
     client
         .execute(
             &statement,
@@ -195,21 +225,17 @@ pub async fn insert(
              FROM unnest($17::uuid[], $14::uuid[]) AS e (id, copy_id)",
         )
         .await?;
-    let copy_ids: Vec<Uuid> = m.copies.iter().map(|c| c.id).collect();
-    let recipients: Vec<&str> = m.copies.iter().map(|c| c.recipient.as_str()).collect();
-    let bodies: Vec<&[u8]> = m.copies.iter().map(|c| c.body.as_slice()).collect();
-    let message_ids: Vec<Option<&str>> = m
-        .copies
-        .iter()
-        .map(|c| c.header_message_id.as_deref())
-        .collect();
-    let fields: Vec<Option<&serde_json::Value>> =
-        m.copies.iter().map(|c| c.fields.as_ref()).collect();
-    let not_before: Vec<Option<chrono::DateTime<chrono::Utc>>> =
-        m.copies.iter().map(|c| c.not_before).collect();
-    let event_ids: Vec<Uuid> = m.copies.iter().map(|_| Uuid::now_v7()).collect();
-    let link_indexes: Vec<i32> = m.links.iter().map(|l| l.0).collect();
-    let link_urls: Vec<&str> = m.links.iter().map(|l| l.1.as_str()).collect();
+    let Columns {
+        copy_ids,
+        recipients,
+        bodies,
+        message_ids,
+        fields,
+        not_before,
+        event_ids,
+        link_indexes,
+        link_urls,
+    } = Columns::of(m);
     let f = &m.facts;
     client
         .execute(

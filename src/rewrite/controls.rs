@@ -47,7 +47,12 @@ pub(crate) fn read(
         template_explicit: explicit.is_some(),
         template: explicit.unwrap_or_else(|| template_key(subject.as_deref().unwrap_or(""), names)),
         track,
-        visibility: get("x-mailtally-visibility").map(|v| v.to_ascii_lowercase()),
+        // An empty value is kept (and refused by the relay): read as absent, it would take the
+        // sender's default, which may be wider than what the sender meant.
+        visibility: fields
+            .iter()
+            .find(|f| f.is(raw, "x-mailtally-visibility"))
+            .map(|f| f.text(raw).to_ascii_lowercase()),
         deal: get("x-mailtally-deal"),
         lead: get("x-mailtally-lead"),
         project: get("x-mailtally-project"),
