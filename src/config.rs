@@ -1014,7 +1014,16 @@ fn upstream_url(value: String) -> Result<String, ConfigError> {
             }
         }
     }
-    Ok(trimmed.to_string())
+    // The SMTP client reads the URL again when delivery starts, after PostgreSQL and the
+    // listeners: what it would refuse there (a host character such as `|`, credentials that are
+    // not UTF-8 once decoded) is refused now. The scheme and `tls=` are checked above.
+    let without_query = &rest[..rest.find('?').unwrap_or(rest.len())];
+    lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(&format!(
+        "smtp://{without_query}"
+    ))
+    .map_err(|e| fail(&format!("the host or credentials cannot be read ({e})")))?;
+    // In lower case, so that `SMTP://user:pass@host` gets STARTTLS like `smtp://`.
+    Ok(format!("{}://{rest}", scheme.to_ascii_lowercase()))
 }
 
 fn listen(src: &Sources, key: &'static str) -> Result<SocketAddr, ConfigError> {

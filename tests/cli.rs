@@ -255,6 +255,18 @@ fn every_setting_is_checked_before_anything_starts() {
             "UPSTREAM_URL",
             "not a port",
         ),
+        // Characters the SMTP client's URL parser refuses, found before PostgreSQL starts
+        // rather than when delivery does.
+        (
+            &[("UPSTREAM_URL", "smtp://mail|relay.example.com:587")],
+            "UPSTREAM_URL",
+            "cannot be read",
+        ),
+        (
+            &[("UPSTREAM_URL", "smtp://user:%ff%fe@mx.example.com:587")],
+            "UPSTREAM_URL",
+            "cannot be read",
+        ),
         (
             &[("PUBLIC_URL", "ftp://t.example.com")],
             "PUBLIC_URL",
