@@ -241,6 +241,10 @@ fn every_setting_is_checked_before_anything_starts() {
     let data_str = data.to_str().unwrap().to_string();
     let missing = home.path().join("no-such.pem");
     let missing = missing.to_str().unwrap();
+    // A file that can be read but holds no certificate, key or address.
+    let junk = home.path().join("junk.txt");
+    std::fs::write(&junk, "junk\n").unwrap();
+    let junk = junk.to_str().unwrap();
     // (settings, the key the error names, a word of what is allowed)
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
     let cases: &[Case] = &[
@@ -286,6 +290,16 @@ fn every_setting_is_checked_before_anything_starts() {
             &[("TLS_CERT", missing), ("TLS_KEY", missing)],
             "TLS_CERT",
             "cannot be read",
+        ),
+        (
+            &[("TLS_CERT", junk), ("TLS_KEY", junk)],
+            "TLS_CERT",
+            "no PEM certificate",
+        ),
+        (
+            &[("APPLE_MPP_CIDRS", junk)],
+            "APPLE_MPP_CIDRS",
+            "not an address",
         ),
         (
             &[
