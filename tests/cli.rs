@@ -286,6 +286,23 @@ fn every_setting_is_checked_before_anything_starts() {
             "DATABASE_URL",
             "postgresql://",
         ),
+        // libpq's other spellings of a password: a key=value string and a URL parameter.
+        (
+            &[(
+                "DATABASE_URL",
+                "host=/tmp user=u password=hunter2 port=notaport",
+            )],
+            "DATABASE_URL",
+            "postgresql://",
+        ),
+        (
+            &[(
+                "DATABASE_URL",
+                "postgresql://u@h/db?password=hunter2&port=notaport",
+            )],
+            "DATABASE_URL",
+            "postgresql://",
+        ),
         (
             &[("TLS_CERT", missing), ("TLS_KEY", missing)],
             "TLS_CERT",
