@@ -932,20 +932,67 @@ fn public_url(value: &str) -> Result<String, ConfigError> {
     Ok(trimmed.to_string())
 }
 
-/// The URL with the password of its user part replaced, fit for an error message or a log.
+/// The URL (or libpq key=value string) with its password replaced, fit for an error message or
+/// a log.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        return hide_password_pairs(url);
     };
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rsplit_once('@') {
+    let shown = match rest[..authority_end].rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split(':').next().unwrap_or("");
             let hidden = if userinfo.contains(':') { ":***" } else { "" };
             format!("{scheme}://{user}{hidden}@{host}{}", &rest[authority_end..])
         }
         None => url.to_string(),
+    };
+    hide_password_pairs(&shown)
+}
+
+/// `password=...` hidden where libpq takes it besides the userinfo: a key=value connection
+/// string (`host=h password='a b'`) and a URL parameter (`?password=...`).
+fn hide_password_pairs(s: &str) -> String {
+    const KEY: &str = "password";
+    let b = s.as_bytes();
+    let lower = s.to_ascii_lowercase();
+    let mut out = String::with_capacity(s.len());
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(off) = lower[from..].find(KEY) {
+        let start = from + off;
+        from = start + KEY.len();
+        let at_key = start == 0 || matches!(b[start - 1], b' ' | b'\t' | b'\n' | b'?' | b'&');
+        let mut value = from;
+        while b.get(value) == Some(&b' ') {
+            value += 1;
+        }
+        if !at_key || b.get(value) != Some(&b'=') {
+            continue;
+        }
+        value += 1;
+        while b.get(value) == Some(&b' ') {
+            value += 1;
+        }
+        let mut end = value;
+        if b.get(end) == Some(&b'\'') {
+            end += 1;
+            while end < b.len() && b[end] != b'\'' {
+                end += if b[end] == b'\\' { 2 } else { 1 };
+            }
+            end = (end + 1).min(b.len());
+        } else {
+            while end < b.len() && !matches!(b[end], b' ' | b'\t' | b'\n' | b'&') {
+                end += 1;
+            }
+        }
+        out.push_str(&s[copied..value]);
+        out.push_str("***");
+        copied = end;
+        from = end;
     }
+    out.push_str(&s[copied..]);
+    out
 }
 
 /// `host[:port]` or `[v6]:port`: a non-empty host without spaces, and a port 1-65535 if any.
@@ -1014,7 +1061,16 @@ fn upstream_url(value: String) -> Result<String, ConfigError> {
             }
         }
     }
-    Ok(trimmed.to_string())
+    // The SMTP client reads the URL again when delivery starts, after PostgreSQL and the
+    // listeners: what it would refuse there (a host character such as `|`, credentials that are
+    // not UTF-8 once decoded) is refused now. The scheme and `tls=` are checked above.
+    let without_query = &rest[..rest.find('?').unwrap_or(rest.len())];
+    lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(&format!(
+        "smtp://{without_query}"
+    ))
+    .map_err(|e| fail(&format!("the host or credentials cannot be read ({e})")))?;
+    // In lower case, so that `SMTP://user:pass@host` gets STARTTLS like `smtp://`.
+    Ok(format!("{}://{rest}", scheme.to_ascii_lowercase()))
 }
 
 fn listen(src: &Sources, key: &'static str) -> Result<SocketAddr, ConfigError> {
@@ -1191,6 +1247,23 @@ mod tests {
         assert_eq!(
             redact_url("smtps://mail.example.com"),
             "smtps://mail.example.com"
+        );
+        // libpq also takes a password as a key=value pair (quoted or not) or a URL parameter.
+        assert_eq!(
+            redact_url("host=/tmp password=hunter2 port=x"),
+            "host=/tmp password=*** port=x"
+        );
+        assert_eq!(
+            redact_url("user=u PASSWORD = 'hun ter\\'2' dbname=d"),
+            "user=u PASSWORD = *** dbname=d"
+        );
+        assert_eq!(
+            redact_url("postgresql://u@h/db?sslmode=off&password=hunter2&port=x"),
+            "postgresql://u@h/db?sslmode=off&password=***&port=x"
+        );
+        assert_eq!(
+            redact_url("postgresql://u:hunter2@h/db?application_name=nopassword=1"),
+            "postgresql://u:***@h/db?application_name=nopassword=1"
         );
         let err = Settings::from_sources(&Sources::from_pairs([(
             "UPSTREAM_URL",

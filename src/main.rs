@@ -143,6 +143,14 @@ fn main() -> anyhow::Result<()> {
     if matches!(cli.command, Command::Serve) {
         // The DKIM key is parsed here so that a bad one stops startup before anything runs.
         mailtally::context::rewrite_settings(&settings).context("invalid DKIM settings")?;
+        // So are the contents of the other files serve reads: the STARTTLS pair (when given;
+        // else a self-signed one is made later) and the Apple MPP address list.
+        if settings.tls_cert.is_some() && settings.tls_key.is_some() {
+            mailtally::relay::tls::acceptor(&settings)
+                .context("invalid TLS_CERT / TLS_KEY: expected a PEM certificate chain and its PEM private key")?;
+        }
+        mailtally::insights::classify::Classifier::load(settings.apple_mpp_cidrs.as_deref())
+            .context("invalid APPLE_MPP_CIDRS: expected one CIDR (such as 17.0.0.0/8) a line")?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -241,6 +241,10 @@ fn every_setting_is_checked_before_anything_starts() {
     let data_str = data.to_str().unwrap().to_string();
     let missing = home.path().join("no-such.pem");
     let missing = missing.to_str().unwrap();
+    // A file that can be read but holds no certificate, key or address.
+    let junk = home.path().join("junk.txt");
+    std::fs::write(&junk, "junk\n").unwrap();
+    let junk = junk.to_str().unwrap();
     // (settings, the key the error names, a word of what is allowed)
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
     let cases: &[Case] = &[
@@ -254,6 +258,18 @@ fn every_setting_is_checked_before_anything_starts() {
             &[("UPSTREAM_URL", "smtp://h:99999")],
             "UPSTREAM_URL",
             "not a port",
+        ),
+        // Characters the SMTP client's URL parser refuses, found before PostgreSQL starts
+        // rather than when delivery does.
+        (
+            &[("UPSTREAM_URL", "smtp://mail|relay.example.com:587")],
+            "UPSTREAM_URL",
+            "cannot be read",
+        ),
+        (
+            &[("UPSTREAM_URL", "smtp://user:%ff%fe@mx.example.com:587")],
+            "UPSTREAM_URL",
+            "cannot be read",
         ),
         (
             &[("PUBLIC_URL", "ftp://t.example.com")],
@@ -270,10 +286,37 @@ fn every_setting_is_checked_before_anything_starts() {
             "DATABASE_URL",
             "postgresql://",
         ),
+        // libpq's other spellings of a password: a key=value string and a URL parameter.
+        (
+            &[(
+                "DATABASE_URL",
+                "host=/tmp user=u password=hunter2 port=notaport",
+            )],
+            "DATABASE_URL",
+            "postgresql://",
+        ),
+        (
+            &[(
+                "DATABASE_URL",
+                "postgresql://u@h/db?password=hunter2&port=notaport",
+            )],
+            "DATABASE_URL",
+            "postgresql://",
+        ),
         (
             &[("TLS_CERT", missing), ("TLS_KEY", missing)],
             "TLS_CERT",
             "cannot be read",
+        ),
+        (
+            &[("TLS_CERT", junk), ("TLS_KEY", junk)],
+            "TLS_CERT",
+            "no PEM certificate",
+        ),
+        (
+            &[("APPLE_MPP_CIDRS", junk)],
+            "APPLE_MPP_CIDRS",
+            "not an address",
         ),
         (
             &[

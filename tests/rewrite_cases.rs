@@ -286,6 +286,36 @@ fn unparseable_messages_say_why() {
     );
     assert_eq!(p.render(&keys(), Uuid::now_v7(), "b"), raw);
 
+    // A charset the rewrite does not know, on text whose bytes are ASCII only because its
+    // characters are spread over zero bytes (UTF-32, UTF-16 under a label of its own): the
+    // recipient's client may know the label, and an ASCII pixel or link in it is garbage.
+    let html = "<html><body><p>Hello <a href=\"https://x.test/a\">Bob</a></p></body></html>";
+    let utf32: Vec<u8> = html
+        .chars()
+        .flat_map(|c| (c as u32).to_le_bytes())
+        .collect();
+    let utf16: Vec<u8> = html.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    for (label, bytes) in [("utf-32", utf32), ("utf16", utf16)] {
+        let raw = msg(
+            &format!(
+                "Content-Type: text/html; charset={label}\nContent-Transfer-Encoding: base64\n"
+            ),
+            format!(
+                "{}\r\n",
+                base64::engine::general_purpose::STANDARD.encode(&bytes)
+            )
+            .as_bytes(),
+            "\r\n",
+        );
+        let p = prepare(&raw, &settings());
+        assert_eq!(
+            p.untouched,
+            Some(Untouched::Unparseable(Unparseable::Charset)),
+            "{label}"
+        );
+        assert_eq!(p.render(&keys(), Uuid::now_v7(), "b"), raw, "{label}");
+    }
+
     // A group sent one by one is still addressed one by one: only a body part was unreadable.
     let raw = msg(
         "X-Mailtally-Group: separate\nCc: Carl <c@example.net>\nContent-Type: text/html\nContent-Transfer-Encoding: base64\n",

@@ -158,4 +158,20 @@ mod tests {
         assert_eq!(with_tls_mode("smtps://mx"), "smtps://mx");
         assert_eq!(with_tls_mode("smtp://mx:25?tls=none"), "smtp://mx:25");
     }
+
+    /// The scheme is case-insensitive: `SMTP://` with credentials is STARTTLS required like
+    /// `smtp://`, never a plain connection that sends the password in clear text.
+    #[test]
+    fn a_scheme_in_capitals_gets_starttls_too() {
+        use crate::config::{Settings, Sources};
+        for (given, sent) in [
+            ("SMTP://u:p@mx:587", "smtp://u:p@mx:587?tls=required"),
+            ("Smtp://mx:25", "smtp://mx:25?tls=opportunistic"),
+            ("SMTPS://u:p@mx", "smtps://u:p@mx"),
+        ] {
+            let s =
+                Settings::from_sources(&Sources::from_pairs([("UPSTREAM_URL", given)])).unwrap();
+            assert_eq!(with_tls_mode(s.upstream_url.as_deref().unwrap()), sent);
+        }
+    }
 }

@@ -46,9 +46,11 @@ pub(crate) fn decode<'a>(
             .ok_or(CharsetError::Malformed("UTF-7"));
     }
     let Some(enc) = Encoding::for_label(label.as_bytes()) else {
-        // Unknown names on plain ASCII are harmless; anything else we would garble.
+        // Unknown names on plain ASCII are harmless; anything else we would garble. Zero
+        // bytes are not text but the high bytes of UTF-16 or UTF-32 under a label of its own
+        // (`utf-32`, `utf16`), which an ASCII link or pixel would break.
         return match std::str::from_utf8(bytes) {
-            Ok(s) if s.is_ascii() => Ok((Cow::Borrowed(s), Plan::Same(UTF_8))),
+            Ok(s) if s.is_ascii() && !s.contains('\0') => Ok((Cow::Borrowed(s), Plan::Same(UTF_8))),
             _ => Err(CharsetError::Unknown(label)),
         };
     };
@@ -285,6 +287,24 @@ mod tests {
             decode(b"\xef\xbb\xbfhi", Some("utf-16")),
             Err(CharsetError::ByteOrder)
         );
+    }
+
+    #[test]
+    fn zero_bytes_under_an_unknown_label_are_not_ascii() {
+        let wide: Vec<u8> = "<p>Hi</p>"
+            .chars()
+            .flat_map(|c| (c as u32).to_le_bytes())
+            .collect();
+        assert_eq!(
+            decode(&wide, Some("utf-32")),
+            Err(CharsetError::Unknown("utf-32".into()))
+        );
+        assert_eq!(
+            decode(&utf16("<p>Hi</p>", true, false), Some("utf16")),
+            Err(CharsetError::Unknown("utf16".into()))
+        );
+        let (t, p) = decode(b"<p>Hi</p>", Some("x-unknown")).unwrap();
+        assert_eq!((&*t, p), ("<p>Hi</p>", Plan::Same(UTF_8)));
     }
 
     #[test]
