@@ -109,6 +109,9 @@ fn init_logging(settings: &Settings) {
     }
 }
 
+/// The shortest tracking secret that does not draw a warning (256 bits as hex would be 64).
+const MIN_SECRET_LEN: usize = 32;
+
 fn warning_text(v: &UnknownVariable) -> String {
     match v.likely {
         Some(key) => format!(
@@ -139,6 +142,24 @@ fn main() -> anyhow::Result<()> {
     init_logging(&settings);
     for v in sources.unknown_variables() {
         tracing::warn!(variable = %v.name, likely = v.likely, "{}", warning_text(v));
+    }
+    // A short secret lets anyone who guesses it sign redirects; refusing it would stop
+    // installations that already run with one, so it is a warning.
+    for (key, secret) in std::iter::once(("TRACKING_SECRET", settings.tracking_secret.as_ref()))
+        .chain(
+            settings
+                .tracking_secret_previous
+                .iter()
+                .map(|s| ("TRACKING_SECRET_PREVIOUS", Some(s))),
+        )
+    {
+        if secret.is_some_and(|s| s.len() < MIN_SECRET_LEN) {
+            tracing::warn!(
+                setting = key,
+                "{key} has fewer than {MIN_SECRET_LEN} characters: tracked links can be forged by \
+                 guessing it; use a long random value (`openssl rand -hex 32`)"
+            );
+        }
     }
     if matches!(cli.command, Command::Serve) {
         // The DKIM key is parsed here so that a bad one stops startup before anything runs.

@@ -432,6 +432,16 @@ fn misspelt_and_unknown_variables_get_a_warning_naming_the_likely_key() {
     // Variables of other programs are left alone.
     assert!(!err.contains("environment variable PATH"), "{err}");
     assert!(!err.contains("environment variable HOME"), "{err}");
+    // A short tracking secret is named as one that lets links be forged.
+    assert!(
+        err.lines()
+            .any(|l| l.contains("WARN") && l.contains("TRACKING_SECRET has fewer than 32")),
+        "{err}"
+    );
+    let long = "0123456789abcdef0123456789abcdef";
+    let (ok, _, err) = mailtally(&["rewrite"], &[("TRACKING_SECRET", long)], message);
+    assert!(ok, "{err}");
+    assert!(!err.contains("TRACKING_SECRET has fewer"), "{err}");
 }
 
 #[test]

@@ -2,6 +2,10 @@
 //! `/metrics` passes `promtool check metrics` and every metric the Grafana dashboards and the
 //! alert rules use has its series; the alert rules pass `promtool check rules`; the dashboards
 //! keep one unit per series, a stable uid, and an instance filter on every query.
+//!
+//! The dashboard JSON is checked by the structural rules here, not against Grafana's own schema:
+//! the packages that carry that schema (grafana-foundation-sdk, @grafana/schema) are builders
+//! and type definitions, not validators that run without a Grafana server.
 
 mod common;
 
