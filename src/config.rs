@@ -249,7 +249,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         key: "SENDER_MAX_BYTES_PER_HOUR",
         default: Some("536870912"),
-        help: "most bytes of copies each sender may queue in any hour, by every way of sending; 0: no limit; SMTP 451 4.7.0, HTTP 429 with Retry-After beyond",
+        help: "bytes of copies each sender may queue an hour, by every way of sending (the whole budget at once, then at its pace); 0: no limit; SMTP 451 4.7.0, HTTP 429 with Retry-After beyond",
     },
     SettingDoc {
         key: "FOLLOWUP_CHECK_EVERY",

@@ -2040,7 +2040,7 @@ fn a_group_email_is_written_in_chunks_and_a_late_chunk_over_the_bound_queues_not
     );
     assert_eq!(status, 413, "{answer}");
     assert_eq!(answer["error"], "submission_too_large");
-    for table in ["messages", "copies", "events", "links", "sender_usage"] {
+    for table in ["messages", "copies", "events", "links", "sender_budget"] {
         assert_eq!(
             db_i64(&db.url, &format!("SELECT count(*) FROM {table}")),
             0,
@@ -2052,7 +2052,7 @@ fn a_group_email_is_written_in_chunks_and_a_late_chunk_over_the_bound_queues_not
 /// Charges of one sender that meet at once are held to the hourly budget together, not each
 /// against the same reading of the hour: many SMTP sessions or group-email requests in flight
 /// at one moment must not multiply SENDER_MAX_BYTES_PER_HOUR. Here every charge arrives while
-/// the minute's row is busy, so each one has read the hour before any of them is counted.
+/// the sender's row is busy, so each one has started before any of them is counted.
 #[test]
 fn charges_that_meet_at_once_stay_within_the_hourly_budget() {
     let db = TestDb::migrated();
@@ -2065,27 +2065,16 @@ fn charges_that_meet_at_once_stay_within_the_hourly_budget() {
     let passed = common::block_on(async move {
         let pool = mailtally::store::pool(&url, 12).unwrap();
         let mut holder = pool.get().await.unwrap();
-        // Away from a minute's end, so that every charge counts on the same minute's row.
-        while holder
-            .query_one("SELECT extract(second FROM now())::float8", &[])
-            .await
-            .unwrap()
-            .get::<_, f64>(0)
-            > 45.0
-        {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
         holder
             .execute(
-                "INSERT INTO sender_usage (sender_id, minute, bytes)
-                 VALUES ($1, date_trunc('minute', now()), 0)",
+                "INSERT INTO sender_budget (sender_id, used_bytes, at) VALUES ($1, 0, now())",
                 &[&ann],
             )
             .await
             .unwrap();
         let busy = holder.transaction().await.unwrap();
         busy.execute(
-            "SELECT 1 FROM sender_usage WHERE sender_id = $1 FOR UPDATE",
+            "SELECT 1 FROM sender_budget WHERE sender_id = $1 FOR UPDATE",
             &[&ann],
         )
         .await
@@ -2110,7 +2099,7 @@ fn charges_that_meet_at_once_stay_within_the_hourly_budget() {
     });
     let counted = db_i64(
         &db.url,
-        "SELECT coalesce(sum(bytes), 0)::int8 FROM sender_usage",
+        "SELECT coalesce(round(sum(used_bytes)), 0)::int8 FROM sender_budget",
     );
     assert_eq!(
         (passed, counted),

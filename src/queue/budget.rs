@@ -1,22 +1,24 @@
-//! The hourly sending budget: the bytes each sender may queue in any hour
-//! (SENDER_MAX_BYTES_PER_HOUR), one budget shared by SMTP, group emails and follow-ups.
+//! The hourly sending budget (SENDER_MAX_BYTES_PER_HOUR), one a sender, shared by SMTP, group
+//! emails and follow-ups.
 //!
-//! A charge is a short transaction of its own under a per-sender advisory lock, before the
-//! copies are written, so that concurrent submissions of one sender cannot all pass on the same
-//! reading and nothing is locked while the copies are written; a charge whose copies then fail
-//! to queue is given back.
+//! The budget is a bucket that holds a whole hour's bytes and drains at that rate: a sender may
+//! queue the budget at once, then at the budget's pace (so at most twice the budget in any one
+//! hour, and the budget an hour over time). A sliding window of the last hour would be exact to
+//! the hour but needs a lock and several statements per message; the bucket is one row a sender
+//! and one conditional upsert, which PostgreSQL applies to the row's latest version whatever
+//! else is in flight, so submissions that meet are counted one after the other. The charge is
+//! its own statement, before the copies are written, and its commit does not wait for the
+//! disk: a charge lost to a PostgreSQL crash only makes the bucket more lenient, never loses
+//! mail. A charge whose copies then fail to queue is given back.
 
 use super::QueueError;
-
-/// Arbitrary constant naming the budget's advisory locks ("mtbu").
-const LOCK_CLASS: i32 = 0x6d74_6275;
 
 /// Why bytes do not fit in a sender's hourly budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OverBudget {
     /// More than the whole budget: it will never fit.
     Never { bytes: u64, budget: u64 },
-    /// It fits once earlier sends are an hour old: in `retry_after` seconds.
+    /// It fits once the bucket has drained enough: in `retry_after` seconds.
     Later { retry_after: u64, budget: u64 },
 }
 
@@ -38,14 +40,16 @@ impl std::fmt::Display for OverBudget {
     }
 }
 
+/// What the bucket `b` holds now, in SQL: `used_bytes` drained since `at` at `per_hour` (a
+/// placeholder) bytes an hour.
+fn level(per_hour: &str) -> String {
+    format!(
+        "greatest(0, b.used_bytes - greatest(0, extract(epoch FROM now() - b.at)) * {per_hour}::float8 / 3600)"
+    )
+}
+
 /// Counts `bytes` against `sender_id`'s budget of `per_hour` bytes (0: no budget, nothing is
 /// counted), or refuses them with [`QueueError::OverBudget`] and counts nothing.
-///
-/// The sender's advisory lock is taken first and the hour is read by a statement after it, so
-/// that a charge always sees every charge committed before it (READ COMMITTED takes a snapshot
-/// per statement): submissions of one sender in flight at the same moment are counted one after
-/// the other, never against the same reading. The commit does not wait for the disk: a charge
-/// lost to a PostgreSQL crash only makes the hour more lenient, never loses mail.
 pub async fn charge(
     pool: &deadpool_postgres::Pool,
     sender_id: i64,
@@ -61,51 +65,38 @@ pub async fn charge(
             budget: per_hour,
         }));
     }
-    let mut client = pool.get().await?;
-    let (signed_bytes, signed_budget) = (bytes as i64, per_hour.min(i64::MAX as u64) as i64);
-    let tx = client.transaction().await?;
-    // Ids past i32 share locks with others: a wait, never a wrong count.
-    let key = (sender_id & 0x7fff_ffff) as i32;
-    tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_CLASS, &key])
-        .await?;
-    let charged = tx
+    let client = pool.get().await?;
+    let (amount, budget) = (bytes as f64, per_hour as f64);
+    let level3 = level("$3");
+    let charged = client
         .query_opt(
-            "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
-                  gone AS (DELETE FROM sender_usage
-                           WHERE sender_id = $1 AND minute <= now() - interval '1 hour'),
-                  used AS (SELECT coalesce(sum(bytes), 0)::int8 AS bytes FROM sender_usage
-                           WHERE sender_id = $1 AND minute > now() - interval '1 hour')
-             INSERT INTO sender_usage AS u (sender_id, minute, bytes)
-             SELECT $1, date_trunc('minute', now()), $2 FROM used, relaxed
-             WHERE used.bytes + $2 <= $3
-             ON CONFLICT (sender_id, minute) DO UPDATE SET bytes = u.bytes + excluded.bytes
-             RETURNING 1",
-            &[&sender_id, &signed_bytes, &signed_budget],
+            &format!(
+                "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+                 INSERT INTO sender_budget AS b (sender_id, used_bytes, at)
+                 SELECT $1, $2, now() FROM relaxed
+                 ON CONFLICT (sender_id) DO UPDATE
+                     SET used_bytes = {level3} + excluded.used_bytes, at = greatest(b.at, now())
+                     WHERE {level3} + excluded.used_bytes <= $3::float8
+                 RETURNING 1"
+            ),
+            &[&sender_id, &amount, &budget],
         )
         .await?;
-    tx.commit().await?;
     if charged.is_some() {
         return Ok(());
     }
-    // Refused: the rare path reads each minute to say when the bytes would fit.
-    let rows = client
-        .query(
-            "SELECT bytes, ceil(extract(epoch FROM minute + interval '1 hour' - now()))::int8
-             FROM sender_usage WHERE sender_id = $1 AND minute > now() - interval '1 hour'
-             ORDER BY minute",
-            &[&sender_id],
+    let now_held: f64 = client
+        .query_opt(
+            &format!(
+                "SELECT {} FROM sender_budget b WHERE b.sender_id = $1",
+                level("$2")
+            ),
+            &[&sender_id, &budget],
         )
-        .await?;
-    let minutes: Vec<(u64, u64)> = rows
-        .iter()
-        .map(|r| {
-            let b: i64 = r.get(0);
-            let s: i64 = r.get(1);
-            (b.max(0) as u64, s.max(1) as u64)
-        })
-        .collect();
+        .await?
+        .map_or(0.0, |r| r.get(0));
     Err(QueueError::OverBudget(OverBudget::Later {
-        retry_after: refusal(&minutes, bytes, per_hour).unwrap_or(1),
+        retry_after: retry_after(now_held, bytes, per_hour),
         budget: per_hour,
     }))
 }
@@ -121,7 +112,18 @@ pub async fn record(
     if per_hour == 0 {
         return Ok(());
     }
-    add(client, sender_id, i64::try_from(bytes).unwrap_or(i64::MAX)).await
+    client
+        .execute(
+            &format!(
+                "INSERT INTO sender_budget AS b (sender_id, used_bytes, at) VALUES ($1, $2, now())
+                 ON CONFLICT (sender_id) DO UPDATE
+                     SET used_bytes = {} + excluded.used_bytes, at = greatest(b.at, now())",
+                level("$3")
+            ),
+            &[&sender_id, &(bytes as f64), &(per_hour as f64)],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Gives back a charge whose copies could not be queued.
@@ -135,51 +137,38 @@ pub async fn refund(
         return Ok(());
     }
     let client = pool.get().await?;
-    add(&client, sender_id, -(bytes as i64)).await
-}
-
-async fn add(
-    client: &impl deadpool_postgres::GenericClient,
-    sender_id: i64,
-    bytes: i64,
-) -> Result<(), QueueError> {
     client
         .execute(
-            "INSERT INTO sender_usage AS u (sender_id, minute, bytes)
-             VALUES ($1, date_trunc('minute', now()), $2)
-             ON CONFLICT (sender_id, minute) DO UPDATE SET bytes = u.bytes + excluded.bytes",
-            &[&sender_id, &bytes],
+            "UPDATE sender_budget SET used_bytes = greatest(0, used_bytes - $2)
+             WHERE sender_id = $1",
+            &[&sender_id, &(bytes as f64)],
         )
         .await?;
     Ok(())
 }
 
-/// `None` when `bytes` fit beside the last hour's `minutes` (bytes, seconds until it leaves
-/// the window; oldest first); else the seconds until enough of them have left.
-fn refusal(minutes: &[(u64, u64)], bytes: u64, per_hour: u64) -> Option<u64> {
-    let mut used: u64 = minutes.iter().map(|m| m.0).sum();
-    if used.saturating_add(bytes) <= per_hour {
-        return None;
+/// Seconds until a bucket holding `level` bytes has drained enough for `bytes` more, at
+/// `per_hour` bytes an hour (at least 1, at most an hour).
+fn retry_after(level: f64, bytes: u64, per_hour: u64) -> u64 {
+    let over = level + bytes as f64 - per_hour as f64;
+    let rate = per_hour as f64 / 3600.0;
+    if over <= 0.0 || rate <= 0.0 {
+        return 1;
     }
-    for &(b, leaves_in) in minutes {
-        used = used.saturating_sub(b);
-        if used.saturating_add(bytes) <= per_hour {
-            return Some(leaves_in);
-        }
-    }
-    // Unreachable while bytes <= per_hour; an hour is the most a sender waits.
-    Some(3600)
+    ((over / rate).ceil() as u64).clamp(1, 3600)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::refusal;
+    use super::retry_after;
 
     #[test]
-    fn retry_after_is_when_enough_of_the_last_hour_has_left() {
-        assert_eq!(refusal(&[], 100, 100), None);
-        assert_eq!(refusal(&[(60, 10), (30, 500)], 10, 100), None);
-        assert_eq!(refusal(&[(60, 10), (30, 500)], 11, 100), Some(10));
-        assert_eq!(refusal(&[(60, 10), (30, 500)], 80, 100), Some(500));
+    fn retry_after_is_when_the_bucket_has_drained_enough() {
+        // 3600 bytes an hour drain one a second.
+        assert_eq!(retry_after(3600.0, 10, 3600), 10);
+        assert_eq!(retry_after(3000.0, 601, 3600), 1);
+        assert_eq!(retry_after(3000.0, 700, 3600), 100);
+        assert_eq!(retry_after(0.0, 10, 3600), 1);
+        assert_eq!(retry_after(1e12, 10, 3600), 3600);
     }
 }

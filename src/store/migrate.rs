@@ -39,7 +39,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(12, "0012_followups.sql"),
     migration!(13, "0013_replies.sql"),
     migration!(14, "0014_tenant_scopes.sql"),
-    migration!(15, "0015_sender_usage.sql"),
+    migration!(15, "0015_sender_budget.sql"),
     migration!(16, "0016_mailbox_failures.sql"),
 ];
 
