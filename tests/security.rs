@@ -1,7 +1,11 @@
 //! Security review, one test a finding or a claim: no open relay, senders held to their own
 //! address when the setting says so, brute force on SMTP AUTH and API tokens refused per client
 //! address, size limits on every HTTP route, no SQL or header injection through the API, no open
-//! redirect through `/c/`, no secret in the log, TLS 1.2 and 1.3 only.
+//! redirect through `/c/`, no secret in the log, TLS 1.2 and 1.3 only; no SMTP smuggling to a
+//! lenient upstream, no request forgery through webhooks or IMAP mailboxes, unsubscribes,
+//! template keys and admins held to their team, submissions and senders held to their byte
+//! budgets, no visibility wider than written, a sign-in that refuses other sites, and
+//! `/metrics` behind its token when one is set.
 
 mod common;
 mod track_support;
