@@ -11,6 +11,8 @@
 //! disk: a charge lost to a PostgreSQL crash only makes the bucket more lenient, never loses
 //! mail. A charge whose copies then fail to queue is given back.
 
+use std::sync::LazyLock;
+
 use super::QueueError;
 
 /// Why bytes do not fit in a sender's hourly budget.
@@ -48,6 +50,32 @@ fn level(per_hour: &str) -> String {
     )
 }
 
+/// A charge: the bucket takes `$2` bytes if it then holds at most `$3`, the budget; one row
+/// back when it did. Its commit does not wait for the disk.
+static CHARGE: LazyLock<String> = LazyLock::new(|| {
+    let level = level("$3");
+    format!(
+        "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+         INSERT INTO sender_budget AS b (sender_id, used_bytes, at)
+         SELECT $1, $2, now() FROM relaxed
+         ON CONFLICT (sender_id) DO UPDATE
+             SET used_bytes = {level} + excluded.used_bytes, at = greatest(b.at, now())
+             WHERE {level} + excluded.used_bytes <= $3::float8
+         RETURNING 1"
+    )
+});
+
+/// A record: the bucket takes `$2` bytes whatever it holds. No relaxed commit: it runs in the
+/// caller's transaction, whose commit must wait for the disk.
+static RECORD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO sender_budget AS b (sender_id, used_bytes, at) VALUES ($1, $2, now())
+         ON CONFLICT (sender_id) DO UPDATE
+             SET used_bytes = {} + excluded.used_bytes, at = greatest(b.at, now())",
+        level("$3")
+    )
+});
+
 /// Counts `bytes` against `sender_id`'s budget of `per_hour` bytes (0: no budget, nothing is
 /// counted), or refuses them with [`QueueError::OverBudget`] and counts nothing.
 pub async fn charge(
@@ -67,20 +95,10 @@ pub async fn charge(
     }
     let client = pool.get().await?;
     let (amount, budget) = (bytes as f64, per_hour as f64);
-    let level3 = level("$3");
+    // Prepared once per connection: the relay pays one round trip per message here.
+    let statement = client.prepare_cached(&CHARGE).await?;
     let charged = client
-        .query_opt(
-            &format!(
-                "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
-                 INSERT INTO sender_budget AS b (sender_id, used_bytes, at)
-                 SELECT $1, $2, now() FROM relaxed
-                 ON CONFLICT (sender_id) DO UPDATE
-                     SET used_bytes = {level3} + excluded.used_bytes, at = greatest(b.at, now())
-                     WHERE {level3} + excluded.used_bytes <= $3::float8
-                 RETURNING 1"
-            ),
-            &[&sender_id, &amount, &budget],
-        )
+        .query_opt(&statement, &[&sender_id, &amount, &budget])
         .await?;
     if charged.is_some() {
         return Ok(());
@@ -113,15 +131,7 @@ pub async fn record(
         return Ok(());
     }
     client
-        .execute(
-            &format!(
-                "INSERT INTO sender_budget AS b (sender_id, used_bytes, at) VALUES ($1, $2, now())
-                 ON CONFLICT (sender_id) DO UPDATE
-                     SET used_bytes = {} + excluded.used_bytes, at = greatest(b.at, now())",
-                level("$3")
-            ),
-            &[&sender_id, &(bytes as f64), &(per_hour as f64)],
-        )
+        .execute(&*RECORD, &[&sender_id, &(bytes as f64), &(per_hour as f64)])
         .await?;
     Ok(())
 }

@@ -156,31 +156,21 @@ pub async fn insert_copies(
              FROM unnest($10::uuid[], $4::uuid[]) AS e (id, copy_id)",
         )
         .await?;
-    let Columns {
-        copy_ids,
-        recipients,
-        bodies,
-        message_ids,
-        fields,
-        not_before,
-        event_ids,
-        link_indexes,
-        link_urls,
-    } = Columns::of(m);
+    let c = Columns::of(m);
     client
         .execute(
             &statement,
             &[
                 &m.id,
-                &link_indexes,
-                &link_urls,
-                &copy_ids,
-                &recipients,
-                &bodies,
-                &message_ids,
-                &fields,
-                &not_before,
-                &event_ids,
+                &c.link_indexes,
+                &c.link_urls,
+                &c.copy_ids,
+                &c.recipients,
+                &c.bodies,
+                &c.message_ids,
+                &c.fields,
+                &c.not_before,
+                &c.event_ids,
             ],
         )
         .await?;
@@ -225,17 +215,7 @@ pub async fn insert(
              FROM unnest($17::uuid[], $14::uuid[]) AS e (id, copy_id)",
         )
         .await?;
-    let Columns {
-        copy_ids,
-        recipients,
-        bodies,
-        message_ids,
-        fields,
-        not_before,
-        event_ids,
-        link_indexes,
-        link_urls,
-    } = Columns::of(m);
+    let c = Columns::of(m);
     let f = &m.facts;
     client
         .execute(
@@ -254,16 +234,16 @@ pub async fn insert(
                 &f.project,
                 &m.track,
                 &size,
-                &copy_ids,
-                &recipients,
-                &bodies,
-                &event_ids,
-                &link_indexes,
-                &link_urls,
+                &c.copy_ids,
+                &c.recipients,
+                &c.bodies,
+                &c.event_ids,
+                &c.link_indexes,
+                &c.link_urls,
                 &m.untouched,
-                &message_ids,
-                &fields,
-                &not_before,
+                &c.message_ids,
+                &c.fields,
+                &c.not_before,
             ],
         )
         .await?;
