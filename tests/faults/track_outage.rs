@@ -42,18 +42,25 @@ fn request(addr: std::net::SocketAddr, copies: &[Uuid], i: usize) -> Result<(), 
     Ok(())
 }
 
+/// Requests begun (`sent`) and answered correctly (`answered`), read while a run goes on.
+#[derive(Clone, Default)]
+struct Counts {
+    sent: Arc<AtomicUsize>,
+    answered: Arc<AtomicUsize>,
+}
+
 /// Sends requests `range` from `threads` threads; returns how many were answered correctly.
-/// Stops early (without failing) once `stop` is set and a request fails.
+/// With `tolerate_failures`, stops early (without failing) once a request fails.
 fn send(
     addr: std::net::SocketAddr,
     copies: &[Uuid],
     range: std::ops::Range<usize>,
     threads: usize,
-    sent: Arc<AtomicUsize>,
+    counts: Counts,
     tolerate_failures: bool,
 ) -> usize {
     let next = Arc::new(AtomicUsize::new(range.start));
-    let answered = Arc::new(AtomicUsize::new(0));
+    let Counts { sent, answered } = counts;
     let failed = Arc::new(AtomicBool::new(false));
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -108,8 +115,14 @@ async fn no_event_lost_during_a_database_outage_or_a_stop() {
     let started = Instant::now();
     let mut total = 0;
     while started.elapsed() < outage {
-        let sent = Arc::new(AtomicUsize::new(0));
-        let answered = send(addr, &copies, total..total + 2000, 4, sent.clone(), false);
+        let answered = send(
+            addr,
+            &copies,
+            total..total + 2000,
+            4,
+            Counts::default(),
+            false,
+        );
         assert_eq!(answered, 2000);
         total += 2000;
         // Paced: the point is the length of the outage, not the request rate.
@@ -145,14 +158,17 @@ async fn no_event_lost_during_a_database_outage_or_a_stop() {
 
     // Another outage, and a SIGTERM of mailtally in the middle of the traffic.
     cluster.stop();
-    let sent2 = Arc::new(AtomicUsize::new(0));
+    let counts2 = Counts::default();
     let answered2 = std::thread::scope(|s| {
         let sender = {
-            let sent2 = sent2.clone();
+            let counts2 = counts2.clone();
             let copies = &copies;
-            s.spawn(move || send(addr, copies, total..total + 100_000, 4, sent2, true))
+            s.spawn(move || send(addr, copies, total..total + 100_000, 4, counts2, true))
         };
-        while sent2.load(Ordering::SeqCst) < 500 {
+        // Waits for answers, not for requests begun: up to `threads` are in flight at any time.
+        let waiting = Instant::now();
+        while counts2.answered.load(Ordering::SeqCst) < 500 {
+            assert!(waiting.elapsed() < Duration::from_secs(30), "no answers");
             std::thread::sleep(Duration::from_millis(5));
         }
         let status = server.stop();
@@ -178,7 +194,7 @@ async fn no_event_lost_during_a_database_outage_or_a_stop() {
         server.log_text()
     );
     assert!(
-        n_after <= total as i64 + sent2.load(Ordering::SeqCst) as i64,
+        n_after <= total as i64 + counts2.sent.load(Ordering::SeqCst) as i64,
         "no duplicates"
     );
     let distinct: i64 = client
