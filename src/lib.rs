@@ -5,44 +5,41 @@
 //! upstream. Opens ("eye") and clicks ("cursor") come back over HTTP, are classified as people or
 //! machines, and are folded into per-template reports.
 //!
-//! The modules follow the flow of a message and of an event:
+//! The modules follow the flow of a message and of an event, in layers; a module imports only
+//! from its own layer or the layers below (`tests/it/layers.rs` keeps it so):
 //!
-//! - [`relay`]: the SMTP submission server, one file per SMTP phase;
-//! - [`rewrite`]: per-recipient tracked copies (pixel, signed links, MIME splice);
-//! - [`queue`]: the durable queue in PostgreSQL (enqueue, claim with a lease, retry schedule);
-//! - [`deliver`]: delivery workers, the upstream SMTP transport and the capture sink;
-//! - [`track`]: the `/o/` (eye) and `/c/` (cursor) endpoints;
-//! - [`events`]: the event type, the batch writer and the disk spool;
-//! - [`insights`]: classification, aggregation, reports and the Insights page;
-//! - [`notify`]: webhooks and the live event stream;
-//! - [`api`]: accounts (users, teams, tokens), visibility and the JSON API;
-//! - [`store`]: PostgreSQL, its migrations and the embedded default cluster;
-//! - [`http`]: the HTTP listener assembling the routes of the stages, with [`http_limits`];
-//! - [`ratelimit`]: failed authentications counted per client IP (SMTP AUTH, API tokens);
-//! - [`escape`]: HTML escaping for every stage that writes markup;
-//! - [`netguard`]: which addresses connections to user-named hosts (webhooks, IMAP) may reach;
-//! - [`config`], [`metrics`], [`context`], [`serve`]: settings, the Prometheus registry, shared
-//!   state and the `serve` command.
+//! 1. base: [`config`] (typed settings), [`metrics`] (the Prometheus registry), [`store`]
+//!    (PostgreSQL, migrations, the embedded cluster), [`base`] (what every stage shares:
+//!    settings, pool, shutdown), [`netguard`] (which addresses user-named hosts may reach),
+//!    [`escape`];
+//! 2. domain: [`accounts`] (users, teams, tokens, the one visibility rule, the failure limiter)
+//!    and [`classify`] (human or machine, and why);
+//! 3. data: [`rewrite`] (tracked copies, pure), [`events`] (the only writer of `events`),
+//!    [`queue`] (messages, copies, links, claims, retries);
+//! 4. stages: [`deliver`], [`track`], [`notify`], [`compose`], [`followup`], [`replies`],
+//!    [`insights`]; no HTTP inside;
+//! 5. front doors: [`relay`] (SMTP) and [`http`] (route table, auth, errors, limits, API, pages);
+//! 6. top: [`serve`] and `main`.
 
-pub mod api;
+pub mod accounts;
+pub mod base;
+pub mod classify;
 pub mod compose;
 pub mod config;
-pub mod context;
 pub mod deliver;
 pub mod escape;
 pub mod events;
 pub mod followup;
 pub mod http;
-pub mod http_limits;
 pub mod insights;
 pub mod metrics;
 pub mod netguard;
 pub mod notify;
 pub mod queue;
-pub mod ratelimit;
 pub mod relay;
 pub mod replies;
 pub mod rewrite;
 pub mod serve;
 pub mod store;
+
 pub mod track;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
-use mailtally::api::accounts::{self, Role};
+use mailtally::accounts::{self, Role};
 use mailtally::config::{LogFormat, Settings, Sources, UnknownVariable};
 
 #[derive(Parser)]
@@ -163,14 +163,15 @@ fn main() -> anyhow::Result<()> {
     }
     if matches!(cli.command, Command::Serve) {
         // The DKIM key is parsed here so that a bad one stops startup before anything runs.
-        mailtally::context::rewrite_settings(&settings).context("invalid DKIM settings")?;
+        mailtally::rewrite::rewriter::rewrite_settings(&settings)
+            .context("invalid DKIM settings")?;
         // So are the contents of the other files serve reads: the STARTTLS pair (when given;
         // else a self-signed one is made later) and the Apple MPP address list.
         if settings.tls_cert.is_some() && settings.tls_key.is_some() {
             mailtally::relay::tls::acceptor(&settings)
                 .context("invalid TLS_CERT / TLS_KEY: expected a PEM certificate chain and its PEM private key")?;
         }
-        mailtally::insights::classify::Classifier::load(settings.apple_mpp_cidrs.as_deref())
+        mailtally::classify::Classifier::load(settings.apple_mpp_cidrs.as_deref())
             .context("invalid APPLE_MPP_CIDRS: expected one CIDR (such as 17.0.0.0/8) a line")?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -207,31 +208,20 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let mut raw = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut raw)
                 .context("cannot read the message from standard input")?;
-            let rewrite =
-                mailtally::context::rewrite_settings(&settings).context("invalid DKIM settings")?;
             // The secret of the installation, so that the preview's links work against it.
-            let secrets = if settings.tracking_secret.is_some() {
-                mailtally::context::TrackingSecrets {
-                    current: settings
-                        .tracking_secret
-                        .clone()
-                        .unwrap_or_default()
-                        .into_bytes(),
-                    previous: settings
-                        .tracking_secret_previous
-                        .iter()
-                        .map(|s| s.as_bytes().to_vec())
-                        .collect(),
-                }
+            let stored = if settings.tracking_secret.is_some() {
+                String::new()
             } else {
-                stored_tracking_secrets(&settings).await?
+                stored_tracking_secret(&settings).await?
             };
+            let rewriter = mailtally::rewrite::Rewriter::new(&settings, &stored)
+                .context("invalid DKIM settings")?;
             let out = mailtally::rewrite::preview(
                 &raw,
                 &args.recipient,
                 args.template.as_deref(),
-                &rewrite,
-                &secrets.keys(),
+                &rewriter.settings,
+                &rewriter.keys,
             );
             std::io::Write::write_all(&mut std::io::stdout(), &out)
                 .context("cannot write the copy")?;
@@ -350,9 +340,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 /// The tracking secret `serve` generated and kept in the database, for `rewrite` without
 /// TRACKING_SECRET. Read only: a preview never creates a database, a cluster or a secret,
 /// since links signed with a secret no server uses would not work.
-async fn stored_tracking_secrets(
-    settings: &Settings,
-) -> anyhow::Result<mailtally::context::TrackingSecrets> {
+async fn stored_tracking_secret(settings: &Settings) -> anyhow::Result<String> {
     use mailtally::store::{self, Database};
     const NEEDS: &str = "mailtally rewrite signs links with the installation's tracking secret: \
                          set TRACKING_SECRET to it, or point DATABASE_URL (or MAILTALLY_DATA) \
@@ -370,13 +358,8 @@ async fn stored_tracking_secrets(
         let pool = store::pool(&db.url, 1)?;
         let row = async {
             let client = pool.get().await?;
-            let row = client
-                .query_opt(
-                    "SELECT value FROM server_settings WHERE key = 'tracking_secret'",
-                    &[],
-                )
-                .await?;
-            Ok::<_, store::StoreError>(row)
+            let secret = store::server_settings::stored_tracking_secret(&**client).await?;
+            Ok::<_, store::StoreError>(secret)
         }
         .await;
         store::close_pool(pool).await;
@@ -385,7 +368,7 @@ async fn stored_tracking_secrets(
     .await;
     db.close();
     let secret = match result {
-        Ok(Some(row)) => row.get::<_, String>(0),
+        Ok(Some(secret)) => secret,
         Ok(None) => bail!("the database holds no tracking secret yet; {NEEDS}"),
         Err(store::StoreError::Db(e))
             if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
@@ -394,12 +377,5 @@ async fn stored_tracking_secrets(
         }
         Err(e) => return Err(anyhow::Error::from(e).context("cannot read the tracking secret")),
     };
-    Ok(mailtally::context::TrackingSecrets {
-        current: secret.into_bytes(),
-        previous: settings
-            .tracking_secret_previous
-            .iter()
-            .map(|s| s.as_bytes().to_vec())
-            .collect(),
-    })
+    Ok(secret)
 }

@@ -127,54 +127,10 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
     }
 });
 
-/// Registers every stage's metrics so that `/metrics` lists them before their first use.
+/// Registers the process metrics (build, pool, HTTP latency); each stage registers its own
+/// with its `register_metrics`, so that `/metrics` lists them before their first use.
 pub fn init() {
     LazyLock::force(&CORE);
-    LazyLock::force(&crate::relay::METRICS);
-    LazyLock::force(&crate::deliver::METRICS);
-    LazyLock::force(&crate::events::METRICS);
-    LazyLock::force(&crate::track::METRICS);
-    LazyLock::force(&crate::notify::metrics::NOTIFY);
-    // Every outcome from the start, so that dashboards show zeros rather than no data.
-    for outcome in ["sent", "skipped", "cancelled", "failed"] {
-        crate::followup::schedule::FOLLOWUPS.with_label_values(&[outcome]);
-    }
-    for verdict in ["reply", "auto_reply", "bounce", "unrelated", "unmatched"] {
-        crate::replies::watch::REPLIES.with_label_values(&[verdict]);
-    }
-    for reason in crate::relay::RejectReason::ALL {
-        crate::relay::METRICS
-            .messages_rejected_total
-            .with_label_values(&[reason.label()]);
-    }
-    for via in crate::deliver::upstream::Via::ALL {
-        crate::deliver::METRICS
-            .latency_seconds
-            .with_label_values(&[via.label()]);
-    }
-    let notify = &crate::notify::metrics::NOTIFY;
-    for result in crate::notify::metrics::WebhookResult::ALL {
-        notify.deliveries.with_label_values(&[result.label()]);
-        notify
-            .delivery_duration
-            .with_label_values(&[result.label()]);
-    }
-    for reason in crate::notify::metrics::DisableReason::ALL {
-        notify
-            .endpoints_disabled
-            .with_label_values(&[reason.label()]);
-    }
-    for event_type in crate::notify::endpoints::EVENT_TYPES {
-        notify.outbox_queued.with_label_values(&[event_type]);
-    }
-    // Route groups by status class: bounded (7 x 5), and a 5xx alert needs its zero.
-    for route in crate::http::ROUTE_GROUPS {
-        for status in crate::http::STATUS_CLASSES {
-            CORE.http_request_duration
-                .with_label_values(&[route, status]);
-        }
-    }
-    crate::insights::metrics::init();
 }
 
 /// Refreshes the pool gauges from `pool`.

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::accounts;
+use crate::accounts;
+use crate::base::Base;
 use crate::config::Settings;
-use crate::context::{self, Context};
 use crate::events::writer::{self, WriterConfig};
+use crate::notify::stream::Hub;
+use crate::rewrite::Rewriter;
 use crate::store::{self, Database, StoreError};
 use crate::track::delivered::DeliveryCache;
 use crate::track::Tracker;
@@ -76,7 +78,7 @@ async fn shutdown_signal(token: CancellationToken) -> Result<(), ServeError> {
 }
 
 /// A first admin when the installation has no user, so that a new user can send at once.
-async fn first_user(ctx: &Context) -> Result<(), ServeError> {
+async fn first_user(ctx: &Base) -> Result<(), ServeError> {
     let mut client = ctx.pool.get().await.map_err(StoreError::from)?;
     if accounts::count_users(&**client).await? > 0 {
         return Ok(());
@@ -117,8 +119,22 @@ async fn first_user(ctx: &Context) -> Result<(), ServeError> {
 
 /// Runs everything until SIGTERM/SIGINT, then stops in order: listeners first, so that no new
 /// work arrives, then the database if this process started it.
-pub async fn run(settings: Settings) -> Result<(), ServeError> {
+/// Every stage's metrics, so that `/metrics` lists each series (at zero) from the start.
+fn register_metrics() {
     crate::metrics::init();
+    crate::relay::register_metrics();
+    crate::deliver::register_metrics();
+    crate::events::register_metrics();
+    crate::track::register_metrics();
+    crate::notify::metrics::register();
+    crate::followup::register_metrics();
+    crate::replies::register_metrics();
+    crate::http::register_metrics();
+    crate::insights::metrics::init();
+}
+
+pub async fn run(settings: Settings) -> Result<(), ServeError> {
+    register_metrics();
     let settings = Arc::new(settings);
     let shutdown = CancellationToken::new();
     shutdown_signal(shutdown.clone()).await?;
@@ -135,7 +151,8 @@ async fn run_with_store(
     database_url: String,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let tracking_secrets = Arc::new(context::tracking_secrets(&settings, &pool).await?);
+    let stored_secret = store::server_settings::tracking_secret(&pool).await?;
+    let rewriter = Rewriter::new(&settings, &stored_secret)?;
     // The writer starts before anything can produce events and stops after HTTP has.
     let mut writer_config = WriterConfig::new(settings.data_dir.join("spool"));
     writer_config.batch_size = settings.event_batch_size;
@@ -146,22 +163,22 @@ async fn run_with_store(
     deliveries.spawn_poller(pool.clone(), background.clone());
     let tracker = Arc::new(Tracker::new(
         &settings,
-        &tracking_secrets,
+        rewriter.keys.clone(),
         deliveries,
-        events.clone(),
+        events,
     )?);
-    let ctx = Context {
+    let ctx = Base {
         settings: settings.clone(),
         pool,
         database_url,
-        event_hub: crate::notify::stream::Hub::default(),
-        rewrite: Arc::new(context::rewrite_settings(&settings)?),
-        tracking_secrets,
         shutdown: shutdown.clone(),
-        events,
-        tracker,
     };
-    let result = serve_http(&ctx, &settings, &shutdown).await;
+    let handles = crate::http::Handles {
+        tracker,
+        hub: Hub::default(),
+        rewriter,
+    };
+    let result = serve_http(&ctx, handles, &settings, &shutdown).await;
     background.cancel();
     writer.shutdown().await;
     if result.is_ok() {
@@ -171,21 +188,23 @@ async fn run_with_store(
 }
 
 async fn serve_http(
-    ctx: &Context,
+    ctx: &Base,
+    handles: crate::http::Handles,
     settings: &Settings,
     shutdown: &CancellationToken,
 ) -> Result<(), ServeError> {
     partitions(ctx).await?;
     first_user(ctx).await?;
     tokio::spawn(partition_upkeep(ctx.clone()));
-    let notify_tasks = crate::notify::start(ctx);
+    let rewriter = handles.rewriter.clone();
+    let notify_tasks = crate::notify::start(ctx, &handles.hub);
 
     // SMTP before HTTP, so that a healthy /healthz means mail is accepted too. The relay binds
     // before the workers start: delivery frees the leases this node's name held before a
     // restart, which must not happen while another process with the same address runs.
-    let relay = crate::relay::start(ctx.clone()).await?;
+    let relay = crate::relay::start(ctx.clone(), rewriter.clone()).await?;
     let deliver = crate::deliver::start(ctx.clone()).await?;
-    let http = crate::http::start(ctx.clone()).map_err(|source| ServeError::HttpBind {
+    let http = crate::http::start(ctx.clone(), handles).map_err(|source| ServeError::HttpBind {
         addr: settings.http_listen,
         source,
     })?;
@@ -198,7 +217,7 @@ async fn serve_http(
         AGGREGATION_EVERY,
         shutdown.clone(),
     ));
-    let followups = tokio::spawn(crate::followup::serve_loop(ctx.clone()));
+    let followups = tokio::spawn(crate::followup::serve_loop(ctx.clone(), rewriter));
     let mailboxes = tokio::spawn(crate::replies::serve_loop(ctx.clone()));
     shutdown.cancelled().await;
     // Sessions first (their in-flight DATA commits finish), then workers after their attempt.
@@ -220,7 +239,7 @@ async fn serve_http(
 }
 
 /// Creates next months' event partitions and drops those past `RETENTION_DAYS`.
-async fn partitions(ctx: &Context) -> Result<(), StoreError> {
+async fn partitions(ctx: &Base) -> Result<(), StoreError> {
     let client = ctx.pool.get().await?;
     client
         .execute("SELECT mailtally_ensure_event_partitions(1, 3)", &[])
@@ -230,7 +249,7 @@ async fn partitions(ctx: &Context) -> Result<(), StoreError> {
 }
 
 /// Keeps next months' event partitions ahead of time in a long-running process.
-async fn partition_upkeep(ctx: Context) {
+async fn partition_upkeep(ctx: Base) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(6 * 3600));
     tick.tick().await;
     loop {

@@ -20,9 +20,9 @@ use sha2::Digest;
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::api::accounts::User;
+use crate::accounts::User;
+use crate::queue::MessageFacts;
 use crate::queue::{self, NewCopy, NewMessage, QueueError};
-use crate::relay::MessageFacts;
 use crate::rewrite::{self, RewriteSettings, TokenKeys};
 pub use build::Signature;
 pub use merge::{MergeError, MergeText, Target};

@@ -9,7 +9,7 @@
 use serde::Serialize;
 use tokio_postgres::Row;
 
-use crate::api::accounts::{Role, User};
+use crate::accounts::{Role, User};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Template {

@@ -4,7 +4,6 @@
 //! Owns how a copy leaves mailtally. It must never send a copy it has not claimed, never alter
 //! a copy's bytes, and never retry a copy the upstream refused permanently.
 
-pub mod capture;
 pub mod upstream;
 mod worker;
 
@@ -15,7 +14,7 @@ use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 use thiserror::Error;
 use tokio::task::JoinSet;
 
-use crate::context::Context;
+use crate::base::Base;
 use crate::metrics;
 use crate::queue;
 
@@ -96,16 +95,12 @@ impl Deliver {
 
 /// The name this node's leases carry: stable across restarts of the same node, distinct
 /// between nodes (two nodes cannot listen on one address of one host).
-pub fn node_name(ctx: &Context) -> String {
-    format!(
-        "{}/{}",
-        crate::relay::tls::host_name(),
-        ctx.settings.smtp_listen
-    )
+pub fn node_name(ctx: &Base) -> String {
+    format!("{}/{}", crate::base::host_name(), ctx.settings.smtp_listen)
 }
 
 /// Starts DELIVERY_WORKERS workers and the queue-depth gauge.
-pub async fn start(ctx: Context) -> Result<Deliver, DeliverError> {
+pub async fn start(ctx: Base) -> Result<Deliver, DeliverError> {
     let transport = Arc::new(Transport::from_settings(&ctx.settings)?);
     let owner: Arc<str> = node_name(&ctx).into();
     let released = queue::release_own_leases(&ctx.pool, &owner).await?;
@@ -125,7 +120,7 @@ pub async fn start(ctx: Context) -> Result<Deliver, DeliverError> {
     Ok(Deliver { tasks })
 }
 
-async fn depth_gauge(ctx: Context) {
+async fn depth_gauge(ctx: Base) {
     loop {
         match queue::claim::depth(&ctx.pool).await {
             Ok(rows) => {
@@ -144,5 +139,12 @@ async fn depth_gauge(ctx: Context) {
             _ = ctx.shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
+    }
+}
+
+/// Registers delivery's metrics, every way out at zero.
+pub fn register_metrics() {
+    for via in upstream::Via::ALL {
+        METRICS.latency_seconds.with_label_values(&[via.label()]);
     }
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use super::upstream::{Attempt, Transport};
 use super::{BATCH, LEASE, METRICS, POLL_INTERVAL};
-use crate::context::Context;
+use crate::base::Base;
 use crate::queue::{self, retry, Claimed, Outcome};
 
-pub(super) async fn run(ctx: Context, transport: Arc<Transport>, owner: Arc<str>) {
+pub(super) async fn run(ctx: Base, transport: Arc<Transport>, owner: Arc<str>) {
     loop {
         if ctx.shutdown.is_cancelled() {
             return;
@@ -42,7 +42,7 @@ pub(super) async fn run(ctx: Context, transport: Arc<Transport>, owner: Arc<str>
     }
 }
 
-async fn deliver_batch(ctx: &Context, transport: &Transport, batch: Vec<Claimed>) {
+async fn deliver_batch(ctx: &Base, transport: &Transport, batch: Vec<Claimed>) {
     for claimed in &batch {
         let attempt = transport
             .send(&claimed.envelope_from, &claimed.recipient, &claimed.body)
@@ -54,7 +54,7 @@ async fn deliver_batch(ctx: &Context, transport: &Transport, batch: Vec<Claimed>
     }
 }
 
-async fn record(ctx: &Context, transport: &Transport, claimed: &Claimed, outcome: Outcome) {
+async fn record(ctx: &Base, transport: &Transport, claimed: &Claimed, outcome: Outcome) {
     let outcomes = [(claimed, outcome)];
     // The outcome must be recorded even if PostgreSQL blinks: retry for a while before giving
     // up (the lease then expires and the copy is sent again).
@@ -92,7 +92,7 @@ async fn record(ctx: &Context, transport: &Transport, claimed: &Claimed, outcome
     tracing::error!(copy = %claimed.copy_id, "delivery outcome not recorded; the copy will be retried");
 }
 
-fn outcome_of(ctx: &Context, claimed: &Claimed, attempt: Attempt, via: &'static str) -> Outcome {
+fn outcome_of(ctx: &Base, claimed: &Claimed, attempt: Attempt, via: &'static str) -> Outcome {
     match attempt {
         Attempt::Delivered => Outcome::Delivered { via },
         Attempt::Permanent(error) => Outcome::Bounced { error },

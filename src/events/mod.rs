@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
-use crate::insights::classify::Class;
+use crate::classify::Class;
 use crate::metrics;
 
 /// What happened to a copy.
@@ -217,4 +217,9 @@ pub fn channel(capacity: usize) -> (EventSink, mpsc::Receiver<Event>, Arc<Overfl
         rx,
         overflow,
     )
+}
+
+/// Registers the writer's metrics.
+pub fn register_metrics() {
+    LazyLock::force(&METRICS);
 }

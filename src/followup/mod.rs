@@ -23,7 +23,14 @@ pub enum FollowupError {
     #[error(transparent)]
     Insights(#[from] crate::insights::InsightsError),
     #[error(transparent)]
-    Account(#[from] crate::api::accounts::AccountError),
+    Account(#[from] crate::accounts::AccountError),
 }
 
 pub use schedule::{cancel_for_recipient, serve_loop};
+
+/// Registers the follow-up metrics, every outcome at zero.
+pub fn register_metrics() {
+    for outcome in ["sent", "skipped", "cancelled", "failed"] {
+        schedule::FOLLOWUPS.with_label_values(&[outcome]);
+    }
+}

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::api::visibility::{acts_for, acts_for_to, Params, Viewer};
+use crate::accounts::visibility::{acts_for, acts_for_to, Params, Viewer};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Automation {

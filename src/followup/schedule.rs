@@ -8,11 +8,12 @@ use prometheus::IntCounterVec;
 use uuid::Uuid;
 
 use super::FollowupError;
-use crate::api::accounts;
+use crate::accounts;
+use crate::base::Base;
+use crate::classify::hindsight::classified_events_sql;
 use crate::compose::{templates, Composition, MergeText, Recipient, Target, Thread};
-use crate::context::Context;
-use crate::insights::hindsight::classified_events_sql;
 use crate::queue;
+use crate::rewrite::Rewriter;
 
 pub static FOLLOWUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     crate::metrics::counter_vec(
@@ -105,7 +106,7 @@ struct Due {
 }
 
 /// Finds new follow-ups and fires the due ones; returns how many were decided.
-pub async fn run_once(ctx: &Context, limit: i64) -> Result<usize, FollowupError> {
+pub async fn run_once(ctx: &Base, rewriter: &Rewriter, limit: i64) -> Result<usize, FollowupError> {
     let mut client = ctx.pool.get().await?;
     client.execute(&discover_sql(), &[]).await?;
     let tx = client.transaction().await?;
@@ -144,7 +145,7 @@ pub async fn run_once(ctx: &Context, limit: i64) -> Result<usize, FollowupError>
             project: r.get(13),
             track: r.get(14),
         };
-        let outcome = decide(ctx, &tx, &due).await?;
+        let outcome = decide(ctx, rewriter, &tx, &due).await?;
         let (reason, message) = match &outcome {
             Outcome::Sent(id) => (None, Some(*id)),
             Outcome::Skipped(r) | Outcome::Cancelled(r) => (Some(r.to_string()), None),
@@ -189,7 +190,8 @@ async fn engaged(
 }
 
 async fn decide(
-    ctx: &Context,
+    ctx: &Base,
+    rewriter: &Rewriter,
     tx: &deadpool_postgres::Transaction<'_>,
     due: &Due,
 ) -> Result<Outcome, FollowupError> {
@@ -222,11 +224,12 @@ async fn decide(
         }
         _ => {}
     }
-    compose_followup(ctx, tx, due).await
+    compose_followup(ctx, rewriter, tx, due).await
 }
 
 async fn compose_followup(
-    ctx: &Context,
+    ctx: &Base,
+    rewriter: &Rewriter,
     tx: &deadpool_postgres::Transaction<'_>,
     due: &Due,
 ) -> Result<Outcome, FollowupError> {
@@ -292,7 +295,7 @@ async fn compose_followup(
         name: None,
         fields,
     };
-    let mut message = match c.render(&[recipient], &ctx.rewrite, &ctx.tracking_secrets.keys()) {
+    let mut message = match c.render(&[recipient], &rewriter.settings, &rewriter.keys) {
         Ok(m) => m,
         Err(e) => return Ok(Outcome::Failed(e.to_string())),
     };
@@ -325,13 +328,13 @@ pub async fn cancel_for_recipient(
 
 /// The scheduler: a run every `FOLLOWUP_CHECK_EVERY` until shutdown; errors are logged and
 /// retried at the next tick.
-pub async fn serve_loop(ctx: Context) {
+pub async fn serve_loop(ctx: Base, rewriter: Rewriter) {
     let every = ctx
         .settings
         .followup_check_every
         .max(std::time::Duration::from_millis(100));
     loop {
-        match run_once(&ctx, 100).await {
+        match run_once(&ctx, &rewriter, 100).await {
             Ok(n) if n > 0 => tracing::debug!(decided = n, "follow-ups decided"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "follow-up run failed"),

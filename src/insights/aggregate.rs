@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use tokio_postgres::Client;
 
-use super::hindsight::classified_events_sql;
 use super::metrics::{CLASSES, METRICS};
 use super::InsightsError;
+use crate::classify::hindsight::classified_events_sql;
 
 /// Events per batch when nothing else is asked for.
 pub const DEFAULT_BATCH: i64 = 50_000;

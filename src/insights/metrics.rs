@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Opts};
 
-use super::classify::Class;
+use crate::classify::Class;
 use crate::metrics::{counter, counter_vec, gauge, histogram, registry, LATENCY_BUCKETS};
 
 pub struct InsightsMetrics {

@@ -6,7 +6,7 @@ use serde::Serialize;
 use tokio_postgres::GenericClient;
 
 use super::InsightsError;
-use crate::api::visibility::{visible, Params, Viewer};
+use crate::accounts::visibility::{visible, Params, Viewer};
 
 /// Which events count in the rates: people only (`human` + `proxy`) or everything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]

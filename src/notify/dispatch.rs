@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::metrics::{DisableReason, WebhookResult, NOTIFY};
 use super::signing;
-use crate::context::Context;
+use crate::base::Base;
 use crate::netguard::{guard_error_in, AddressPolicy, GuardError, GuardedResolver};
 
 const LEASE_SECONDS: f64 = 60.0;
@@ -46,7 +46,7 @@ struct Claimed {
 }
 
 /// Runs until shutdown.
-pub async fn run(ctx: Context) {
+pub async fn run(ctx: Base) {
     let policy = AddressPolicy::from_settings(&ctx.settings);
     let http = match reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
@@ -81,7 +81,7 @@ pub async fn run(ctx: Context) {
     }
 }
 
-async fn claim(ctx: &Context) -> Result<Vec<Claimed>, DispatchError> {
+async fn claim(ctx: &Base) -> Result<Vec<Claimed>, DispatchError> {
     let client = ctx.pool.get().await?;
     let rows = client
         .query(
@@ -126,11 +126,11 @@ async fn claim(ctx: &Context) -> Result<Vec<Claimed>, DispatchError> {
 
 /// Whether a click, seen after its hold, turned out to be a machine: the class the reports
 /// give it (ingest class plus hindsight: sweeps, prefetch) is not a person's.
-async fn click_is_machine(ctx: &Context, row: &Claimed) -> Result<bool, DispatchError> {
+async fn click_is_machine(ctx: &Base, row: &Claimed) -> Result<bool, DispatchError> {
     let client = ctx.pool.get().await?;
     let sql = format!(
         "SELECT final_class FROM ({}) classified WHERE id = $2",
-        crate::insights::hindsight::classified_events_sql("SELECT $1::uuid")
+        crate::classify::hindsight::classified_events_sql("SELECT $1::uuid")
     );
     let found = client
         .query_opt(&sql, &[&row.copy_id, &row.event_id])
@@ -143,7 +143,7 @@ async fn click_is_machine(ctx: &Context, row: &Claimed) -> Result<bool, Dispatch
 }
 
 async fn step(
-    ctx: &Context,
+    ctx: &Base,
     http: &reqwest::Client,
     policy: &AddressPolicy,
 ) -> Result<usize, DispatchError> {
@@ -222,7 +222,7 @@ impl DeliveryFailure {
 }
 
 async fn deliver(
-    ctx: &Context,
+    ctx: &Base,
     http: &reqwest::Client,
     policy: &AddressPolicy,
     row: Claimed,
@@ -335,7 +335,7 @@ pub fn classify(e: &reqwest::Error) -> DeliveryFailure {
 }
 
 async fn failed(
-    ctx: &Context,
+    ctx: &Base,
     row: &Claimed,
     status: Option<u16>,
     error: String,
@@ -410,7 +410,7 @@ async fn failed(
 
 /// Records a final outcome, only if this worker's claim is still the current one.
 async fn finish(
-    ctx: &Context,
+    ctx: &Base,
     row: &Claimed,
     status: &str,
     http_status: Option<u16>,

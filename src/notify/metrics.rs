@@ -92,3 +92,22 @@ pub static NOTIFY: LazyLock<NotifyMetrics> = LazyLock::new(|| {
     stream_clients: gauge("event_stream_clients", "clients connected to the live event stream"),
 }
 });
+
+/// Registers the notification metrics, every result, reason and event type at zero.
+pub fn register() {
+    let notify = &NOTIFY;
+    for result in WebhookResult::ALL {
+        notify.deliveries.with_label_values(&[result.label()]);
+        notify
+            .delivery_duration
+            .with_label_values(&[result.label()]);
+    }
+    for reason in DisableReason::ALL {
+        notify
+            .endpoints_disabled
+            .with_label_values(&[reason.label()]);
+    }
+    for event_type in super::EVENT_TYPES {
+        notify.outbox_queued.with_label_values(&[event_type]);
+    }
+}

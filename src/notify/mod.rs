@@ -5,21 +5,31 @@
 //! must never tell anyone about an event of a message they may not see, and never change an event.
 
 pub mod dispatch;
-pub mod endpoints;
 pub mod metrics;
 pub mod outbox;
 pub mod signing;
 pub mod stream;
 
-use crate::context::Context;
+use crate::base::Base;
+
+/// The event types an endpoint may subscribe to.
+pub const EVENT_TYPES: &[&str] = &[
+    "open.first",
+    "open",
+    "click",
+    "delivered",
+    "deferred",
+    "bounced",
+    "reply",
+];
 
 /// Starts the outbox producer, the dispatcher and the stream listener; they stop with
 /// `ctx.shutdown`.
-pub fn start(ctx: &Context) -> Vec<tokio::task::JoinHandle<()>> {
-    std::sync::LazyLock::force(&metrics::NOTIFY);
+pub fn start(ctx: &Base, hub: &stream::Hub) -> Vec<tokio::task::JoinHandle<()>> {
+    metrics::register();
     vec![
         tokio::spawn(outbox::run(ctx.clone())),
         tokio::spawn(dispatch::run(ctx.clone())),
-        tokio::spawn(stream::listen(ctx.clone(), ctx.event_hub.clone())),
+        tokio::spawn(stream::listen(ctx.clone(), hub.clone())),
     ]
 }

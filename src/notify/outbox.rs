@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use super::metrics::NOTIFY;
 use super::stream::CHANNEL;
-use crate::context::Context;
+use crate::base::Base;
 
 /// Events read per transaction.
 const BATCH: i64 = 1000;
@@ -26,7 +26,7 @@ pub enum OutboxError {
 }
 
 /// Runs until shutdown, producing every 250 ms, at once again after a full batch.
-pub async fn run(ctx: Context) {
+pub async fn run(ctx: Base) {
     let mut backoff = Duration::from_millis(250);
     loop {
         let pause = match produce(&ctx).await {
@@ -48,11 +48,14 @@ pub async fn run(ctx: Context) {
     }
 }
 
-/// The visibility rule of messages for the owner of an endpoint (`o`, the user row, `w`, the
-/// endpoint) over message `m`: the same rule the API applies.
-const ENDPOINT_SEES_MESSAGE: &str = "(m.sender_id = o.id
-     OR (w.scope = 'team' AND o.team_id IS NOT NULL AND m.team_id = o.team_id
-         AND m.visibility IN ('team', 'shared')))";
+/// Which messages `m` an endpoint `w` of owner `o` (the user row) hears of: a `user` endpoint
+/// its owner's own mail, a `team` endpoint everything its owner may see, by the one rule.
+fn endpoint_sees_message() -> String {
+    format!(
+        "(m.sender_id = o.id OR (w.scope = 'team' AND {}))",
+        crate::accounts::visibility::visible_to("m", "o.id", "o.team_id")
+    )
+}
 
 /// Who may see a message, for the live stream's fan-out (sender, team, visibility travel with
 /// each event; the stream applies [`super::stream::may_see`]).
@@ -109,7 +112,7 @@ WHERE (e.txid, e.seq) > ($1, $2) AND (e.txid, e.seq) <= ($3, $4)
   AND e.kind IN ('delivered', 'deferred', 'bounced', 'open', 'click', 'reply')";
 
 /// One producer step; returns how many events it read.
-pub async fn produce(ctx: &Context) -> Result<usize, OutboxError> {
+pub async fn produce(ctx: &Base) -> Result<usize, OutboxError> {
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;
     let mark = tx
@@ -135,7 +138,7 @@ pub async fn produce(ctx: &Context) -> Result<usize, OutboxError> {
     };
     let (end_tx, end_seq): (i64, i64) = (end.get(0), end.get(1));
     let hold = ctx.settings.webhook_click_hold.as_secs_f64();
-    let sql = PRODUCE_SQL.replace("ENDPOINT_SEES_MESSAGE", ENDPOINT_SEES_MESSAGE);
+    let sql = PRODUCE_SQL.replace("ENDPOINT_SEES_MESSAGE", &endpoint_sees_message());
     let queued = tx
         .query(&sql, &[&last_tx, &last_seq, &end_tx, &end_seq, &hold])
         .await?;
@@ -160,7 +163,7 @@ pub async fn produce(ctx: &Context) -> Result<usize, OutboxError> {
     Ok(rows.len())
 }
 
-async fn refresh_pending(ctx: &Context) {
+async fn refresh_pending(ctx: &Base) {
     if let Ok(client) = ctx.pool.get().await {
         if let Ok(row) = client
             .query_one(

@@ -17,7 +17,23 @@ use uuid::Uuid;
 
 pub use claim::{claim, record, release_own_leases, Claimed, Outcome};
 
-use crate::relay::MessageFacts;
+/// What is known of a message from its control headers (or the API request that made it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageFacts {
+    /// X-Mailtally-Template, else derived from the normalised subject.
+    pub template_key: String,
+    pub subject: Option<String>,
+    pub message_id: Option<String>,
+    /// X-Mailtally-Track as the rewrite read it (or the default).
+    pub track: Option<String>,
+    /// X-Mailtally-Visibility when valid.
+    pub visibility: Option<String>,
+    pub deal: Option<String>,
+    pub lead: Option<String>,
+    pub project: Option<String>,
+    /// `X-Mailtally-Group: separate`: copies addressed one by one, sent at the sender's pace.
+    pub separate: bool,
+}
 
 #[derive(Debug, Error)]
 pub enum QueueError {

@@ -6,7 +6,7 @@ use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 
 use super::session::{Mode, Next, Session};
 use super::METRICS;
-use crate::api::accounts;
+use crate::accounts;
 
 /// Plain-text mechanisms need TLS, except on loopback when the setting allows it.
 pub(super) fn allowed(s: &Session) -> bool {
@@ -175,7 +175,7 @@ fn failed(s: &mut Session) -> Next {
 
 /// The client's address has used up its failures for the window (AUTH_MAX_FAILURES_PER_IP).
 fn too_many_from_address(s: &mut Session, wait: std::time::Duration) -> Next {
-    let secs = crate::ratelimit::retry_after_secs(wait);
+    let secs = crate::accounts::limiter::retry_after_secs(wait);
     tracing::warn!(peer = %s.peer, retry_after = secs, "SMTP AUTH refused: too many failures from this address");
     s.reply(
         421,

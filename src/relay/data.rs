@@ -6,7 +6,9 @@ use uuid::Uuid;
 
 use super::session::{Mode, Next, Oversize, Session};
 use super::{RejectReason, METRICS};
+use crate::accounts::visibility::Visibility;
 use crate::queue::budget::OverBudget;
+use crate::queue::MessageFacts;
 use crate::queue::{self, NewCopy, NewMessage, QueueError};
 use crate::rewrite::{self, RewriteSettings, TokenKeys};
 
@@ -104,8 +106,8 @@ pub(super) async fn finish(s: &mut Session) -> Next {
         None => {}
     }
     // The rewrite is CPU work (a few ms for a large message): off the session's thread.
-    let rewrite = s.ctx().rewrite.clone();
-    let keys = s.ctx().tracking_secrets.keys();
+    let rewrite = s.rewriter().settings.clone();
+    let keys = s.rewriter().keys.clone();
     let (body, recipients) = (tx.body, tx.recipients);
     let handoff = match tokio::task::spawn_blocking(move || {
         let handoff = copies_for(&body, &recipients, &rewrite, &keys);
@@ -271,24 +273,6 @@ fn reply_safe(value: &str) -> String {
         .collect()
 }
 
-/// What the relay learns of a message from its headers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MessageFacts {
-    /// X-Mailtally-Template, else derived from the normalised subject.
-    pub template_key: String,
-    pub subject: Option<String>,
-    pub message_id: Option<String>,
-    /// X-Mailtally-Track as the rewrite read it (or the default).
-    pub track: Option<String>,
-    /// X-Mailtally-Visibility when valid.
-    pub visibility: Option<String>,
-    pub deal: Option<String>,
-    pub lead: Option<String>,
-    pub project: Option<String>,
-    /// `X-Mailtally-Group: separate`: copies addressed one by one, sent at the sender's pace.
-    pub separate: bool,
-}
-
 /// The rewrite stage's result for one message: its facts, tracked links, why it went out
 /// unchanged (if it did), and one copy per recipient.
 pub struct Handoff {
@@ -311,7 +295,7 @@ pub fn copies_for(
     let prepared = rewrite::prepare(raw, settings);
     let c = &prepared.controls;
     let written = c.visibility.as_ref().map(|v| v.trim().to_ascii_lowercase());
-    let known = |v: &String| matches!(v.as_str(), "private" | "team" | "shared");
+    let known = |v: &String| v.parse::<Visibility>().is_ok();
     let visibility = written.clone().filter(known);
     let bad_visibility = match (&written, &visibility) {
         (Some(_), None) => c.visibility.clone(),

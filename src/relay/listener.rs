@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use super::session::{self, Shared};
 use super::{tls, RelayError, METRICS};
-use crate::context::Context;
+use crate::base::Base;
 
 /// The running relay; [`Relay::stopped`] waits for its sessions after shutdown.
 pub struct Relay {
@@ -38,7 +38,7 @@ impl Relay {
 }
 
 /// Binds SMTP_LISTEN and starts accepting.
-pub async fn start(ctx: Context) -> Result<Relay, RelayError> {
+pub async fn start(ctx: Base, rewriter: crate::rewrite::Rewriter) -> Result<Relay, RelayError> {
     let addr = ctx.settings.smtp_listen;
     let tls = tls::acceptor(&ctx.settings)?;
     let listener = TcpListener::bind(addr)
@@ -48,10 +48,11 @@ pub async fn start(ctx: Context) -> Result<Relay, RelayError> {
         .local_addr()
         .map_err(|source| RelayError::Bind { addr, source })?;
     let shared = Arc::new(Shared {
-        hostname: tls::host_name(),
+        hostname: crate::base::host_name(),
         tls,
         ctx: ctx.clone(),
-        auth_limiter: crate::ratelimit::FailureLimiter::new(
+        rewriter,
+        auth_limiter: crate::accounts::limiter::FailureLimiter::new(
             ctx.settings.auth_max_failures_per_ip,
             ctx.settings.auth_failure_window,
         ),

@@ -4,7 +4,7 @@ use smtp_proto::MailFrom;
 
 use super::session::{Next, Session, Transaction};
 use super::RejectReason;
-use crate::api::accounts;
+use crate::accounts;
 
 pub(super) async fn mail_from(s: &mut Session, from: MailFrom<String>) -> Next {
     if s.helo.is_none() {

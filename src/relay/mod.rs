@@ -20,7 +20,8 @@ use std::sync::LazyLock;
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use thiserror::Error;
 
-pub use data::{copies_for, Handoff, MessageFacts};
+pub use crate::queue::MessageFacts;
+pub use data::{copies_for, Handoff};
 pub use listener::{start, Relay};
 
 use crate::metrics;
@@ -127,5 +128,14 @@ impl RejectReason {
             .messages_rejected_total
             .with_label_values(&[self.label()])
             .inc();
+    }
+}
+
+/// Registers the relay's metrics, every rejection reason at zero.
+pub fn register_metrics() {
+    for reason in RejectReason::ALL {
+        METRICS
+            .messages_rejected_total
+            .with_label_values(&[reason.label()]);
     }
 }

@@ -15,17 +15,19 @@ use tokio_rustls::TlsAcceptor;
 
 use super::reply::{self, push};
 use super::{auth, data, ehlo, mail, rcpt, RejectReason, METRICS};
-use crate::api::accounts::User;
-use crate::context::Context;
+use crate::accounts::User;
+use crate::base::Base;
 use crate::rewrite::crlf::CrlfNormaliser;
 
 /// What every session of one listener shares.
 pub(crate) struct Shared {
     pub hostname: String,
     pub tls: TlsAcceptor,
-    pub ctx: Context,
+    pub ctx: Base,
+    /// How accepted messages are rewritten and signed.
+    pub rewriter: crate::rewrite::Rewriter,
     /// Failed AUTH attempts per client IP, across sessions.
-    pub auth_limiter: crate::ratelimit::FailureLimiter,
+    pub auth_limiter: crate::accounts::limiter::FailureLimiter,
 }
 
 /// Unrecognised or malformed commands tolerated before the session is closed.
@@ -185,8 +187,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stream: TcpStream, peer: Socket
 }
 
 impl Session {
-    pub fn ctx(&self) -> &Context {
+    pub fn ctx(&self) -> &Base {
         &self.shared.ctx
+    }
+
+    pub fn rewriter(&self) -> &crate::rewrite::Rewriter {
+        &self.shared.rewriter
     }
 
     pub fn reply(&mut self, code: u16, enhanced: &str, text: &str) {
@@ -458,7 +464,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::accounts::Role;
+    use crate::accounts::Role;
 
     fn transaction() -> Transaction {
         let user = User {

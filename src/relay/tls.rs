@@ -90,7 +90,7 @@ fn self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
         path: dir.to_owned(),
         source,
     })?;
-    let names = vec!["localhost".to_string(), crate::relay::tls::host_name()];
+    let names = vec!["localhost".to_string(), crate::base::host_name()];
     let certified = rcgen::generate_simple_self_signed(names)?;
     // Key first: a crash between the two writes leaves no certificate, so the pair is remade.
     write(&key_path, &certified.key_pair.serialize_pem())?;
@@ -101,14 +101,4 @@ fn self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
     write(&cert_path, &certified.cert.pem())?;
     tracing::info!(cert = %cert_path.display(), "made a self-signed certificate for STARTTLS");
     Ok((cert_path, key_path))
-}
-
-/// This machine's name, for the greeting and the certificate.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }

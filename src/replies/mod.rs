@@ -35,3 +35,10 @@ pub enum ReplyError {
     #[error("cannot get a database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
 }
+
+/// Registers the reply metrics, every verdict at zero.
+pub fn register_metrics() {
+    for verdict in ["reply", "auto_reply", "bounce", "unrelated", "unmatched"] {
+        watch::REPLIES.with_label_values(&[verdict]);
+    }
+}

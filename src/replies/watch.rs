@@ -15,7 +15,7 @@ use super::imap::{Connection, Found};
 use super::mailbox::{self, AfterFailure, Backoff, Mailbox};
 use super::seal::Sealer;
 use super::ReplyError;
-use crate::context::Context;
+use crate::base::Base;
 
 pub static REPLIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     crate::metrics::counter_vec(
@@ -32,7 +32,7 @@ const FIRST_RETRY: Duration = Duration::from_secs(2);
 const LONGEST_RETRY: Duration = Duration::from_secs(300);
 
 struct Watch {
-    ctx: Context,
+    ctx: Base,
     sealer: Sealer,
     owner: String,
     lease_seconds: f64,
@@ -44,7 +44,7 @@ struct Watch {
 
 /// Runs until shutdown; does nothing without `MAILBOX_KEY`. On shutdown every watcher logs
 /// out and gives its mailbox up, so that another node (or this one restarted) takes it at once.
-pub async fn serve_loop(ctx: Context) {
+pub async fn serve_loop(ctx: Base) {
     let Some(key) = ctx.settings.mailbox_key.clone() else {
         return;
     };

@@ -14,6 +14,7 @@ mod headers;
 pub mod html;
 pub mod mime;
 pub mod policy;
+pub mod rewriter;
 pub mod text;
 pub mod token;
 pub mod transfer;
@@ -25,6 +26,7 @@ use uuid::Uuid;
 pub use controls::{template_key, Controls};
 pub use copy::SlotKind;
 pub use dkim::DkimSettings;
+pub use rewriter::Rewriter;
 pub use token::{click_token, open_token, verify, TokenError, TokenKeys, Verified};
 
 /// Settings the rewrite reads.

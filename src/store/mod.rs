@@ -6,6 +6,7 @@
 pub mod embedded;
 pub mod migrate;
 pub mod retention;
+pub mod server_settings;
 
 use std::path::Path;
 use std::time::Duration;

@@ -14,7 +14,7 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::insights::classify::Delivery;
+use crate::classify::Delivery;
 
 /// Deliveries older than this cannot make an event "within seconds of delivery".
 pub const WINDOW: TimeDelta = TimeDelta::minutes(10);

@@ -1,28 +1,26 @@
-//! Tracking endpoints: `GET|HEAD /o/{token}` (the eye: a 1x1 transparent GIF) and
-//! `GET|HEAD /c/{token}` (the cursor: a 302 to the URL the token was signed for).
+//! Tracking: what an eye (`/o/`, the pixel) or a cursor (`/c/`, the redirect) request means.
+//! The [`Tracker`] verifies the token, classifies the request and hands the event on; the
+//! HTTP side of the endpoints is [`crate::http::track`].
 //!
-//! Owns the handlers, the pixel bytes and the facts taken from a request (address, agent,
-//! method). It must never wait on PostgreSQL: the token carries all the answer needs, and the
-//! event goes to the events channel, which never blocks. An invalid token never redirects.
+//! Owns the pixel bytes and the facts taken from a request (address, agent, method). It must
+//! never wait on PostgreSQL: the token carries all the answer needs, and the event goes to the
+//! events channel, which never blocks. An invalid token is never followed.
 
 pub mod delivered;
 pub mod request;
 
 use std::sync::{Arc, LazyLock};
 
-use actix_web::guard;
-use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::Method;
-use actix_web::web::{self, Bytes};
-use actix_web::{HttpRequest, HttpResponse};
+use std::net::IpAddr;
+
+use bytes::Bytes;
 use prometheus::{IntCounter, IntCounterVec};
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::classify::{self, Class, Classifier, ClassifyError};
 use crate::config::{Cidr, Settings};
-use crate::context::{Context, TrackingSecrets};
 use crate::events::{Event, EventSink, Kind};
-use crate::insights::classify::{self, Class, Classifier, ClassifyError};
 use crate::metrics;
 use crate::rewrite::token::{self, TokenKeys, Verified};
 
@@ -67,7 +65,7 @@ impl TrackMetrics {
         self.by_kind_class[k][c].inc();
     }
 
-    fn invalid(&self, kind: Kind) {
+    pub fn invalid(&self, kind: Kind) {
         self.invalid[usize::from(kind == Kind::Click)].inc();
     }
 }
@@ -95,13 +93,6 @@ pub static METRICS: LazyLock<TrackMetrics> = LazyLock::new(|| {
     }
 });
 
-const CACHE_CONTROL: &str = "no-store, no-cache, must-revalidate, private";
-
-const NOT_FOUND_PAGE: &str = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-<title>Link not found</title></head><body><h1>Link not found</h1>\
-<p>This link is not valid. Please check that you copied the whole link from the message.</p>\
-</body></html>\n";
-
 /// Makes the 1x1 fully transparent GIF the eye answers with.
 pub fn make_pixel() -> Result<Vec<u8>, image::ImageError> {
     let mut out = Vec::new();
@@ -109,6 +100,17 @@ pub fn make_pixel() -> Result<Vec<u8>, image::ImageError> {
     enc.encode(&[0, 0, 0, 0], 1, 1, image::ExtendedColorType::Rgba8)?;
     drop(enc);
     Ok(out)
+}
+
+/// The facts of one tracking request that classification reads.
+pub struct Hit<'a> {
+    /// The TCP peer's address.
+    pub peer: Option<IpAddr>,
+    /// Every `X-Forwarded-For` header, in order (read only from trusted proxies).
+    pub forwarded_for: Vec<&'a [u8]>,
+    pub user_agent: Option<&'a [u8]>,
+    pub head: bool,
+    pub method: &'a str,
 }
 
 /// What the tracking handlers share: token keys, classification, the event sink.
@@ -125,12 +127,12 @@ pub struct Tracker {
 impl Tracker {
     pub fn new(
         settings: &Settings,
-        secrets: &TrackingSecrets,
+        keys: TokenKeys,
         deliveries: Arc<DeliveryCache>,
         events: EventSink,
     ) -> Result<Tracker, TrackError> {
         Ok(Tracker {
-            keys: TokenKeys::new(&secrets.current, &secrets.previous),
+            keys,
             classifier: Classifier::load(settings.apple_mpp_cidrs.as_deref())?
                 .with_windows(classify::Windows::from_settings(settings)),
             deliveries,
@@ -141,25 +143,42 @@ impl Tracker {
         })
     }
 
+    /// The copy an open token names, or `None` (counted) when it does not verify.
+    pub fn open_copy(&self, token: &str) -> Option<Uuid> {
+        match token::verify(&self.keys, token) {
+            Ok(Verified::Open { copy }) => Some(copy),
+            _ => {
+                METRICS.invalid(Kind::Open);
+                None
+            }
+        }
+    }
+
+    /// The copy, link index and signed URL a click token names, or `None` when it does not
+    /// verify (the caller counts it, since it may refuse a verified URL too).
+    pub fn click_target(&self, token: &str) -> Option<(Uuid, u32, String)> {
+        match token::verify(&self.keys, token) {
+            Ok(Verified::Click { copy, link, url }) => Some((copy, link, url)),
+            _ => None,
+        }
+    }
+
     /// Classifies the request and hands the event to the writer (never waits).
-    fn record(&self, req: &HttpRequest, kind: Kind, copy: Uuid, link: Option<i32>) {
+    pub fn record(&self, hit: &Hit<'_>, kind: Kind, copy: Uuid, link: Option<i32>) {
         let mut e = Event::new(kind, copy);
-        let ip = req.peer_addr().map(|peer| {
+        let ip = hit.peer.map(|peer| {
             request::client_ip(
-                peer.ip(),
-                req.headers()
-                    .get_all("x-forwarded-for")
-                    .map(HeaderValue::as_bytes),
+                peer,
+                hit.forwarded_for.iter().copied(),
                 &self.trusted_proxies,
             )
         });
-        let agent =
-            request::user_agent(req.headers().get(header::USER_AGENT).map(|v| v.as_bytes()));
+        let agent = request::user_agent(hit.user_agent);
         let ua = classify::user_agent(&agent);
         let verdict = self.classifier.classify(
             &classify::Request {
                 click: kind == Kind::Click,
-                head: req.method() == Method::HEAD,
+                head: hit.head,
                 ip,
                 user_agent: &agent,
                 at: e.occurred_at,
@@ -179,75 +198,22 @@ impl Tracker {
             }
         });
         e.user_agent = (!agent.is_empty()).then_some(agent);
-        e.method = Some(req.method().as_str().to_string());
+        e.method = Some(hit.method.to_string());
         e.client = ua.client.clone();
         e.device = ua.device.clone();
         e.os = ua.os.clone();
         self.events.send(e);
     }
 
-    fn pixel(&self) -> HttpResponse {
-        HttpResponse::Ok()
-            .content_type("image/gif")
-            .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
-            .insert_header((header::PRAGMA, "no-cache"))
-            .insert_header((header::EXPIRES, "0"))
-            .body(self.pixel.clone())
+    /// The 1x1 transparent GIF every eye request is answered with.
+    pub fn pixel(&self) -> Bytes {
+        self.pixel.clone()
     }
 }
 
-/// The token: the path after `/o/` or `/c/` (both three bytes). Tokens are base64url, so the
-/// raw path needs no decoding; anything else fails verification.
-fn token(req: &HttpRequest) -> &str {
-    req.path().get(3..).unwrap_or("")
-}
-
-async fn open(req: HttpRequest, ctx: web::Data<Context>) -> HttpResponse {
-    let t = &ctx.tracker;
-    match token::verify(&t.keys, token(&req)) {
-        Ok(Verified::Open { copy }) => t.record(&req, Kind::Open, copy, None),
-        _ => METRICS.invalid(Kind::Open),
-    }
-    // Whatever the token, the client gets its image: a broken image icon helps nobody.
-    t.pixel()
-}
-
-async fn click(req: HttpRequest, ctx: web::Data<Context>) -> HttpResponse {
-    let t = &ctx.tracker;
-    if let Ok(Verified::Click { copy, link, url }) = token::verify(&t.keys, token(&req)) {
-        // A signed URL that cannot be a header value (control characters) is not followed.
-        if let Ok(location) = HeaderValue::from_str(&url) {
-            t.record(&req, Kind::Click, copy, i32::try_from(link).ok());
-            return HttpResponse::Found()
-                .insert_header((header::LOCATION, location))
-                .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
-                .insert_header((header::REFERRER_POLICY, "no-referrer"))
-                .finish();
-        }
-    }
-    METRICS.invalid(Kind::Click);
-    HttpResponse::NotFound()
-        .content_type("text/html; charset=utf-8")
-        .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
-        .body(NOT_FOUND_PAGE)
-}
-
-/// The tracking routes.
-///
-/// Prefix scopes rather than `/o/{token}` patterns: a pattern with a parameter is matched with
-/// a regex, which profiling showed as the largest cost of a tracking request.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    let get_or_head = || guard::Any(guard::Get()).or(guard::Head());
-    cfg.service(
-        web::scope("/o")
-            .guard(get_or_head())
-            .default_service(web::to(open)),
-    )
-    .service(
-        web::scope("/c")
-            .guard(get_or_head())
-            .default_service(web::to(click)),
-    );
+/// Registers the tracking metrics (every kind and class at zero).
+pub fn register_metrics() {
+    LazyLock::force(&METRICS);
 }
 
 #[cfg(test)]

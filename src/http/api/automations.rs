@@ -1,0 +1,140 @@
+//! `/api/automations` (follow-ups when a recipient stays silent) and `POST /api/unsubscribes`.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+use crate::base::Base;
+use crate::compose::templates;
+use crate::followup::rules::{self, NewAutomation, CONDITIONS};
+use crate::http::auth::Caller;
+use crate::http::errors::ApiError;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutomationBody {
+    #[serde(default)]
+    pub name: String,
+    /// Copies of this template start the automation.
+    pub trigger_template: String,
+    /// `no_open` (no open by a person), `no_click`, `no_reply`.
+    pub condition: String,
+    /// The window after delivery; give one of the two.
+    pub within_hours: Option<f64>,
+    pub within_seconds: Option<i64>,
+    /// The template sent as the follow-up.
+    pub followup_template: String,
+    /// Send at this hour (0-23) of the recipient's day: their `time_zone` field, else UTC.
+    pub send_hour: Option<i16>,
+}
+
+fn window_seconds(b: &AutomationBody) -> Result<i32, ApiError> {
+    let seconds = match (b.within_hours, b.within_seconds) {
+        (Some(h), None) if h.is_finite() => (h * 3600.0).round() as i64,
+        (None, Some(s)) => s,
+        _ => {
+            return Err(ApiError::Unprocessable(
+                "give the window as `within_hours` or `within_seconds`".into(),
+            ))
+        }
+    };
+    match i32::try_from(seconds) {
+        Ok(s) if s > 0 && s <= 365 * 86400 => Ok(s),
+        _ => Err(ApiError::Unprocessable(
+            "the window is between 1 second and a year".into(),
+        )),
+    }
+}
+
+pub async fn create(
+    ctx: web::Data<Base>,
+    caller: Caller,
+    body: web::Json<AutomationBody>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    if !CONDITIONS.contains(&b.condition.as_str()) {
+        return Err(ApiError::Unprocessable(format!(
+            "condition is one of {}, not `{}`",
+            CONDITIONS.join(", "),
+            b.condition
+        )));
+    }
+    if b.send_hour.is_some_and(|h| !(0..=23).contains(&h)) {
+        return Err(ApiError::Unprocessable("send_hour is 0 to 23".into()));
+    }
+    if b.trigger_template.trim().is_empty() || b.trigger_template.chars().any(char::is_control) {
+        return Err(ApiError::Unprocessable(
+            "trigger_template is a template key".into(),
+        ));
+    }
+    let window = window_seconds(&b)?;
+    let client = ctx.pool.get().await?;
+    if templates::get(&client, &caller.0, &b.followup_template)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::Unprocessable(format!(
+            "no template `{}` with content to send as the follow-up",
+            b.followup_template
+        )));
+    }
+    // The trigger may name a key no mail has used yet: it is the caller's scope's.
+    templates::ensure_key(&client, &caller.0, b.trigger_template.trim()).await?;
+    let a = rules::create(
+        &client,
+        &NewAutomation {
+            owner_id: caller.0.id,
+            name: &b.name,
+            trigger_template: b.trigger_template.trim(),
+            condition: &b.condition,
+            window_seconds: window,
+            followup_template: &b.followup_template,
+            send_hour: b.send_hour,
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(a))
+}
+
+pub async fn list(ctx: web::Data<Base>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let client = ctx.pool.get().await?;
+    let all = rules::list(&client, caller.0.id).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "automations": all })))
+}
+
+pub async fn delete(
+    ctx: web::Data<Base>,
+    caller: Caller,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let client = ctx.pool.get().await?;
+    if rules::delete(&client, caller.0.id, id.into_inner()).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound("automation"))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsubscribeBody {
+    pub recipient: String,
+}
+
+/// Records that a recipient unsubscribed: no follow-up of mail the caller acts for (their own,
+/// their team's team or shared mail) goes to them any more. Unknown addresses and addresses mailed only by others get the same answer.
+pub async fn unsubscribe(
+    ctx: web::Data<Base>,
+    caller: Caller,
+    body: web::Json<UnsubscribeBody>,
+) -> Result<HttpResponse, ApiError> {
+    let r = body.recipient.trim();
+    if r.parse::<lettre::Address>().is_err() {
+        return Err(ApiError::Unprocessable(format!(
+            "`{r}` is not an e-mail address"
+        )));
+    }
+    let client = ctx.pool.get().await?;
+    let cancelled = rules::unsubscribe(&client, caller.viewer(), r).await?;
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({"recipient": r, "cancelled_followups": cancelled})))
+}

@@ -1,0 +1,218 @@
+//! `POST/GET/DELETE /api/webhooks`: endpoints per user (their own messages) or per team (what
+//! the owner may see of the team's messages), and `GET /api/webhooks/{id}/deliveries` to see
+//! what was sent and how it went.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+use crate::accounts::User;
+use crate::base::Base;
+use crate::http::auth::Caller;
+use crate::http::errors::ApiError;
+use crate::notify::signing;
+
+use crate::notify::EVENT_TYPES;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEndpoint {
+    pub url: String,
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub include_machine: bool,
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+fn validate(new: &NewEndpoint, user: &User) -> Result<String, String> {
+    let url = new.url.trim();
+    if url.len() > 2000 || !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err("url must be an http:// or https:// URL of at most 2000 characters".into());
+    }
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("url must not contain spaces or control characters".into());
+    }
+    if new.event_types.is_empty() {
+        return Err(format!(
+            "event_types must name at least one of {EVENT_TYPES:?}"
+        ));
+    }
+    if let Some(bad) = new
+        .event_types
+        .iter()
+        .find(|t| !EVENT_TYPES.contains(&t.as_str()))
+    {
+        return Err(format!(
+            "unknown event type `{bad}`; known: {EVENT_TYPES:?}"
+        ));
+    }
+    let scope = new.scope.clone().unwrap_or_else(|| "user".into());
+    match scope.as_str() {
+        "user" => Ok(scope),
+        "team" if user.team_id.is_some() => Ok(scope),
+        "team" => Err("scope `team` needs the caller to belong to a team".into()),
+        _ => Err("scope must be `user` or `team`".into()),
+    }
+}
+
+/// Refuses a URL that names an internal target (loopback, private, link-local, reserved, or a
+/// name that resolves to one). Deliveries check the address they connect to again, so this is
+/// for a clear answer now, not the defence.
+async fn check_target(ctx: &Base, url: &str) -> Result<(), ApiError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ApiError::Unprocessable(format!("url is not a valid URL: {e}")))?;
+    let Some(host) = parsed.host_str() else {
+        return Err(ApiError::Unprocessable("url names no host".into()));
+    };
+    let policy = crate::netguard::AddressPolicy::from_settings(&ctx.settings);
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let checked = match policy.check_url_literal(&parsed) {
+        Ok(()) => policy.check_host(host, port).await,
+        refused => refused,
+    };
+    checked.map_err(|e| {
+        ApiError::Unprocessable(format!(
+            "url is refused: {e}; webhooks may not reach loopback, private, link-local, \
+             unique-local, multicast or reserved networks unless OUTBOUND_ALLOWED_NETWORKS lists them"
+        ))
+    })
+}
+
+/// An endpoint id from the path; anything else names no endpoint.
+fn endpoint_id(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::NotFound("webhook endpoint"))
+}
+
+async fn create(
+    ctx: web::Data<Base>,
+    caller: Caller,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let user = caller.0;
+    let new: NewEndpoint = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let scope = validate(&new, &user).map_err(ApiError::Unprocessable)?;
+    check_target(&ctx, new.url.trim()).await?;
+    let secret = signing::new_secret();
+    let client = ctx.pool.get().await?;
+    let row = client
+        .query_one(
+            "INSERT INTO webhook_endpoints (owner_id, scope, url, secret, event_types, include_machine)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, created_at",
+            &[&user.id, &scope, &new.url.trim(), &secret, &new.event_types, &new.include_machine],
+        )
+        .await?;
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "id": row.get::<_, i64>(0),
+        "url": new.url.trim(),
+        "scope": scope,
+        "event_types": new.event_types,
+        "include_machine": new.include_machine,
+        // Shown once: the receiver verifies signatures with it.
+        "secret": secret,
+        "created_at": row.get::<_, chrono::DateTime<chrono::Utc>>(1),
+    })))
+}
+
+async fn list(ctx: web::Data<Base>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let client = ctx.pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT w.id, w.url, w.scope, w.event_types, w.include_machine, w.failures_in_row,
+                    w.disabled_at, w.disabled_reason, w.created_at,
+                    count(o.*) FILTER (WHERE o.status = 'pending'),
+                    count(o.*) FILTER (WHERE o.status = 'delivered'),
+                    count(o.*) FILTER (WHERE o.status = 'failed')
+               FROM webhook_endpoints w LEFT JOIN webhook_outbox o ON o.endpoint_id = w.id
+              WHERE w.owner_id = $1
+              GROUP BY w.id ORDER BY w.id",
+            &[&caller.0.id],
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(
+        rows.iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.get::<_, i64>(0),
+                    "url": r.get::<_, String>(1),
+                    "scope": r.get::<_, String>(2),
+                    "event_types": r.get::<_, Vec<String>>(3),
+                    "include_machine": r.get::<_, bool>(4),
+                    "failures_in_row": r.get::<_, i32>(5),
+                    "disabled_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(6),
+                    "disabled_reason": r.get::<_, Option<String>>(7),
+                    "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(8),
+                    "pending": r.get::<_, i64>(9),
+                    "delivered": r.get::<_, i64>(10),
+                    "failed": r.get::<_, i64>(11),
+                })
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+async fn deliveries(
+    ctx: web::Data<Base>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = endpoint_id(&id)?;
+    let client = ctx.pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT o.id, o.event_type, o.event_id, o.status, o.attempts, o.last_status, o.last_error,
+                    o.created_at, o.delivered_at, o.next_attempt_at, o.payload
+               FROM webhook_outbox o JOIN webhook_endpoints w ON w.id = o.endpoint_id
+              WHERE w.id = $1 AND w.owner_id = $2
+              ORDER BY o.created_at DESC LIMIT 500",
+            &[&id, &caller.0.id],
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(
+        rows.iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.get::<_, uuid::Uuid>(0),
+                    "event_type": r.get::<_, String>(1),
+                    "event_id": r.get::<_, uuid::Uuid>(2),
+                    "status": r.get::<_, String>(3),
+                    "attempts": r.get::<_, i32>(4),
+                    "last_status": r.get::<_, Option<i32>>(5),
+                    "last_error": r.get::<_, Option<String>>(6),
+                    "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(7),
+                    "delivered_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(8),
+                    "next_attempt_at": r.get::<_, chrono::DateTime<chrono::Utc>>(9),
+                    "payload": r.get::<_, serde_json::Value>(10),
+                })
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+async fn delete(
+    ctx: web::Data<Base>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = endpoint_id(&id)?;
+    let client = ctx.pool.get().await?;
+    let deleted = client
+        .execute(
+            "DELETE FROM webhook_endpoints WHERE id = $1 AND owner_id = $2",
+            &[&id, &caller.0.id],
+        )
+        .await?;
+    if deleted == 1 {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound("webhook endpoint"))
+    }
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/webhooks", web::post().to(create))
+        .route("/api/webhooks", web::get().to(list))
+        .route("/api/webhooks/{id}", web::delete().to(delete))
+        .route("/api/webhooks/{id}/deliveries", web::get().to(deliveries));
+}

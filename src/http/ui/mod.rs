@@ -1,0 +1,793 @@
+//! The Insights page at `/insights`: server-rendered HTML, no script, no external asset.
+//! Signing in posts an API token that is kept in an HttpOnly, SameSite=Strict cookie (Secure
+//! when `PUBLIC_URL` is https). Sign-in and sign-out refuse posts from another site (Origin /
+//! Sec-Fetch-Site), and a cookie that holds no valid token is answered 401, so that guessing
+//! through the cookie counts against the same failure limit as bad API tokens.
+//! Everything user-controlled goes through [`esc`].
+
+pub mod chart;
+
+use std::fmt::Write;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde::Deserialize;
+use thiserror::Error;
+
+use self::chart::Point;
+use crate::accounts::visibility::Viewer;
+use crate::accounts::User;
+use crate::base::Base;
+use crate::classify::hindsight::{PREFETCH_SECONDS, SWEEP_CLICKS, SWEEP_SECONDS};
+use crate::classify::Rule;
+use crate::escape::html as esc;
+use crate::http::api::messages::{self, ListQuery};
+use crate::http::auth::{cookie, user_for_token, COOKIE};
+use crate::http::errors::ApiError;
+use crate::insights::report::{self, ClassFilter, ReportFilter};
+
+#[derive(Debug, Error)]
+pub enum PageError {
+    #[error("not found")]
+    NotFound,
+    #[error("the service is unavailable")]
+    Api(#[from] ApiError),
+}
+
+impl From<deadpool_postgres::PoolError> for PageError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        PageError::Api(e.into())
+    }
+}
+
+impl From<crate::insights::InsightsError> for PageError {
+    fn from(e: crate::insights::InsightsError) -> Self {
+        PageError::Api(e.into())
+    }
+}
+
+impl ResponseError for PageError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            PageError::NotFound => StatusCode::NOT_FOUND,
+            PageError::Api(e) => e.status_code(),
+        }
+    }
+    fn error_response(&self) -> HttpResponse {
+        if self.status_code().is_server_error() {
+            tracing::error!(error = ?self, "Insights page failed");
+        }
+        html(
+            self.status_code(),
+            &layout(
+                "Insights",
+                None,
+                &format!(
+                    "<h1>{}</h1><p><a href=\"/insights\">Back to templates</a></p>",
+                    esc(&self.to_string())
+                ),
+            ),
+        )
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+pub fn url_part(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+const EYE: &str = r##"<svg class="icon eye" width="18" height="18" viewBox="0 0 24 24" aria-label="open" role="img"><title>open</title><path d="M1 12s4-7 11-7 11 7 11 7-4 7-11 7S1 12 1 12z" fill="none" stroke="currentColor" stroke-width="2"/><circle cx="12" cy="12" r="3" fill="currentColor"/></svg>"##;
+const CURSOR: &str = r##"<svg class="icon cursor" width="18" height="18" viewBox="0 0 24 24" aria-label="click" role="img"><title>click</title><path d="M4 2l7 19 2.5-7.5L21 11z" fill="currentColor"/></svg>"##;
+const REPLY: &str = r##"<svg class="icon reply" width="18" height="18" viewBox="0 0 24 24" aria-label="reply" role="img"><title>reply</title><path d="M10 9V5l-7 7 7 7v-4.1c5 0 8.5 1.6 11 5.1-1-5-4-10-11-11z" fill="currentColor"/></svg>"##;
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem}th,td{padding:.3rem .6rem;border-bottom:1px solid #ddd;text-align:right}
+th:first-child,td:first-child{text-align:left}td.l,th.l{text-align:left}
+.machine{color:#999}.machine .icon{opacity:.5}.human .icon{color:#2b6cb0}
+.notice{background:#fff8e1;border-left:4px solid #f0b400;padding:.5rem .8rem;max-width:60rem}
+nav a{margin-right:1rem}.switch a.on{font-weight:bold;text-decoration:none;color:#222}.err{color:#b00}";
+
+fn layout(title: &str, user: Option<&User>, body: &str) -> String {
+    let who = match user {
+        // The live notice: a small script (served by the stream) shows "opened just now".
+        Some(u) => format!(
+            "<nav><a href=\"/insights\">Templates</a><span>{}</span> \
+             <form method=\"post\" action=\"/insights/logout\" style=\"display:inline\">\
+             <button type=\"submit\">Sign out</button></form></nav>\
+             <div id=\"mt-live\" role=\"status\" hidden style=\"position:fixed;bottom:1rem;right:1rem;\
+             background:#2b6cb0;color:#fff;padding:.6rem 1rem;border-radius:6px\"></div>\
+             <script src=\"/insights/live.js\" defer></script>",
+            esc(&u.email)
+        ),
+        None => String::new(),
+    };
+    format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} - mailtally Insights</title><style>{STYLE}</style></head>\
+         <body>{who}{body}</body></html>",
+        esc(title)
+    )
+}
+
+fn html(status: StatusCode, body: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; \
+             script-src 'self'; connect-src 'self'",
+        ))
+        .insert_header(("X-Frame-Options", "DENY"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header(("Referrer-Policy", REFERRER_POLICY))
+        .body(body.to_string())
+}
+
+/// The page URLs carry template keys and message ids: no other site learns them. Not
+/// `no-referrer`: under it browsers send `Origin: null` even on this site's own sign-in post.
+const REFERRER_POLICY: &str = "same-origin";
+
+/// A redirect of the sign-in flow, with the headers every page carries.
+fn see_other(location: &str) -> actix_web::HttpResponseBuilder {
+    let mut r = HttpResponse::SeeOther();
+    r.insert_header(("Location", location))
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header(("Referrer-Policy", REFERRER_POLICY));
+    r
+}
+
+/// The session cookie's attributes; `Secure` when the public URL is https, so that the token
+/// never travels over plain HTTP once a deployment is served over TLS.
+fn cookie_attributes(ctx: &Base) -> &'static str {
+    if ctx.settings.public_url.starts_with("https://") {
+        "Path=/; HttpOnly; Secure; SameSite=Strict"
+    } else {
+        "Path=/; HttpOnly; SameSite=Strict"
+    }
+}
+
+fn clear_cookie(ctx: &Base) -> String {
+    format!("{COOKIE}=; {}; Max-Age=0", cookie_attributes(ctx))
+}
+
+/// Whether a state-changing post comes from this site. A browser names the page's origin in
+/// `Origin` (and says `Sec-Fetch-Site`) on every cross-site POST; a post without either comes
+/// from no browser and so carries no victim's cookie or intent.
+fn same_site_post(ctx: &Base, req: &HttpRequest) -> bool {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("\u{0}").trim().to_ascii_lowercase())
+    };
+    if let Some(site) = header("sec-fetch-site") {
+        if site != "same-origin" && site != "none" {
+            return false;
+        }
+    }
+    let Some(origin) = header("origin") else {
+        return true;
+    };
+    let public = ctx.settings.public_url.to_ascii_lowercase();
+    let public_origin = match public.find("://") {
+        Some(i) => match public[i + 3..].find('/') {
+            Some(j) => public[..i + 3 + j].to_string(),
+            None => public.clone(),
+        },
+        None => public.clone(),
+    };
+    if origin == public_origin {
+        return true;
+    }
+    // Served under another name than PUBLIC_URL (a proxy, a local port): the browser set Host
+    // to this server, so an Origin naming that same host is this site.
+    let host = header("host").unwrap_or_default();
+    !host.is_empty() && (origin == format!("http://{host}") || origin == format!("https://{host}"))
+}
+
+fn cross_site_refused() -> HttpResponse {
+    html(
+        StatusCode::FORBIDDEN,
+        &layout(
+            "Sign in",
+            None,
+            "<h1>mailtally Insights</h1><p class=\"err\">Sign-in and sign-out are accepted \
+             from this site's own pages only.</p><p><a href=\"/insights\">Sign in</a></p>",
+        ),
+    )
+}
+
+fn sign_in_form(error: Option<&str>) -> String {
+    let err = error
+        .map(|e| format!("<p class=\"err\">{}</p>", esc(e)))
+        .unwrap_or_default();
+    format!(
+        "<h1>mailtally Insights</h1>{err}<form method=\"post\" action=\"/insights/login\">\
+         <label>API token <input type=\"password\" name=\"token\" id=\"token\" autocomplete=\"off\" required></label> \
+         <button type=\"submit\" id=\"sign-in\">Sign in</button></form>"
+    )
+}
+
+/// Who the cookie signs in, if anyone.
+enum Session {
+    /// No cookie: show the sign-in form.
+    None,
+    /// A cookie holding no valid token (guessed, revoked, disabled user).
+    Invalid,
+    User(User),
+}
+
+async fn session(ctx: &Base, req: &HttpRequest) -> Result<Session, PageError> {
+    let Some(token) = cookie(req, COOKIE).filter(|t| !t.is_empty()) else {
+        return Ok(Session::None);
+    };
+    Ok(match user_for_token(ctx, &token).await? {
+        Some(user) => Session::User(user),
+        None => Session::Invalid,
+    })
+}
+
+/// The answer to a bad cookie on every page: 401 (which the failure limiter counts, like a bad
+/// API token), the cookie cleared, the sign-in form.
+fn bad_cookie(ctx: &Base) -> HttpResponse {
+    let mut r = html(
+        StatusCode::UNAUTHORIZED,
+        &layout(
+            "Sign in",
+            None,
+            &sign_in_form(Some("Your session is no longer valid; sign in again.")),
+        ),
+    );
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&clear_cookie(ctx)) {
+        r.headers_mut()
+            .insert(actix_web::http::header::SET_COOKIE, v);
+    }
+    r
+}
+
+fn to_sign_in() -> HttpResponse {
+    see_other("/insights").finish()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ClassQuery {
+    pub class: Option<String>,
+    /// Whose template (`team:ID`, `sender:ID`), on a template's page.
+    pub scope: Option<String>,
+}
+
+fn class_of(q: &ClassQuery) -> ClassFilter {
+    match q.class.as_deref() {
+        Some("all") => ClassFilter::All,
+        _ => ClassFilter::Human,
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|r| format!("{:.1}%", r * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn switch(base: &str, class: ClassFilter) -> String {
+    let (h, a) = match class {
+        ClassFilter::Human => ("on", ""),
+        ClassFilter::All => ("", "on"),
+    };
+    let sep = if base.contains('?') { "&amp;" } else { "?" };
+    format!(
+        "<p class=\"switch\">Count: <a class=\"{h}\" id=\"class-human\" href=\"{base}{sep}class=human\">people only</a> \
+         <a class=\"{a}\" id=\"class-all\" href=\"{base}{sep}class=all\">all events</a></p>"
+    )
+}
+
+/// The figures' header and cells, in the order of the templates table.
+const FIGURE_HEADERS: &str = "<th>Sent</th><th>Delivered</th><th>Bounced</th><th>Opens</th>\
+    <th>Unique opens</th><th>Human unique opens</th><th>Clicks</th><th>Unique clicks</th>\
+    <th>Human unique clicks</th><th>Open rate</th><th>Click rate</th><th>Click-to-open</th>\
+    <th>Bounce rate</th><th>Replies</th><th>Unique replies</th><th>Reply rate</th>";
+
+fn figure_cells(f: &report::Figures, class: ClassFilter) -> String {
+    // With "people only" the opens and clicks columns show human figures too.
+    let (opens, uopens, clicks, uclicks) = match class {
+        ClassFilter::Human => (
+            f.human_opens,
+            f.human_unique_opens,
+            f.human_clicks,
+            f.human_unique_clicks,
+        ),
+        ClassFilter::All => (f.opens, f.unique_opens, f.clicks, f.unique_clicks),
+    };
+    format!(
+        "<td class=\"sent\">{}</td><td class=\"delivered\">{}</td><td class=\"bounced\">{}</td>\
+         <td class=\"opens\">{opens}</td><td class=\"unique-opens\">{uopens}</td>\
+         <td class=\"human-unique-opens\">{}</td><td class=\"clicks\">{clicks}</td>\
+         <td class=\"unique-clicks\">{uclicks}</td><td class=\"human-unique-clicks\">{}</td>\
+         <td class=\"open-rate\">{}</td><td class=\"click-rate\">{}</td>\
+         <td class=\"click-to-open\">{}</td><td class=\"bounce-rate\">{}</td>\
+         <td class=\"replies\">{}</td><td class=\"unique-replies\">{}</td>\
+         <td class=\"reply-rate\">{}</td>",
+        f.sent,
+        f.delivered,
+        f.bounced,
+        f.human_unique_opens,
+        f.human_unique_clicks,
+        pct(f.open_rate),
+        pct(f.click_rate),
+        pct(f.click_to_open),
+        pct(f.bounce_rate),
+        f.replies,
+        f.unique_replies,
+        pct(f.reply_rate),
+    )
+}
+
+pub async fn index(
+    ctx: web::Data<Base>,
+    req: HttpRequest,
+    q: web::Query<ClassQuery>,
+) -> Result<HttpResponse, PageError> {
+    let user = match session(&ctx, &req).await? {
+        Session::User(u) => u,
+        Session::Invalid => return Ok(bad_cookie(&ctx)),
+        Session::None => {
+            return Ok(html(
+                StatusCode::OK,
+                &layout("Sign in", None, &sign_in_form(None)),
+            ))
+        }
+    };
+    let class = class_of(&q);
+    let filter = ReportFilter {
+        class,
+        ..ReportFilter::default()
+    };
+    let client = ctx.pool.get().await?;
+    let rows = report::templates(&**client, Viewer::from(&user), &filter).await?;
+    let mut body = format!("<h1>Templates</h1>{}", switch("/insights", class));
+    let _ = write!(
+        body,
+        "<table id=\"templates\"><thead><tr><th>Template</th>{FIGURE_HEADERS}</tr></thead><tbody>"
+    );
+    for r in &rows {
+        let _ = write!(
+            body,
+            "<tr data-template=\"{k}\" data-scope=\"{sa}\"><td><a href=\"/insights/templates/{u}?scope={sc}&amp;class={c}\">{k}</a></td>{}</tr>",
+            figure_cells(&r.figures, class),
+            k = esc(&r.template),
+            u = url_part(&r.template),
+            sc = url_part(&r.scope.to_string()),
+            sa = esc(&r.scope.to_string()),
+            c = class_name(class),
+        );
+    }
+    if rows.is_empty() {
+        body.push_str("<tr><td colspan=\"14\">Nothing sent yet.</td></tr>");
+    }
+    body.push_str("</tbody></table>");
+    Ok(html(
+        StatusCode::OK,
+        &layout("Templates", Some(&user), &body),
+    ))
+}
+
+fn class_name(c: ClassFilter) -> &'static str {
+    match c {
+        ClassFilter::Human => "human",
+        ClassFilter::All => "all",
+    }
+}
+
+pub async fn template(
+    ctx: web::Data<Base>,
+    req: HttpRequest,
+    key: web::Path<String>,
+    q: web::Query<ClassQuery>,
+) -> Result<HttpResponse, PageError> {
+    let user = match session(&ctx, &req).await? {
+        Session::User(u) => u,
+        Session::Invalid => return Ok(bad_cookie(&ctx)),
+        Session::None => return Ok(to_sign_in()),
+    };
+    let class = class_of(&q);
+    let viewer = Viewer::from(&user);
+    let scope = match q.scope.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            s.parse::<report::TemplateScope>()
+                .map_err(|_| PageError::NotFound)?,
+        ),
+        None => None,
+    };
+    let filter = ReportFilter {
+        class,
+        scope,
+        ..ReportFilter::default()
+    };
+    let client = ctx.pool.get().await?;
+    let detail = report::template(&**client, viewer, &key, &filter)
+        .await?
+        .ok_or(PageError::NotFound)?;
+    let k = esc(&detail.row.template);
+    let mut body = format!(
+        "<h1>Template <span id=\"template-key\">{k}</span></h1>{}",
+        switch(
+            &format!(
+                "/insights/templates/{}?scope={}",
+                url_part(&key),
+                url_part(&detail.row.scope.to_string())
+            ),
+            class
+        )
+    );
+    let _ = write!(
+        body,
+        "<table id=\"figures\"><thead><tr><th>Template</th>{FIGURE_HEADERS}</tr></thead>\
+         <tbody><tr><td>{k}</td>{}</tr></tbody></table>",
+        figure_cells(&detail.row.figures, class)
+    );
+    let points: Vec<Point> = detail
+        .daily
+        .iter()
+        .map(|d| Point {
+            day: d.day.to_string(),
+            opens: match class {
+                ClassFilter::Human => d.figures.human_opens,
+                ClassFilter::All => d.figures.opens,
+            },
+            clicks: match class {
+                ClassFilter::Human => d.figures.human_clicks,
+                ClassFilter::All => d.figures.clicks,
+            },
+        })
+        .collect();
+    let _ = write!(
+        body,
+        "<h2>Opens and clicks per day of sending</h2>{}",
+        chart::daily_svg(&points)
+    );
+    body.push_str("<h2>Top links</h2><table id=\"links\"><thead><tr><th>Link</th><th>Clicks</th><th>Human clicks</th><th>Unique clicks</th><th>Human unique clicks</th></tr></thead><tbody>");
+    for l in &detail.top_links {
+        let _ = write!(
+            body,
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&l.url),
+            l.clicks,
+            l.human_clicks,
+            l.unique_clicks,
+            l.human_unique_clicks
+        );
+    }
+    body.push_str("</tbody></table><h2>Mail clients and devices</h2><table id=\"clients\"><thead><tr><th>Client</th><th class=\"l\">Device</th><th>Opens</th><th>Human opens</th><th>Unique opens</th><th>Human unique opens</th></tr></thead><tbody>");
+    for c in &detail.clients {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(if c.client.is_empty() { "unknown" } else { &c.client }),
+            esc(&c.device),
+            c.opens,
+            c.human_opens,
+            c.unique_opens,
+            c.human_unique_opens
+        );
+    }
+    body.push_str("</tbody></table>");
+    let recent = messages::list(
+        &**client,
+        viewer,
+        &ListQuery {
+            template: Some(key.to_string()),
+            limit: Some(50),
+            ..ListQuery::default()
+        },
+    )
+    .await?;
+    body.push_str("<h2>Messages</h2><table id=\"messages\"><thead><tr><th>Subject</th><th class=\"l\">Sender</th><th class=\"l\">Sent at</th><th>Copies</th><th>Opens</th><th>Clicks</th></tr></thead><tbody>");
+    for m in &recent {
+        let _ = write!(
+            body,
+            "<tr><td><a class=\"message\" href=\"/insights/messages/{id}\">{}</a></td><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(m.subject.as_deref().unwrap_or("(no subject)")),
+            esc(&m.sender),
+            m.created_at.format("%Y-%m-%d %H:%M"),
+            m.copies,
+            m.opens,
+            m.clicks,
+            id = m.id,
+        );
+    }
+    body.push_str("</tbody></table>");
+    Ok(html(
+        StatusCode::OK,
+        &layout(&detail.row.template, Some(&user), &body),
+    ))
+}
+
+pub async fn message(
+    ctx: web::Data<Base>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, PageError> {
+    let user = match session(&ctx, &req).await? {
+        Session::User(u) => u,
+        Session::Invalid => return Ok(bad_cookie(&ctx)),
+        Session::None => return Ok(to_sign_in()),
+    };
+    let id = uuid::Uuid::parse_str(id.trim()).map_err(|_| PageError::NotFound)?;
+    let client = ctx.pool.get().await?;
+    let m = messages::detail(&**client, Viewer::from(&user), id)
+        .await?
+        .ok_or(PageError::NotFound)?;
+    let s = &m.summary;
+    let subject = esc(s.subject.as_deref().unwrap_or("(no subject)"));
+    let mut body = format!(
+        "<h1 id=\"subject\">{subject}</h1><p>Template <a href=\"/insights/templates/{}?scope={}\">{}</a> \
+         &middot; from {} &middot; {} &middot; {}</p>",
+        url_part(&s.template),
+        url_part(
+            &match s.team_id {
+                Some(t) => report::TemplateScope::Team(t),
+                None => report::TemplateScope::Sender(s.sender_id),
+            }
+            .to_string()
+        ),
+        esc(&s.template),
+        esc(&s.sender),
+        esc(&s.visibility),
+        s.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+    );
+    let rules: Vec<Rule> = m
+        .copies
+        .iter()
+        .flat_map(|c| &c.timeline)
+        .filter_map(|e| e.reason.as_deref().and_then(Rule::of_reason))
+        .collect();
+    body.push_str(&window_notice(&rules, &ctx.settings));
+    for c in &m.copies {
+        let _ = write!(
+            body,
+            "<section class=\"copy\"><h2>{}</h2><p>Status: <span class=\"status\">{}</span></p>\
+             <table class=\"timeline\"><thead><tr><th class=\"l\"></th><th class=\"l\">When</th><th class=\"l\">Event</th><th class=\"l\">Class</th><th class=\"l\">Rule</th><th class=\"l\">Reason / detail</th></tr></thead><tbody>",
+            esc(&c.recipient),
+            esc(&c.status)
+        );
+        for e in &c.timeline {
+            let icon = match e.icon {
+                Some("eye") => EYE,
+                Some("cursor") => CURSOR,
+                Some("reply") => REPLY,
+                _ => "",
+            };
+            let row_class = match e.human {
+                Some(true) => "human",
+                Some(false) => "machine",
+                None => "delivery",
+            };
+            let mut detail = Vec::new();
+            if let Some(r) = &e.reason {
+                detail.push(esc(r));
+            }
+            if let Some(u) = &e.url {
+                detail.push(esc(u));
+            }
+            for v in [&e.client, &e.device, &e.os].into_iter().flatten() {
+                detail.push(esc(v));
+            }
+            // The rule's name, as the README lists it, for every event a rule decided.
+            let rule = e
+                .reason
+                .as_deref()
+                .and_then(Rule::of_reason)
+                .map(Rule::name)
+                .unwrap_or("");
+            let _ = write!(
+                body,
+                "<tr class=\"event {row_class} kind-{kind}\"><td class=\"l\">{icon}</td><td class=\"l\">{}</td>\
+                 <td class=\"l\">{kind}</td><td class=\"l cls\">{}</td><td class=\"l rule\">{rule}</td>\
+                 <td class=\"l reason\">{}</td></tr>",
+                e.at.format("%Y-%m-%d %H:%M:%S"),
+                esc(e.class.as_deref().unwrap_or("")),
+                detail.join(" &middot; "),
+                kind = esc(&e.kind),
+            );
+        }
+        body.push_str("</tbody></table></section>");
+    }
+    Ok(html(
+        StatusCode::OK,
+        &layout(
+            s.subject.as_deref().unwrap_or("Message"),
+            Some(&user),
+            &body,
+        ),
+    ))
+}
+
+/// "1 open" / "2 opens".
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The verb agreeing with `n`: "counts" / "count".
+fn agree(n: usize, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
+/// "within 5 s of delivery", or "right after delivery" when the window is now off.
+fn within(window: std::time::Duration) -> String {
+    if window.is_zero() {
+        "right after delivery".into()
+    } else {
+        format!("within {} s of delivery", window.as_secs_f64())
+    }
+}
+
+/// The notice above a message's timelines when some of its events fell inside a timing window:
+/// a sender testing their own mail at once sees why their open or click counts as a machine.
+fn window_notice(rules: &[Rule], settings: &crate::config::Settings) -> String {
+    let n = |rule: Rule| rules.iter().filter(|r| **r == rule).count();
+    let mut parts = Vec::new();
+    let opens = n(Rule::PrefetchWindow);
+    if opens > 0 {
+        parts.push(format!(
+            "{} came {} and {} as prefetch (the prefetch window, setting PREFETCH_WINDOW)",
+            count(opens, "open", "opens"),
+            within(settings.prefetch_window),
+            agree(opens, "counts", "count"),
+        ));
+    }
+    let clicks = n(Rule::ClickAfterDelivery);
+    if clicks > 0 {
+        parts.push(format!(
+            "{} came {} and {} as scanner (the click-after-delivery window, setting \
+             CLICK_SCANNER_WINDOW)",
+            count(clicks, "click", "clicks"),
+            within(settings.click_scanner_window),
+            agree(clicks, "counts", "count"),
+        ));
+    }
+    let unknown = n(Rule::UnknownDeliveryWindow);
+    if unknown > 0 {
+        parts.push(format!(
+            "{} came within {PREFETCH_SECONDS} s of a delivery the tracker had not seen yet and \
+             {} as prefetch (the unknown-delivery window)",
+            count(unknown, "event", "events"),
+            agree(unknown, "counts", "count"),
+        ));
+    }
+    let swept = n(Rule::Sweep);
+    if swept > 0 {
+        parts.push(format!(
+            "{} {} to a run of {SWEEP_CLICKS} or more clicks within {SWEEP_SECONDS} s and {} \
+             as scanner (the sweep rule)",
+            count(swept, "click", "clicks"),
+            agree(swept, "belongs", "belong"),
+            agree(swept, "counts", "count"),
+        ));
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!(
+        "<p class=\"notice\" id=\"window-notice\">{}. These are the timings of mail \
+         servers and link scanners, not of people: open the message or click a link later to \
+         see a human event. The README, section \u{201c}Who opened and clicked\u{201d}, lists \
+         every rule.</p>",
+        parts.join("; ")
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    pub token: String,
+}
+
+pub async fn login(
+    ctx: web::Data<Base>,
+    req: HttpRequest,
+    form: web::Form<LoginForm>,
+) -> HttpResponse {
+    // Login CSRF: another site must not sign a victim's browser in as the attacker.
+    if !same_site_post(&ctx, &req) {
+        return cross_site_refused();
+    }
+    let token = form.token.trim();
+    match user_for_token(&ctx, token).await {
+        Ok(Some(_)) => see_other("/insights")
+            .insert_header((
+                "Set-Cookie",
+                // Only a token that authenticated reaches here: base64url, safe as a value.
+                format!(
+                    "{COOKIE}={token}; {}; Max-Age=2592000",
+                    cookie_attributes(&ctx)
+                ),
+            ))
+            .finish(),
+        Ok(None) => html(
+            StatusCode::UNAUTHORIZED,
+            &layout(
+                "Sign in",
+                None,
+                &sign_in_form(Some("That token is not valid.")),
+            ),
+        ),
+        Err(e) => PageError::from(e).error_response(),
+    }
+}
+
+pub async fn logout(ctx: web::Data<Base>, req: HttpRequest) -> HttpResponse {
+    if !same_site_post(&ctx, &req) {
+        return cross_site_refused();
+    }
+    see_other("/insights")
+        .insert_header(("Set-Cookie", clear_cookie(&ctx)))
+        .finish()
+}
+
+/// Adds the `/insights` routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/insights", web::get().to(index))
+        .route("/insights/", web::get().to(index))
+        .route("/insights/login", web::post().to(login))
+        .route("/insights/logout", web::post().to(logout))
+        .route("/insights/templates/{key}", web::get().to(template))
+        .route("/insights/messages/{id}", web::get().to(message));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_notice_names_the_windows_met() {
+        use crate::config::{Settings, Sources};
+        let defaults = Settings::from_sources(&Sources::default()).unwrap();
+        assert_eq!(
+            window_notice(&[Rule::ImageProxy, Rule::AppleRange], &defaults),
+            ""
+        );
+        let notice = window_notice(
+            &[
+                Rule::PrefetchWindow,
+                Rule::ClickAfterDelivery,
+                Rule::ClickAfterDelivery,
+                Rule::Sweep,
+            ],
+            &defaults,
+        );
+        assert!(
+            notice.contains("1 open came within 5 s of delivery and counts as prefetch"),
+            "{notice}"
+        );
+        assert!(
+            notice.contains("2 clicks came within 10 s of delivery and count as scanner"),
+            "{notice}"
+        );
+        assert!(notice.contains("1 click belongs to a run of 3 or more clicks within 5 s"));
+        assert!(notice.contains("PREFETCH_WINDOW") && notice.contains("CLICK_SCANNER_WINDOW"));
+        let short =
+            Settings::from_sources(&Sources::from_pairs([("CLICK_SCANNER_WINDOW", "0")])).unwrap();
+        let notice = window_notice(&[Rule::ClickAfterDelivery], &short);
+        assert!(
+            notice.contains("1 click came right after delivery"),
+            "{notice}"
+        );
+    }
+
+    #[test]
+    fn url_parts_are_percent_encoded() {
+        assert_eq!(url_part("a b/é"), "a%20b%2F%C3%A9");
+    }
+}

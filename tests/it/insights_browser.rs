@@ -1,0 +1,406 @@
+//! The Insights page in a real browser: headless Chromium driven by chromedriver over the
+//! WebDriver HTTP API. Signs in, checks a template's figures, opens a template and a message,
+//! checks the eye/cursor timeline, and saves a screenshot.
+
+use crate::common;
+use crate::insights_support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{free_port, Server, TestDb};
+use insights_support::*;
+use serde_json::{json, Value};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+struct Driver {
+    child: Child,
+    base: String,
+    session: String,
+}
+
+impl Driver {
+    fn start(profile: &std::path::Path) -> Driver {
+        let port = free_port();
+        let child = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn chromedriver");
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ureq::get(&format!("{base}/status")).call().is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync",
+                     "--window-size=1280,1600",
+                     format!("--user-data-dir={}", profile.display())]
+        }}}});
+        let mut driver = Driver {
+            child,
+            base,
+            session: String::new(),
+        };
+        let resp = driver.call("POST", "/session", Some(caps));
+        driver.session = resp["sessionId"].as_str().expect("session id").to_string();
+        // A click that submits a form returns before the next page is there: finding elements
+        // waits for them (up to 10 s) instead of racing the navigation.
+        driver.call(
+            "POST",
+            &driver.s("/timeouts"),
+            Some(json!({"implicit": 10_000})),
+        );
+        driver
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}{}", self.base, path);
+        let req = ureq::request(method, &url).timeout(Duration::from_secs(60));
+        let res = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match res {
+            Ok(r) => r.into_json::<Value>().unwrap()["value"].clone(),
+            Err(ureq::Error::Status(code, r)) => {
+                panic!(
+                    "{method} {path}: {code} {}",
+                    r.into_string().unwrap_or_default()
+                )
+            }
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
+    }
+
+    fn s(&self, path: &str) -> String {
+        format!("/session/{}{}", self.session, path)
+    }
+
+    fn go(&self, url: &str) {
+        self.call("POST", &self.s("/url"), Some(json!({"url": url})));
+    }
+
+    fn find_all(&self, css: &str) -> Vec<String> {
+        self.call(
+            "POST",
+            &self.s("/elements"),
+            Some(json!({"using": "css selector", "value": css})),
+        )
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[ELEMENT].as_str().unwrap().to_string())
+        .collect()
+    }
+
+    fn find(&self, css: &str) -> String {
+        self.find_all(css)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no element {css} in:\n{}", self.source()))
+    }
+
+    fn text(&self, css: &str) -> String {
+        let id = self.find(css);
+        self.call("GET", &self.s(&format!("/element/{id}/text")), None)
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn click(&self, css: &str) {
+        let id = self.find(css);
+        self.call(
+            "POST",
+            &self.s(&format!("/element/{id}/click")),
+            Some(json!({})),
+        );
+    }
+
+    fn source(&self) -> String {
+        self.call("GET", &self.s("/source"), None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn screenshot(&self, path: &std::path::Path) {
+        let b64 = self.call("GET", &self.s("/screenshot"), None);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap())
+            .unwrap();
+        std::fs::write(path, png).unwrap();
+        println!("screenshot: {}", path.display());
+        eprintln!("screenshot: {}", path.display());
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = ureq::delete(&format!("{}/session/{}", self.base, self.session)).call();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insights_page_in_headless_chromium() {
+    if !std::path::Path::new("/usr/bin/chromedriver").exists() {
+        panic!("chromium-driver is not installed (see scripts/test-packages)");
+    }
+    let db = TestDb::migrated();
+    let users = users(&db.pool()).await;
+    let msgs = generate(9, &[0], 30);
+    let client = db.client().await;
+    insert(&client, &users, &msgs, &|_| true, true).await;
+    aggregate(&db.url, 1000).await;
+    let server = Server::start(&db.url, &[]);
+
+    // A message whose first copy has a person's open, a click and a machine event.
+    let (msg, copy) = msgs
+        .iter()
+        .find_map(|m| {
+            let c = &m.copies[0];
+            let classes = final_classes(c);
+            let has = |kind: &str, human: bool| {
+                c.events.iter().zip(&classes).any(|(e, cl)| {
+                    e.kind == kind && matches!(cl, Some("human") | Some("proxy")) == human
+                })
+            };
+            (has("open", true)
+                && (has("click", true) || has("click", false))
+                && c.events.iter().zip(&classes).any(|(e, cl)| {
+                    e.kind != "accepted"
+                        && cl.is_some()
+                        && !matches!(cl, Some("human") | Some("proxy"))
+                }))
+            .then_some((m, c))
+        })
+        .expect("a message with open, click and machine events");
+
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver::start(profile.path());
+    driver.go(&server.url("/insights"));
+    let token_input = driver.find("#token");
+    driver.call(
+        "POST",
+        &driver.s(&format!("/element/{token_input}/value")),
+        Some(json!({"text": users[0].token})),
+    );
+    driver.click("#sign-in");
+
+    // The templates table shows the expected figures (people only, the default).
+    let expected = expected_templates(&users, &msgs, 0, &|_| true);
+    let want = &expected[&msg_row_key(&users, msg)];
+    let row = format!(
+        "tr[data-template=\"{}\"][data-scope=\"{}\"]",
+        msg.template,
+        scope_of(&users, msg)
+    );
+    assert_eq!(
+        driver.text(&format!("{row} td.sent")),
+        want.sent.to_string()
+    );
+    assert_eq!(
+        driver.text(&format!("{row} td.unique-opens")),
+        want.human_unique_opens.to_string()
+    );
+    let delivered = want.sent - want.bounced;
+    let rate = format!(
+        "{:.1}%",
+        want.human_unique_clicks as f64 / delivered as f64 * 100.0
+    );
+    assert_eq!(driver.text(&format!("{row} td.click-rate")), rate);
+    // The switch to all events shows raw figures.
+    driver.click("#class-all");
+    assert_eq!(
+        driver.text(&format!("{row} td.opens")),
+        want.opens.to_string()
+    );
+
+    // The template's page: chart and top links.
+    driver.click(&format!("{row} a"));
+    assert_eq!(driver.text("#template-key"), msg.template);
+    assert!(!driver.find_all("svg.chart rect.bar-opens").is_empty());
+    let links = expected_links(&users, &msgs, 0, &msg_row_key(&users, msg));
+    if let Some(url) = links.keys().next() {
+        assert!(driver.text("#links").contains(url.as_str()));
+    }
+    driver.screenshot(
+        &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("insights-template.png"),
+    );
+
+    // The message's page: eye and cursor icons, machine events greyed with their reason.
+    driver.click(&format!("a[href=\"/insights/messages/{}\"]", msg.id));
+    assert!(driver.text("#subject").starts_with("Hello"));
+    let opens = driver.find_all("tr.event.kind-open svg.icon.eye");
+    let clicks = driver.find_all("tr.event.kind-click svg.icon.cursor");
+    let n = |kind: &str| {
+        msg.copies
+            .iter()
+            .flat_map(|c| &c.events)
+            .filter(|e| e.kind == kind)
+            .count()
+    };
+    assert_eq!(opens.len(), n("open"));
+    assert_eq!(clicks.len(), n("click"));
+    let machine = driver.find_all("tr.event.machine");
+    let classes = final_classes(copy);
+    let machines_in_copy = classes
+        .iter()
+        .filter(|c| c.is_some() && !matches!(c, Some("human") | Some("proxy")))
+        .count();
+    assert!(machine.len() >= machines_in_copy && machines_in_copy > 0);
+    let first_machine = &machine[0];
+    let reason_cell = driver.call(
+        "GET",
+        &driver.s(&format!("/element/{first_machine}/text")),
+        None,
+    );
+    let color = driver.call(
+        "GET",
+        &driver.s(&format!("/element/{first_machine}/css/color")),
+        None,
+    );
+    assert_eq!(
+        color.as_str(),
+        Some("rgba(153, 153, 153, 1)"),
+        "machine rows are grey"
+    );
+    assert!(!reason_cell.as_str().unwrap().is_empty());
+    driver.screenshot(
+        &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("insights-message.png"),
+    );
+}
+
+/// A sender's own first test: they open and click their message seconds after delivery. The
+/// message's page names the rule of each greyed-out event and says which window the events fell
+/// in, with the windows of the settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_page_names_the_rules_and_the_windows_met() {
+    use common::smtp::{add_user, db_i64, db_rows, submit_as, wait_until};
+    if !std::path::Path::new("/usr/bin/chromedriver").exists() {
+        panic!("chromium-driver is not installed (see scripts/test-packages)");
+    }
+    const PASSWORD: &str = "windows-password";
+    const GMAIL: &str =
+        "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)";
+    let db = TestDb::migrated();
+    // Wide windows, so that a slow machine still opens and clicks inside them.
+    let server = Server::start(
+        &db.url,
+        &[("PREFETCH_WINDOW", "30"), ("CLICK_SCANNER_WINDOW", "40")],
+    );
+    let url = db.url.clone();
+    let token = tokio::task::spawn_blocking(move || add_user(&url, "ann@example.com", PASSWORD))
+        .await
+        .unwrap();
+    let (smtp, public) = (server.smtp, server.url(""));
+    let (url, api_token) = (db.url.clone(), token.clone());
+    let message_id = tokio::task::spawn_blocking(move || {
+        submit_as(
+            smtp,
+            "ann@example.com",
+            PASSWORD,
+            &["bob@example.net"],
+            b"From: ann@example.com\r\nTo: bob@example.net\r\nSubject: First test\r\n\
+Content-Type: text/html; charset=utf-8\r\n\r\n\
+<html><body><p>Hi</p><a href=\"https://example.com/offer\">offer</a></body></html>\r\n",
+        );
+        assert!(wait_until(Duration::from_secs(20), || db_i64(
+            &url,
+            "SELECT count(*) FROM copies WHERE status = 'delivered'"
+        ) == 1));
+        let copy = db_rows(&url, "SELECT id::text, message_id::text FROM copies");
+        let raw = ureq::get(&format!("{public}/api/captured/{}/raw", copy[0][0]))
+            .set("authorization", &format!("Bearer {api_token}"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        let tracked = |prefix: &str| {
+            let start = format!("{public}{prefix}");
+            let rest = raw.split(start.as_str()).nth(1).expect("a tracked URL");
+            format!("{start}{}", rest.split('"').next().unwrap())
+        };
+        let (pixel, link) = (tracked("/o/"), tracked("/c/"));
+        // The tracker's delivery cache polls every second: let it see the delivery.
+        std::thread::sleep(Duration::from_secs(2));
+        let agent = ureq::AgentBuilder::new().redirects(0).build();
+        for (url, user_agent) in [
+            (&pixel, "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.5.0"),
+            (&pixel, GMAIL),
+            (&link, "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"),
+        ] {
+            let status = agent.get(url).set("user-agent", user_agent).call().unwrap().status();
+            assert!(status == 200 || status == 302, "{url}: {status}");
+        }
+        assert!(wait_until(Duration::from_secs(15), || db_i64(
+            &url,
+            "SELECT count(*) FROM events WHERE kind IN ('open', 'click')"
+        ) == 3));
+        copy[0][1].clone()
+    })
+    .await
+    .unwrap();
+
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver::start(profile.path());
+    driver.go(&server.url("/insights"));
+    let token_input = driver.find("#token");
+    driver.call(
+        "POST",
+        &driver.s(&format!("/element/{token_input}/value")),
+        Some(json!({"text": token})),
+    );
+    driver.click("#sign-in");
+    driver.find("#templates");
+    driver.go(&server.url(&format!("/insights/messages/{message_id}")));
+    assert_eq!(driver.text("#subject"), "First test");
+
+    let notice = driver.text("#window-notice");
+    for part in [
+        "1 open came within 30 s of delivery and counts as prefetch (the prefetch window, setting PREFETCH_WINDOW)",
+        "1 click came within 40 s of delivery and counts as scanner (the click-after-delivery window, setting CLICK_SCANNER_WINDOW)",
+        "open the message or click a link later to see a human event",
+        "Who opened and clicked",
+    ] {
+        assert!(notice.contains(part), "{part:?} not in the notice: {notice}");
+    }
+    // Greyed-out machines name their rule; the Gmail proxy's open is a person's, named too.
+    assert_eq!(
+        driver.text("tr.event.machine.kind-open td.rule"),
+        "prefetch window"
+    );
+    assert_eq!(
+        driver.text("tr.event.machine.kind-click td.rule"),
+        "click-after-delivery window"
+    );
+    assert_eq!(
+        driver.text("tr.event.human.kind-open td.rule"),
+        "image proxy"
+    );
+    assert_eq!(driver.text("tr.event.human.kind-open td.cls"), "proxy");
+    for row in driver.find_all("tr.event.machine") {
+        let color = driver.call("GET", &driver.s(&format!("/element/{row}/css/color")), None);
+        assert_eq!(
+            color.as_str(),
+            Some("rgba(153, 153, 153, 1)"),
+            "machine rows are grey"
+        );
+    }
+    assert_eq!(driver.find_all("tr.event.machine").len(), 2);
+    driver.screenshot(
+        &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("insights-message-windows.png"),
+    );
+}

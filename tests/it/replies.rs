@@ -1,0 +1,430 @@
+//! Reply detection against a real IMAP server: Dovecot, started with a throwaway
+//! configuration and mailbox. A reply appended to the sender's mailbox becomes a `reply` event
+//! of the copy it answers within seconds; auto-replies and bounces do not; a restart resumes
+//! from the checkpoint without counting anything twice.
+
+use crate::common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::api::{call, received};
+use common::smtp::{add_user, db_i64, db_rows, delivered, python, wait_until, Sink};
+use common::{free_port, Server, TestDb};
+use serde_json::json;
+
+const PASSWORD: &str = "correct horse battery";
+const IMAP_PASSWORD: &str = "imap-secret-Zq8";
+const MAILBOX_KEY: &str = "a-mailbox-key-for-tests-0123456789abcdef";
+
+/// A Dovecot serving one user's Maildir on a loopback port, plain IMAP.
+struct Dovecot {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Dovecot {
+    /// `idle: false` hides IDLE from the capabilities, so that clients must poll.
+    fn start(user: &str, password: &str, idle: bool) -> Option<Dovecot> {
+        let binary = ["/usr/sbin/dovecot", "/usr/local/sbin/dovecot"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let root = nix::unistd::geteuid().is_root();
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .unwrap()
+            .unwrap()
+            .name;
+        // As root Dovecot drops to its own users and the mail belongs to `nobody`; otherwise
+        // everything runs as the current user.
+        let (internal, login, mail_user, mail_group) = if root {
+            ("dovecot", "dovenull", "nobody", "nogroup")
+        } else {
+            (me.as_str(), me.as_str(), me.as_str(), me.as_str())
+        };
+        std::fs::create_dir_all(d.join("mail")).unwrap();
+        std::fs::create_dir_all(d.join("run")).unwrap();
+        std::fs::create_dir_all(d.join("state")).unwrap();
+        if root {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+            nix::unistd::chown(&d.join("mail"), Some(nobody.uid), Some(nobody.gid)).unwrap();
+        }
+        std::fs::write(d.join("passwd"), format!("{user}:{{PLAIN}}{password}\n")).unwrap();
+        let port = free_port();
+        let conf = format!(
+            "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\n\
+             instance_name = mailtally-test-{port}\nprotocols = imap\nlisten = 127.0.0.1\n\
+             ssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\n\
+             mail_location = maildir:{d}/mail/%u\ndefault_internal_user = {internal}\n\
+             default_login_user = {login}\nfirst_valid_uid = 1\n\
+             passdb {{\n driver = passwd-file\n args = scheme=PLAIN username_format=%u {d}/passwd\n}}\n\
+             userdb {{\n driver = static\n args = uid={mail_user} gid={mail_group} home={d}/mail/%u\n}}\n\
+             service imap-login {{\n inet_listener imap {{\n  address = 127.0.0.1\n  port = {port}\n }}\n inet_listener imaps {{\n  port = 0\n }}\n}}\n\
+             service stats {{\n unix_listener stats-reader {{\n  mode = 0666\n }}\n unix_listener stats-writer {{\n  mode = 0666\n }}\n}}\n",
+            d = d.display()
+        );
+        let conf = if idle {
+            conf
+        } else {
+            format!("{conf}imap_capability = IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE UIDPLUS\n")
+        };
+        std::fs::write(d.join("dovecot.conf"), conf).unwrap();
+        let child = Command::new(binary)
+            .args(["-F", "-c"])
+            .arg(d.join("dovecot.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "Dovecot did not start: {}",
+            std::fs::read_to_string(d.join("dovecot.log")).unwrap_or_default()
+        );
+        Some(Dovecot {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+
+    /// Appends a message to INBOX with a real IMAP client (Python's imaplib).
+    fn append(&self, user: &str, password: &str, message: &str) {
+        let (ok, out) = python(
+            "import imaplib, sys\n\
+             m = imaplib.IMAP4('127.0.0.1', int(sys.argv[1]))\n\
+             m.login(sys.argv[2], sys.argv[3])\n\
+             print(m.append('INBOX', None, None, sys.argv[4].encode()))\n\
+             m.logout()\n",
+            &[&self.port.to_string(), user, password, message],
+        );
+        assert!(ok, "{out}");
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn reply(from: &str, answers: &str, extra: &str, subject: &str) -> String {
+    format!(
+        "From: {from}\r\nTo: ann@example.com\r\nSubject: {subject}\r\nMessage-ID: <{}@example.net>\r\n\
+         In-Reply-To: {answers}\r\nReferences: {answers}\r\nDate: Fri, 27 Nov 2026 10:00:00 +0000\r\n{extra}\r\nThanks!\r\n",
+        uuid::Uuid::new_v4()
+    )
+}
+
+#[test]
+fn replies_in_the_senders_mailbox_become_reply_events() {
+    let Some(imap) = Dovecot::start("ann@example.com", IMAP_PASSWORD, true) else {
+        eprintln!("skipped: Dovecot is not installed (Debian package dovecot-imapd)");
+        return;
+    };
+    let db = TestDb::migrated();
+    let sink = Sink::start(&[]);
+    let mut server = Server::start(
+        &db.url,
+        &[
+            ("UPSTREAM_URL", &sink.url()),
+            ("MAILBOX_KEY", MAILBOX_KEY),
+            // Dovecot has IDLE: replies must show within seconds without polling.
+            ("MAILBOX_POLL_EVERY", "600"),
+            ("FOLLOWUP_CHECK_EVERY", "0.2"),
+            ("SENDER_RATE_PER_MINUTE", "0"),
+            // Dovecot runs on loopback, without TLS.
+            ("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8"),
+            ("MAILBOX_ALLOW_PLAINTEXT", "true"),
+        ],
+    );
+    let token = add_user(&db.url, "ann@example.com", PASSWORD);
+    let api = |s: &Server, p: &str| s.url(p);
+
+    for key in ["intro", "nudge"] {
+        let t =
+            json!({"key": key, "subject": "Intro", "html": "<p>Hello {{first_name|there}}</p>"});
+        assert_eq!(
+            call(
+                "POST",
+                &api(&server, "/api/templates"),
+                &token,
+                Some(&t),
+                None
+            )
+            .0,
+            201
+        );
+    }
+    let rule = json!({"trigger_template": "intro", "condition": "no_reply", "within_hours": 1,
+                      "followup_template": "nudge"});
+    assert_eq!(
+        call(
+            "POST",
+            &api(&server, "/api/automations"),
+            &token,
+            Some(&rule),
+            None
+        )
+        .0,
+        201
+    );
+    let people = ["bob@example.net", "carol@example.net", "dave@example.net"];
+    let recipients: Vec<_> = people.iter().map(|p| json!({"email": p})).collect();
+    let (status, sent) = call(
+        "POST",
+        &api(&server, "/api/group-emails"),
+        &token,
+        Some(&json!({"template": "intro", "recipients": recipients})),
+        None,
+    );
+    assert_eq!(status, 202, "{sent}");
+    assert!(wait_until(Duration::from_secs(30), || delivered(&db.url) == 3));
+    let mut message_id = std::collections::BTreeMap::new();
+    for dump in sink.messages() {
+        let r = received(&dump);
+        message_id.insert(r.to[0].clone(), format!("<{}>", r.message_id.unwrap()));
+    }
+    assert!(wait_until(Duration::from_secs(10), || db_i64(
+        &db.url,
+        "SELECT count(*) FROM followups WHERE status = 'pending'"
+    ) == 3));
+
+    let mailbox = json!({"host": "127.0.0.1", "port": imap.port, "security": "none",
+                         "username": "ann@example.com", "password": IMAP_PASSWORD});
+    let (status, shown) = call(
+        "PUT",
+        &api(&server, "/api/me/mailbox"),
+        &token,
+        Some(&mailbox),
+        None,
+    );
+    assert_eq!(status, 200, "{shown}");
+    assert!(!shown.to_string().contains(IMAP_PASSWORD), "{shown}");
+    let stored = db_rows(
+        &db.url,
+        "SELECT encode(password_sealed, 'escape') FROM mailboxes",
+    );
+    assert!(
+        !stored[0][0].contains(IMAP_PASSWORD),
+        "the password is sealed at rest"
+    );
+
+    let bob = &message_id["bob@example.net"];
+    imap.append(
+        "ann@example.com",
+        IMAP_PASSWORD,
+        &reply("Bob <bob@example.net>", bob, "", "Re: Intro"),
+    );
+    let replies = || db_i64(&db.url, "SELECT count(*) FROM events WHERE kind = 'reply'");
+    assert!(
+        wait_until(Duration::from_secs(15), || replies() == 1),
+        "{:?}\n{}",
+        db_rows(&db.url, "SELECT last_uid::text, coalesce(last_error, ''), coalesce(lease_owner, ''), coalesce(last_sync_at::text, '') FROM mailboxes"),
+        ureq::get(&server.url("/metrics")).call().unwrap().into_string().unwrap().lines().filter(|l| l.contains("mailbox")).collect::<Vec<_>>().join("\n")
+    );
+    let bob_copy = db_rows(
+        &db.url,
+        "SELECT c.recipient FROM events e JOIN copies c ON c.id = e.copy_id WHERE e.kind = 'reply'",
+    );
+    assert_eq!(bob_copy[0][0], "bob@example.net");
+    // The reply cancelled bob's pending follow-up.
+    assert!(wait_until(Duration::from_secs(5), || {
+        db_i64(
+        &db.url,
+        "SELECT count(*) FROM followups WHERE recipient = 'bob@example.net' AND status = 'cancelled' AND reason = 'replied'"
+    ) == 1
+    }));
+
+    // An out-of-office and a bounce: read, not counted.
+    let carol = &message_id["carol@example.net"];
+    let dave = &message_id["dave@example.net"];
+    imap.append(
+        "ann@example.com",
+        IMAP_PASSWORD,
+        &reply(
+            "carol@example.net",
+            carol,
+            "Auto-Submitted: auto-replied\r\n",
+            "Automatic reply: Intro",
+        ),
+    );
+    imap.append(
+        "ann@example.com",
+        IMAP_PASSWORD,
+        &reply(
+            "MAILER-DAEMON@mx.example.net",
+            dave,
+            "Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n",
+            "Undelivered Mail Returned to Sender",
+        ),
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || db_i64(
+            &db.url,
+            "SELECT last_uid FROM mailboxes"
+        ) == 3),
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(replies(), 1, "auto-replies and bounces are not replies");
+
+    // Down for a while: a reply arrives meanwhile; the restart reads from the checkpoint.
+    server.stop();
+    imap.append(
+        "ann@example.com",
+        IMAP_PASSWORD,
+        &reply("carol@example.net", carol, "", "Re: Intro"),
+    );
+    server.restart();
+    assert!(
+        wait_until(Duration::from_secs(15), || replies() == 2),
+        "{}",
+        server.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(replies(), 2, "nothing counted twice after the restart");
+    assert_eq!(db_i64(&db.url, "SELECT last_uid FROM mailboxes"), 4);
+
+    // Reports and the timeline.
+    let (ok, out) = (
+        common::mailtally(&["aggregate"], &[("DATABASE_URL", &db.url)], b"").0,
+        (),
+    );
+    assert!(ok, "{out:?}");
+    let (status, report) = call(
+        "GET",
+        &api(&server, "/api/reports/templates"),
+        &token,
+        None,
+        None,
+    );
+    assert_eq!(status, 200);
+    let intro = report["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["template"] == "intro")
+        .unwrap()
+        .clone();
+    assert_eq!(intro["replies"], 2, "{intro}");
+    assert_eq!(intro["unique_replies"], 2);
+    assert!(
+        (intro["reply_rate"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9,
+        "{intro}"
+    );
+    let id = sent["message_id"].as_str().unwrap();
+    let (status, detail) = call(
+        "GET",
+        &api(&server, &format!("/api/messages/{id}")),
+        &token,
+        None,
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        detail.to_string().contains("\"kind\":\"reply\""),
+        "{detail}"
+    );
+    let page = ureq::get(&api(&server, &format!("/insights/messages/{id}")))
+        .set("Cookie", &format!("mailtally_token={token}"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(page.contains("kind-reply"), "the timeline shows replies");
+}
+
+#[test]
+fn a_server_without_idle_is_polled() {
+    let Some(imap) = Dovecot::start("ann@example.com", IMAP_PASSWORD, false) else {
+        eprintln!("skipped: Dovecot is not installed (Debian package dovecot-imapd)");
+        return;
+    };
+    let db = TestDb::migrated();
+    let server = Server::start(
+        &db.url,
+        &[
+            ("MAILBOX_KEY", MAILBOX_KEY),
+            ("MAILBOX_POLL_EVERY", "1"),
+            ("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8"),
+            ("MAILBOX_ALLOW_PLAINTEXT", "true"),
+        ],
+    );
+    let token = add_user(&db.url, "ann@example.com", PASSWORD);
+    let req =
+        json!({"subject": "Hi", "html": "<p>Hi</p>", "recipients": [{"email": "bob@example.net"}]});
+    let (status, body) = call(
+        "POST",
+        &server.url("/api/group-emails"),
+        &token,
+        Some(&req),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    let sent = db_rows(&db.url, "SELECT header_message_id FROM copies");
+    let mailbox = json!({"host": "127.0.0.1", "port": imap.port, "security": "none",
+                         "username": "ann@example.com", "password": IMAP_PASSWORD});
+    assert_eq!(
+        call(
+            "PUT",
+            &server.url("/api/me/mailbox"),
+            &token,
+            Some(&mailbox),
+            None
+        )
+        .0,
+        200
+    );
+    imap.append(
+        "ann@example.com",
+        IMAP_PASSWORD,
+        &reply("bob@example.net", &sent[0][0], "", "Re: Hi"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || db_i64(
+            &db.url,
+            "SELECT count(*) FROM events WHERE kind = 'reply'"
+        ) == 1),
+        "{}",
+        server.log_text()
+    );
+
+    // Wrong credentials are reported, not retried silently.
+    let wrong = json!({"host": "127.0.0.1", "port": imap.port, "security": "none",
+                       "username": "ann@example.com", "password": "wrong"});
+    assert_eq!(
+        call(
+            "PUT",
+            &server.url("/api/me/mailbox"),
+            &token,
+            Some(&wrong),
+            None
+        )
+        .0,
+        200
+    );
+    assert!(wait_until(Duration::from_secs(15), || {
+        let (_, status) = call("GET", &server.url("/api/me/mailbox"), &token, None, None);
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("login"))
+    }));
+    assert!(
+        !server.log_text().contains("wrong\""),
+        "no password in the log"
+    );
+}

@@ -1,0 +1,430 @@
+//! The store: migrations (idempotent, concurrent-safe, tamper-evident) and the embedded cluster.
+
+use crate::common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::TestDb;
+use mailtally::store::migrate::{self, MigrateError, Migration, MIGRATIONS};
+use mailtally::store::{Cluster, ClusterOptions};
+
+#[tokio::test]
+async fn migrations_apply_on_an_empty_database_and_a_second_run_is_a_no_op() {
+    let db = TestDb::new();
+    let pool = db.pool();
+    let first = mailtally::store::migrate(&pool).await.unwrap();
+    assert_eq!(
+        first,
+        MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>()
+    );
+    let second = mailtally::store::migrate(&pool).await.unwrap();
+    assert!(second.is_empty(), "second run applied {second:?}");
+
+    let client = db.client().await;
+    let recorded: i64 = client
+        .query_one("SELECT count(*) FROM mailtally_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded as usize, MIGRATIONS.len());
+    // The schema is really there: the partitioned events table and this month's partition.
+    let partitions: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(partitions >= 5, "{partitions} event partitions");
+}
+
+/// Not idempotent on purpose: applying it twice fails (CREATE TABLE) or counts two rows.
+static COUNTING: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_a.sql",
+        sql: "CREATE TABLE applied (n int); INSERT INTO applied VALUES (1); SELECT pg_sleep(0.2);",
+    },
+    Migration {
+        version: 2,
+        name: "0002_b.sql",
+        sql: "INSERT INTO applied VALUES (2);",
+    },
+];
+
+#[tokio::test]
+async fn concurrent_runners_apply_each_migration_once() {
+    let db = TestDb::new();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let url = db.url.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            migrate::apply(&mut client, COUNTING).await.unwrap()
+        }));
+    }
+    let mut applied_by = Vec::new();
+    for t in tasks {
+        applied_by.push(t.await.unwrap());
+    }
+    let appliers: Vec<_> = applied_by.iter().filter(|a| !a.is_empty()).collect();
+    assert_eq!(
+        appliers.len(),
+        1,
+        "exactly one runner applies: {applied_by:?}"
+    );
+    assert_eq!(appliers[0], &vec![1, 2]);
+    let rows: Vec<i32> = db
+        .client()
+        .await
+        .query("SELECT n FROM applied ORDER BY n", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn a_changed_migration_is_refused() {
+    let db = TestDb::new();
+    let mut client = db.client().await;
+    migrate::apply(&mut client, COUNTING).await.unwrap();
+    let tampered = [
+        COUNTING[0],
+        Migration {
+            version: 2,
+            name: "0002_b.sql",
+            sql: "INSERT INTO applied VALUES (3);",
+        },
+    ];
+    let err = migrate::apply(&mut client, &tampered).await.unwrap_err();
+    assert!(
+        matches!(err, MigrateError::Tampered { version: 2, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("changed after it was applied"),
+        "{err}"
+    );
+    // A database newer than the build is refused too.
+    let err = migrate::apply(&mut client, &COUNTING[..1])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MigrateError::Unknown(2)), "{err}");
+}
+
+/// A directory the `postgres` user can traverse when the tests run as root.
+fn cluster_home() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+async fn ensure(dir: &std::path::Path, opts: ClusterOptions) -> Cluster {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || Cluster::ensure_running(&dir, opts))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn query_one_int(url: &str, sql: &str) -> i64 {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn embedded_cluster_starts_keeps_its_data_and_survives_a_stale_pid_file() {
+    let home = cluster_home();
+    let dir = home.path().join("pg");
+    let opts = ClusterOptions { durable: false };
+    let cluster = ensure(&dir, opts).await;
+    assert!(cluster.is_owner());
+    assert!(cluster.is_running());
+    mailtally::store::create_database_if_missing(&cluster.admin_url(), "mailtally")
+        .await
+        .unwrap();
+    let url = cluster.database_url();
+    {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute("CREATE TABLE kept (n int); INSERT INTO kept VALUES (42);")
+            .await
+            .unwrap();
+    }
+    // Only a unix socket inside the cluster's own directory: no TCP listener.
+    let conf = std::fs::read_to_string(dir.join("data/postgresql.conf")).unwrap();
+    assert!(conf.contains("listen_addresses = ''"));
+
+    // A second start while it runs reuses it and does not claim it.
+    let again = ensure(&dir, opts).await;
+    assert!(!again.is_owner());
+    again.stop_if_owner().unwrap();
+    assert!(
+        cluster.is_running(),
+        "a guest does not stop the owner's cluster"
+    );
+    drop(again);
+
+    // Graceful stop, start again: the data is there.
+    cluster.stop().unwrap();
+    assert!(!cluster.is_running());
+    drop(cluster);
+    let restarted = ensure(&dir, opts).await;
+    assert!(restarted.is_owner());
+    assert_eq!(query_one_int(&url, "SELECT n::bigint FROM kept").await, 42);
+
+    drop(restarted);
+    // A crash: the postmaster is killed, its pid file stays behind.
+    let pid_file = dir.join("data/postmaster.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..100 {
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(pid_file.exists(), "a killed postmaster leaves its pid file");
+    let after_crash = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            // Orphaned backends may hold the shared memory for a moment after the kill.
+            let mut last = None;
+            for _ in 0..50 {
+                match Cluster::ensure_running(&dir, opts) {
+                    Ok(c) => return c,
+                    Err(e) => last = Some(e),
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            panic!("cluster did not restart after a crash: {last:?}");
+        })
+        .await
+        .unwrap()
+    };
+    assert!(after_crash.is_owner());
+    assert_eq!(query_one_int(&url, "SELECT n::bigint FROM kept").await, 42);
+    after_crash.stop().unwrap();
+}
+
+#[tokio::test]
+async fn retention_drops_old_event_partitions_and_keeps_recent_events() {
+    let db = TestDb::migrated();
+    let client = db.client().await;
+    client
+        .execute("SELECT mailtally_ensure_event_partitions(15, 1)", &[])
+        .await
+        .unwrap();
+    let insert = "INSERT INTO events (id, occurred_at, message_id, copy_id, kind)
+                  VALUES (gen_random_uuid(), now() - make_interval(days => $1), gen_random_uuid(), gen_random_uuid(), 'open')";
+    for days in [0, 20, 200, 430] {
+        client.execute(insert, &[&days]).await.unwrap();
+    }
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let partitions_before =
+        count("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass").await;
+
+    // Off by default.
+    assert!(mailtally::store::retention::drop_expired(&client, 0)
+        .await
+        .unwrap()
+        .is_empty());
+    let dropped = mailtally::store::retention::drop_expired(&client, 365)
+        .await
+        .unwrap();
+    assert!(!dropped.is_empty());
+    assert!(
+        dropped.len() <= 4,
+        "only partitions wholly before the horizon: {dropped:?}"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM events").await,
+        3,
+        "the 430-day-old event is gone"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE occurred_at > now() - interval '201 days'").await,
+        3
+    );
+    let partitions_after =
+        count("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass").await;
+    assert_eq!(partitions_after, partitions_before - dropped.len() as i64);
+}
+
+/// Template keys become per team (or per sender without one) and unsubscribes per user: the
+/// migration keeps every message, names a template only in the scope that named it, leaves the
+/// rollups as they were, and so the report figures of each team's template stay identical.
+#[tokio::test]
+async fn the_tenant_scope_migration_keeps_data_and_report_figures() {
+    use mailtally::accounts::visibility::Viewer;
+    use mailtally::insights::report::{self, ReportFilter, TemplateScope};
+
+    let db = TestDb::new();
+    let mut client = db.client().await;
+    let at = MIGRATIONS
+        .iter()
+        .position(|m| m.name == "0014_tenant_scopes.sql")
+        .unwrap();
+    migrate::apply(&mut client, &MIGRATIONS[..at])
+        .await
+        .unwrap();
+    // `offer` was first sent by alpha, then claimed through the API by beta (owner, name,
+    // content); `solo` is known from nina's mail only; `mine` is nina's, with content.
+    client
+        .batch_execute(
+            "INSERT INTO teams (id, name) VALUES (1, 'alpha'), (2, 'beta');
+             INSERT INTO users (id, email, team_id, password_hash) VALUES
+                 (1, 'ann@a.test', 1, 'x'), (2, 'bob@b.test', 2, 'x'), (3, 'nina@n.test', NULL, 'x');
+             INSERT INTO templates (key, first_subject, name, subject, html, owner_id, team_id)
+             VALUES ('offer', 'Alpha subject', 'Beta name', 'S', '<p>b</p>', 2, 2),
+                    ('solo', 'Solo', '', NULL, NULL, NULL, NULL),
+                    ('mine', 'Mine', 'Nina name', 'Nina subject', '<p>n</p>', 3, NULL);
+             INSERT INTO messages (id, sender_id, team_id, visibility, template_key, subject,
+                                   envelope_from, size_bytes, created_at) VALUES
+                 ('00000000-0000-7000-8000-000000000001', 1, 1, 'shared', 'offer',
+                  'Alpha subject', 'ann@a.test', 10, now() - interval '2 days'),
+                 ('00000000-0000-7000-8000-000000000002', 2, 2, 'shared', 'offer',
+                  'Beta subject', 'bob@b.test', 10, now() - interval '1 day'),
+                 ('00000000-0000-7000-8000-000000000003', 3, NULL, 'shared', 'solo',
+                  'Solo', 'nina@n.test', 10, now());
+             INSERT INTO automations (owner_id, trigger_template, condition, window_seconds,
+                                      followup_template)
+             VALUES (3, 'solo', 'no_open', 60, 'mine');
+             INSERT INTO insights_daily (template_key, day, sender_id, team_id, visibility, sent,
+                 bounced, opens, human_opens, unique_opens, human_unique_opens, clicks,
+                 human_clicks, unique_clicks, human_unique_clicks) VALUES
+                 ('offer', current_date, 1, 1, 'shared', 5, 1, 4, 3, 3, 2, 2, 1, 1, 1),
+                 ('offer', current_date, 2, 2, 'shared', 7, 0, 6, 6, 5, 5, 3, 3, 2, 2),
+                 ('solo', current_date, 3, 0, 'shared', 2, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+             INSERT INTO unsubscribes (recipient) VALUES ('gone@customer.test');",
+        )
+        .await
+        .unwrap();
+    let rollups = "SELECT string_agg(r::text, ';' ORDER BY r::text) FROM insights_daily r";
+    let before: String = client.query_one(rollups, &[]).await.unwrap().get(0);
+
+    migrate::apply(&mut client, MIGRATIONS).await.unwrap();
+
+    let after: String = client.query_one(rollups, &[]).await.unwrap().get(0);
+    assert_eq!(after, before);
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM messages").await, 3);
+    assert_eq!(count("SELECT count(*) FROM automations").await, 1);
+    let templates: Vec<(String, i64, i64, String, Option<String>, bool)> = client
+        .query(
+            "SELECT key, coalesce(team_id, 0), coalesce(owner_id, 0), name, first_subject,
+                    html IS NOT NULL
+             FROM templates ORDER BY key, team_id, owner_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .collect();
+    let row = |k: &str, team: i64, owner: i64, name: &str, first: &str, content: bool| {
+        (
+            k.to_string(),
+            team,
+            owner,
+            name.to_string(),
+            Some(first.to_string()),
+            content,
+        )
+    };
+    assert_eq!(
+        templates,
+        vec![
+            row("mine", 0, 3, "Nina name", "Nina subject", true),
+            row("offer", 1, 0, "", "Alpha subject", false),
+            row("offer", 2, 2, "Beta name", "Beta subject", true),
+            row("solo", 0, 3, "", "Solo", false),
+        ]
+    );
+    // The unsubscribe recorded before stays, for everyone, as it was recorded.
+    assert_eq!(
+        count("SELECT count(*) FROM unsubscribes WHERE user_id IS NULL").await,
+        1
+    );
+
+    // Each team's template keeps its figures and only its own name.
+    let viewer = Viewer {
+        user_id: 3,
+        team_id: None,
+    };
+    let rows = report::templates(&client, viewer, &ReportFilter::default())
+        .await
+        .unwrap();
+    let got: Vec<(String, TemplateScope, String, i64, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.template.clone(),
+                r.scope,
+                r.name.clone(),
+                r.figures.sent,
+                r.figures.bounced,
+                r.figures.human_unique_opens,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "offer".into(),
+                TemplateScope::Team(2),
+                "Beta name".into(),
+                7,
+                0,
+                5
+            ),
+            (
+                "offer".into(),
+                TemplateScope::Team(1),
+                String::new(),
+                5,
+                1,
+                2
+            ),
+            (
+                "solo".into(),
+                TemplateScope::Sender(3),
+                String::new(),
+                2,
+                0,
+                1
+            ),
+        ]
+    );
+}
