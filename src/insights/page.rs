@@ -450,7 +450,7 @@ pub async fn template(
     let _ = write!(
         body,
         "<h2>Opens and clicks per day of sending</h2>{}",
-        chart::daily_svg(&points)
+        chart::daily_svg(&points).into_string()
     );
     body.push_str("<h2>Top links</h2><table id=\"links\"><thead><tr><th>Link</th><th>Clicks</th><th>Human clicks</th><th>Unique clicks</th><th>Human unique clicks</th></tr></thead><tbody>");
     for l in &detail.top_links {
