@@ -1,5 +1,6 @@
-//! HTML escaping shared by every stage that writes markup: the rewrite's tracked attribute
-//! values and pixel, the compose merge's recipient values, the Insights page and its charts.
+//! HTML escaping for the stages that splice text into a message's own markup: the rewrite's
+//! tracked attribute values and pixel, the compose merge's recipient values. (The Insights pages
+//! are maud templates, which escape by themselves.)
 //!
 //! One escaper serves text and attribute values alike, quoted with either quote character.
 //! It must never decode: input is taken as literal text.

@@ -3,7 +3,8 @@
 //! when `PUBLIC_URL` is https). Sign-in and sign-out refuse posts from another site (Origin /
 //! Sec-Fetch-Site), and a cookie that holds no valid token is answered 401, so that guessing
 //! through the cookie counts against the same failure limit as bad API tokens.
-//! Everything user-controlled goes through [`esc`].
+//! The markup comes from maud templates, which escape every value spliced into them; only the
+//! fixed stylesheet is spliced raw.
 
 pub mod chart;
 
@@ -11,6 +12,7 @@ use std::fmt::Write;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -20,7 +22,6 @@ use crate::accounts::User;
 use crate::base::Base;
 use crate::classify::hindsight::{PREFETCH_SECONDS, SWEEP_CLICKS, SWEEP_SECONDS};
 use crate::classify::Rule;
-use crate::escape::html as esc;
 use crate::http::api::messages::{self, ListQuery};
 use crate::http::auth::{cookie, user_for_token, COOKIE};
 use crate::http::errors::ApiError;
@@ -59,13 +60,13 @@ impl ResponseError for PageError {
         }
         html(
             self.status_code(),
-            &layout(
+            layout(
                 "Insights",
                 None,
-                &format!(
-                    "<h1>{}</h1><p><a href=\"/insights\">Back to templates</a></p>",
-                    esc(&self.to_string())
-                ),
+                html! {
+                    h1 { (self) }
+                    p { a href="/insights" { "Back to templates" } }
+                },
             ),
         )
     }
@@ -84,9 +85,33 @@ pub fn url_part(s: &str) -> String {
     out
 }
 
-const EYE: &str = r##"<svg class="icon eye" width="18" height="18" viewBox="0 0 24 24" aria-label="open" role="img"><title>open</title><path d="M1 12s4-7 11-7 11 7 11 7-4 7-11 7S1 12 1 12z" fill="none" stroke="currentColor" stroke-width="2"/><circle cx="12" cy="12" r="3" fill="currentColor"/></svg>"##;
-const CURSOR: &str = r##"<svg class="icon cursor" width="18" height="18" viewBox="0 0 24 24" aria-label="click" role="img"><title>click</title><path d="M4 2l7 19 2.5-7.5L21 11z" fill="currentColor"/></svg>"##;
-const REPLY: &str = r##"<svg class="icon reply" width="18" height="18" viewBox="0 0 24 24" aria-label="reply" role="img"><title>reply</title><path d="M10 9V5l-7 7 7 7v-4.1c5 0 8.5 1.6 11 5.1-1-5-4-10-11-11z" fill="currentColor"/></svg>"##;
+/// The timeline's icon for an event: an eye for an open, a cursor for a click, an arrow for a
+/// reply; nothing for delivery events.
+fn icon(kind: Option<&str>) -> Markup {
+    let (class, label) = match kind {
+        Some("eye") => ("icon eye", "open"),
+        Some("cursor") => ("icon cursor", "click"),
+        Some("reply") => ("icon reply", "reply"),
+        _ => return html! {},
+    };
+    html! {
+        svg class=(class) width="18" height="18" viewBox="0 0 24 24" aria-label=(label) role="img" {
+            title { (label) }
+            @match kind {
+                Some("eye") => {
+                    path d="M1 12s4-7 11-7 11 7 11 7-4 7-11 7S1 12 1 12z" fill="none"
+                        stroke="currentColor" stroke-width="2" {}
+                    circle cx="12" cy="12" r="3" fill="currentColor" {}
+                }
+                Some("cursor") => { path d="M4 2l7 19 2.5-7.5L21 11z" fill="currentColor" {} }
+                _ => {
+                    path d="M10 9V5l-7 7 7 7v-4.1c5 0 8.5 1.6 11 5.1-1-5-4-10-11-11z"
+                        fill="currentColor" {}
+                }
+            }
+        }
+    }
+}
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}th,td{padding:.3rem .6rem;border-bottom:1px solid #ddd;text-align:right}
@@ -95,30 +120,39 @@ th:first-child,td:first-child{text-align:left}td.l,th.l{text-align:left}
 .notice{background:#fff8e1;border-left:4px solid #f0b400;padding:.5rem .8rem;max-width:60rem}
 nav a{margin-right:1rem}.switch a.on{font-weight:bold;text-decoration:none;color:#222}.err{color:#b00}";
 
-fn layout(title: &str, user: Option<&User>, body: &str) -> String {
-    let who = match user {
-        // The live notice: a small script (served by the stream) shows "opened just now".
-        Some(u) => format!(
-            "<nav><a href=\"/insights\">Templates</a><span>{}</span> \
-             <form method=\"post\" action=\"/insights/logout\" style=\"display:inline\">\
-             <button type=\"submit\">Sign out</button></form></nav>\
-             <div id=\"mt-live\" role=\"status\" hidden style=\"position:fixed;bottom:1rem;right:1rem;\
-             background:#2b6cb0;color:#fff;padding:.6rem 1rem;border-radius:6px\"></div>\
-             <script src=\"/insights/live.js\" defer></script>",
-            esc(&u.email)
-        ),
-        None => String::new(),
-    };
-    format!(
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} - mailtally Insights</title><style>{STYLE}</style></head>\
-         <body>{who}{body}</body></html>",
-        esc(title)
-    )
+fn layout(title: &str, user: Option<&User>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " - mailtally Insights" }
+                // A fixed stylesheet: escaping would only garble it.
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                @if let Some(u) = user {
+                    nav {
+                        a href="/insights" { "Templates" }
+                        span { (u.email) }
+                        " "
+                        form method="post" action="/insights/logout" style="display:inline" {
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                    // The live notice: a small script (served by the stream) shows "opened just now".
+                    div id="mt-live" role="status" hidden
+                        style="position:fixed;bottom:1rem;right:1rem;background:#2b6cb0;color:#fff;padding:.6rem 1rem;border-radius:6px" {}
+                    script src="/insights/live.js" defer {}
+                }
+                (body)
+            }
+        }
+    }
 }
 
-fn html(status: StatusCode, body: &str) -> HttpResponse {
+fn html(status: StatusCode, page: Markup) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .insert_header(("Cache-Control", "no-store"))
@@ -130,7 +164,7 @@ fn html(status: StatusCode, body: &str) -> HttpResponse {
         .insert_header(("X-Frame-Options", "DENY"))
         .insert_header(("X-Content-Type-Options", "nosniff"))
         .insert_header(("Referrer-Policy", REFERRER_POLICY))
-        .body(body.to_string())
+        .body(page.into_string())
 }
 
 /// The page URLs carry template keys and message ids: no other site learns them. Not
@@ -198,24 +232,33 @@ fn same_site_post(ctx: &Base, req: &HttpRequest) -> bool {
 fn cross_site_refused() -> HttpResponse {
     html(
         StatusCode::FORBIDDEN,
-        &layout(
+        layout(
             "Sign in",
             None,
-            "<h1>mailtally Insights</h1><p class=\"err\">Sign-in and sign-out are accepted \
-             from this site's own pages only.</p><p><a href=\"/insights\">Sign in</a></p>",
+            html! {
+                h1 { "mailtally Insights" }
+                p class="err" { "Sign-in and sign-out are accepted from this site's own pages only." }
+                p { a href="/insights" { "Sign in" } }
+            },
         ),
     )
 }
 
-fn sign_in_form(error: Option<&str>) -> String {
-    let err = error
-        .map(|e| format!("<p class=\"err\">{}</p>", esc(e)))
-        .unwrap_or_default();
-    format!(
-        "<h1>mailtally Insights</h1>{err}<form method=\"post\" action=\"/insights/login\">\
-         <label>API token <input type=\"password\" name=\"token\" id=\"token\" autocomplete=\"off\" required></label> \
-         <button type=\"submit\" id=\"sign-in\">Sign in</button></form>"
-    )
+fn sign_in_form(error: Option<&str>) -> Markup {
+    html! {
+        h1 { "mailtally Insights" }
+        @if let Some(e) = error {
+            p class="err" { (e) }
+        }
+        form method="post" action="/insights/login" {
+            label {
+                "API token "
+                input type="password" name="token" id="token" autocomplete="off" required;
+            }
+            " "
+            button type="submit" id="sign-in" { "Sign in" }
+        }
+    }
 }
 
 /// Who the cookie signs in, if anyone.
@@ -242,10 +285,10 @@ async fn session(ctx: &Base, req: &HttpRequest) -> Result<Session, PageError> {
 fn bad_cookie(ctx: &Base) -> HttpResponse {
     let mut r = html(
         StatusCode::UNAUTHORIZED,
-        &layout(
+        layout(
             "Sign in",
             None,
-            &sign_in_form(Some("Your session is no longer valid; sign in again.")),
+            sign_in_form(Some("Your session is no longer valid; sign in again.")),
         ),
     );
     if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&clear_cookie(ctx)) {
@@ -278,25 +321,63 @@ fn pct(v: Option<f64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn switch(base: &str, class: ClassFilter) -> String {
+fn switch(base: &str, class: ClassFilter) -> Markup {
     let (h, a) = match class {
         ClassFilter::Human => ("on", ""),
         ClassFilter::All => ("", "on"),
     };
-    let sep = if base.contains('?') { "&amp;" } else { "?" };
-    format!(
-        "<p class=\"switch\">Count: <a class=\"{h}\" id=\"class-human\" href=\"{base}{sep}class=human\">people only</a> \
-         <a class=\"{a}\" id=\"class-all\" href=\"{base}{sep}class=all\">all events</a></p>"
-    )
+    let sep = if base.contains('?') { "&" } else { "?" };
+    html! {
+        p class="switch" {
+            "Count: "
+            a class=(h) id="class-human" href={ (base) (sep) "class=human" } { "people only" }
+            " "
+            a class=(a) id="class-all" href={ (base) (sep) "class=all" } { "all events" }
+        }
+    }
 }
 
-/// The figures' header and cells, in the order of the templates table.
-const FIGURE_HEADERS: &str = "<th>Sent</th><th>Delivered</th><th>Bounced</th><th>Opens</th>\
-    <th>Unique opens</th><th>Human unique opens</th><th>Clicks</th><th>Unique clicks</th>\
-    <th>Human unique clicks</th><th>Open rate</th><th>Click rate</th><th>Click-to-open</th>\
-    <th>Bounce rate</th><th>Replies</th><th>Unique replies</th><th>Reply rate</th>";
+/// A table of the page: its header cells, then its rows.
+fn table(id: &str, headers: Markup, rows: Markup) -> Markup {
+    html! {
+        table id=(id) {
+            thead { tr { (headers) } }
+            tbody { (rows) }
+        }
+    }
+}
 
-fn figure_cells(f: &report::Figures, class: ClassFilter) -> String {
+/// The figures' column headers, in the order of [`figure_cells`].
+const FIGURE_HEADERS: [&str; 16] = [
+    "Sent",
+    "Delivered",
+    "Bounced",
+    "Opens",
+    "Unique opens",
+    "Human unique opens",
+    "Clicks",
+    "Unique clicks",
+    "Human unique clicks",
+    "Open rate",
+    "Click rate",
+    "Click-to-open",
+    "Bounce rate",
+    "Replies",
+    "Unique replies",
+    "Reply rate",
+];
+
+/// A templates table's header cells: the template, then its figures.
+fn figure_headers() -> Markup {
+    html! {
+        th { "Template" }
+        @for h in FIGURE_HEADERS {
+            th { (h) }
+        }
+    }
+}
+
+fn figure_cells(f: &report::Figures, class: ClassFilter) -> Markup {
     // With "people only" the opens and clicks columns show human figures too.
     let (opens, uopens, clicks, uclicks) = match class {
         ClassFilter::Human => (
@@ -307,28 +388,29 @@ fn figure_cells(f: &report::Figures, class: ClassFilter) -> String {
         ),
         ClassFilter::All => (f.opens, f.unique_opens, f.clicks, f.unique_clicks),
     };
-    format!(
-        "<td class=\"sent\">{}</td><td class=\"delivered\">{}</td><td class=\"bounced\">{}</td>\
-         <td class=\"opens\">{opens}</td><td class=\"unique-opens\">{uopens}</td>\
-         <td class=\"human-unique-opens\">{}</td><td class=\"clicks\">{clicks}</td>\
-         <td class=\"unique-clicks\">{uclicks}</td><td class=\"human-unique-clicks\">{}</td>\
-         <td class=\"open-rate\">{}</td><td class=\"click-rate\">{}</td>\
-         <td class=\"click-to-open\">{}</td><td class=\"bounce-rate\">{}</td>\
-         <td class=\"replies\">{}</td><td class=\"unique-replies\">{}</td>\
-         <td class=\"reply-rate\">{}</td>",
-        f.sent,
-        f.delivered,
-        f.bounced,
-        f.human_unique_opens,
-        f.human_unique_clicks,
-        pct(f.open_rate),
-        pct(f.click_rate),
-        pct(f.click_to_open),
-        pct(f.bounce_rate),
-        f.replies,
-        f.unique_replies,
-        pct(f.reply_rate),
-    )
+    let cells = [
+        ("sent", f.sent.to_string()),
+        ("delivered", f.delivered.to_string()),
+        ("bounced", f.bounced.to_string()),
+        ("opens", opens.to_string()),
+        ("unique-opens", uopens.to_string()),
+        ("human-unique-opens", f.human_unique_opens.to_string()),
+        ("clicks", clicks.to_string()),
+        ("unique-clicks", uclicks.to_string()),
+        ("human-unique-clicks", f.human_unique_clicks.to_string()),
+        ("open-rate", pct(f.open_rate)),
+        ("click-rate", pct(f.click_rate)),
+        ("click-to-open", pct(f.click_to_open)),
+        ("bounce-rate", pct(f.bounce_rate)),
+        ("replies", f.replies.to_string()),
+        ("unique-replies", f.unique_replies.to_string()),
+        ("reply-rate", pct(f.reply_rate)),
+    ];
+    html! {
+        @for (name, value) in &cells {
+            td class=(name) { (value) }
+        }
+    }
 }
 
 pub async fn index(
@@ -342,7 +424,7 @@ pub async fn index(
         Session::None => {
             return Ok(html(
                 StatusCode::OK,
-                &layout("Sign in", None, &sign_in_form(None)),
+                layout("Sign in", None, sign_in_form(None)),
             ))
         }
     };
@@ -353,31 +435,28 @@ pub async fn index(
     };
     let client = ctx.pool.get().await?;
     let rows = report::templates(&**client, Viewer::from(&user), &filter).await?;
-    let mut body = format!("<h1>Templates</h1>{}", switch("/insights", class));
-    let _ = write!(
-        body,
-        "<table id=\"templates\"><thead><tr><th>Template</th>{FIGURE_HEADERS}</tr></thead><tbody>"
-    );
-    for r in &rows {
-        let _ = write!(
-            body,
-            "<tr data-template=\"{k}\" data-scope=\"{sa}\"><td><a href=\"/insights/templates/{u}?scope={sc}&amp;class={c}\">{k}</a></td>{}</tr>",
-            figure_cells(&r.figures, class),
-            k = esc(&r.template),
-            u = url_part(&r.template),
-            sc = url_part(&r.scope.to_string()),
-            sa = esc(&r.scope.to_string()),
-            c = class_name(class),
-        );
-    }
-    if rows.is_empty() {
-        body.push_str("<tr><td colspan=\"14\">Nothing sent yet.</td></tr>");
-    }
-    body.push_str("</tbody></table>");
-    Ok(html(
-        StatusCode::OK,
-        &layout("Templates", Some(&user), &body),
-    ))
+    let body = html! {
+        h1 { "Templates" }
+        (switch("/insights", class))
+        (table("templates", figure_headers(), html! {
+            @for r in &rows {
+                @let scope = r.scope.to_string();
+                tr data-template=(r.template) data-scope=(scope) {
+                    td {
+                        a href={
+                            "/insights/templates/" (url_part(&r.template))
+                            "?scope=" (url_part(&scope)) "&class=" (class_name(class))
+                        } { (r.template) }
+                    }
+                    (figure_cells(&r.figures, class))
+                }
+            }
+            @if rows.is_empty() {
+                tr { td colspan="14" { "Nothing sent yet." } }
+            }
+        }))
+    };
+    Ok(html(StatusCode::OK, layout("Templates", Some(&user), body)))
 }
 
 fn class_name(c: ClassFilter) -> &'static str {
@@ -416,24 +495,6 @@ pub async fn template(
     let detail = report::template(&**client, viewer, &key, &filter)
         .await?
         .ok_or(PageError::NotFound)?;
-    let k = esc(&detail.row.template);
-    let mut body = format!(
-        "<h1>Template <span id=\"template-key\">{k}</span></h1>{}",
-        switch(
-            &format!(
-                "/insights/templates/{}?scope={}",
-                url_part(&key),
-                url_part(&detail.row.scope.to_string())
-            ),
-            class
-        )
-    );
-    let _ = write!(
-        body,
-        "<table id=\"figures\"><thead><tr><th>Template</th>{FIGURE_HEADERS}</tr></thead>\
-         <tbody><tr><td>{k}</td>{}</tr></tbody></table>",
-        figure_cells(&detail.row.figures, class)
-    );
     let points: Vec<Point> = detail
         .daily
         .iter()
@@ -449,37 +510,6 @@ pub async fn template(
             },
         })
         .collect();
-    let _ = write!(
-        body,
-        "<h2>Opens and clicks per day of sending</h2>{}",
-        chart::daily_svg(&points)
-    );
-    body.push_str("<h2>Top links</h2><table id=\"links\"><thead><tr><th>Link</th><th>Clicks</th><th>Human clicks</th><th>Unique clicks</th><th>Human unique clicks</th></tr></thead><tbody>");
-    for l in &detail.top_links {
-        let _ = write!(
-            body,
-            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&l.url),
-            l.clicks,
-            l.human_clicks,
-            l.unique_clicks,
-            l.human_unique_clicks
-        );
-    }
-    body.push_str("</tbody></table><h2>Mail clients and devices</h2><table id=\"clients\"><thead><tr><th>Client</th><th class=\"l\">Device</th><th>Opens</th><th>Human opens</th><th>Unique opens</th><th>Human unique opens</th></tr></thead><tbody>");
-    for c in &detail.clients {
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(if c.client.is_empty() { "unknown" } else { &c.client }),
-            esc(&c.device),
-            c.opens,
-            c.human_opens,
-            c.unique_opens,
-            c.human_unique_opens
-        );
-    }
-    body.push_str("</tbody></table>");
     let recent = messages::list(
         &**client,
         viewer,
@@ -490,24 +520,66 @@ pub async fn template(
         },
     )
     .await?;
-    body.push_str("<h2>Messages</h2><table id=\"messages\"><thead><tr><th>Subject</th><th class=\"l\">Sender</th><th class=\"l\">Sent at</th><th>Copies</th><th>Opens</th><th>Clicks</th></tr></thead><tbody>");
-    for m in &recent {
-        let _ = write!(
-            body,
-            "<tr><td><a class=\"message\" href=\"/insights/messages/{id}\">{}</a></td><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(m.subject.as_deref().unwrap_or("(no subject)")),
-            esc(&m.sender),
-            m.created_at.format("%Y-%m-%d %H:%M"),
-            m.copies,
-            m.opens,
-            m.clicks,
-            id = m.id,
-        );
-    }
-    body.push_str("</tbody></table>");
+    let base = format!(
+        "/insights/templates/{}?scope={}",
+        url_part(&key),
+        url_part(&detail.row.scope.to_string())
+    );
+    let body = html! {
+        h1 { "Template " span id="template-key" { (detail.row.template) } }
+        (switch(&base, class))
+        (table("figures", figure_headers(), html! {
+            tr { td { (detail.row.template) } (figure_cells(&detail.row.figures, class)) }
+        }))
+        h2 { "Opens and clicks per day of sending" }
+        (chart::daily_svg(&points))
+        h2 { "Top links" }
+        (table("links", html! {
+            th { "Link" } th { "Clicks" } th { "Human clicks" } th { "Unique clicks" }
+            th { "Human unique clicks" }
+        }, html! {
+            @for l in &detail.top_links {
+                tr {
+                    td class="l" { (l.url) } td { (l.clicks) } td { (l.human_clicks) }
+                    td { (l.unique_clicks) } td { (l.human_unique_clicks) }
+                }
+            }
+        }))
+        h2 { "Mail clients and devices" }
+        (table("clients", html! {
+            th { "Client" } th class="l" { "Device" } th { "Opens" } th { "Human opens" }
+            th { "Unique opens" } th { "Human unique opens" }
+        }, html! {
+            @for c in &detail.clients {
+                tr {
+                    td { (if c.client.is_empty() { "unknown" } else { &c.client }) }
+                    td class="l" { (c.device) } td { (c.opens) } td { (c.human_opens) }
+                    td { (c.unique_opens) } td { (c.human_unique_opens) }
+                }
+            }
+        }))
+        h2 { "Messages" }
+        (table("messages", html! {
+            th { "Subject" } th class="l" { "Sender" } th class="l" { "Sent at" }
+            th { "Copies" } th { "Opens" } th { "Clicks" }
+        }, html! {
+            @for m in &recent {
+                tr {
+                    td {
+                        a class="message" href={ "/insights/messages/" (m.id) } {
+                            (m.subject.as_deref().unwrap_or("(no subject)"))
+                        }
+                    }
+                    td class="l" { (m.sender) }
+                    td class="l" { (m.created_at.format("%Y-%m-%d %H:%M")) }
+                    td { (m.copies) } td { (m.opens) } td { (m.clicks) }
+                }
+            }
+        }))
+    };
     Ok(html(
         StatusCode::OK,
-        &layout(&detail.row.template, Some(&user), &body),
+        layout(&detail.row.template, Some(&user), body),
     ))
 }
 
@@ -527,88 +599,85 @@ pub async fn message(
         .await?
         .ok_or(PageError::NotFound)?;
     let s = &m.summary;
-    let subject = esc(s.subject.as_deref().unwrap_or("(no subject)"));
-    let mut body = format!(
-        "<h1 id=\"subject\">{subject}</h1><p>Template <a href=\"/insights/templates/{}?scope={}\">{}</a> \
-         &middot; from {} &middot; {} &middot; {}</p>",
-        url_part(&s.template),
-        url_part(
-            &match s.team_id {
-                Some(t) => report::TemplateScope::Team(t),
-                None => report::TemplateScope::Sender(s.sender_id),
-            }
-            .to_string()
-        ),
-        esc(&s.template),
-        esc(&s.sender),
-        esc(&s.visibility),
-        s.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
-    );
+    let scope = match s.team_id {
+        Some(t) => report::TemplateScope::Team(t),
+        None => report::TemplateScope::Sender(s.sender_id),
+    };
     let rules: Vec<Rule> = m
         .copies
         .iter()
         .flat_map(|c| &c.timeline)
         .filter_map(|e| e.reason.as_deref().and_then(Rule::of_reason))
         .collect();
-    body.push_str(&window_notice(&rules, &ctx.settings));
-    for c in &m.copies {
-        let _ = write!(
-            body,
-            "<section class=\"copy\"><h2>{}</h2><p>Status: <span class=\"status\">{}</span></p>\
-             <table class=\"timeline\"><thead><tr><th class=\"l\"></th><th class=\"l\">When</th><th class=\"l\">Event</th><th class=\"l\">Class</th><th class=\"l\">Rule</th><th class=\"l\">Reason / detail</th></tr></thead><tbody>",
-            esc(&c.recipient),
-            esc(&c.status)
-        );
-        for e in &c.timeline {
-            let icon = match e.icon {
-                Some("eye") => EYE,
-                Some("cursor") => CURSOR,
-                Some("reply") => REPLY,
-                _ => "",
-            };
-            let row_class = match e.human {
-                Some(true) => "human",
-                Some(false) => "machine",
-                None => "delivery",
-            };
-            let mut detail = Vec::new();
-            if let Some(r) = &e.reason {
-                detail.push(esc(r));
-            }
-            if let Some(u) = &e.url {
-                detail.push(esc(u));
-            }
-            for v in [&e.client, &e.device, &e.os].into_iter().flatten() {
-                detail.push(esc(v));
-            }
-            // The rule's name, as the README lists it, for every event a rule decided.
-            let rule = e
-                .reason
-                .as_deref()
-                .and_then(Rule::of_reason)
-                .map(Rule::name)
-                .unwrap_or("");
-            let _ = write!(
-                body,
-                "<tr class=\"event {row_class} kind-{kind}\"><td class=\"l\">{icon}</td><td class=\"l\">{}</td>\
-                 <td class=\"l\">{kind}</td><td class=\"l cls\">{}</td><td class=\"l rule\">{rule}</td>\
-                 <td class=\"l reason\">{}</td></tr>",
-                e.at.format("%Y-%m-%d %H:%M:%S"),
-                esc(e.class.as_deref().unwrap_or("")),
-                detail.join(" &middot; "),
-                kind = esc(&e.kind),
-            );
+    let body = html! {
+        h1 id="subject" { (s.subject.as_deref().unwrap_or("(no subject)")) }
+        p {
+            "Template "
+            a href={
+                "/insights/templates/" (url_part(&s.template))
+                "?scope=" (url_part(&scope.to_string()))
+            } { (s.template) }
+            " \u{b7} from " (s.sender) " \u{b7} " (s.visibility) " \u{b7} "
+            (s.created_at.format("%Y-%m-%d %H:%M:%S UTC"))
         }
-        body.push_str("</tbody></table></section>");
-    }
+        (window_notice(&rules, &ctx.settings))
+        @for c in &m.copies {
+            section class="copy" {
+                h2 { (c.recipient) }
+                p { "Status: " span class="status" { (c.status) } }
+                table class="timeline" {
+                    thead {
+                        tr {
+                            th class="l" {} th class="l" { "When" } th class="l" { "Event" }
+                            th class="l" { "Class" } th class="l" { "Rule" }
+                            th class="l" { "Reason / detail" }
+                        }
+                    }
+                    tbody {
+                        @for e in &c.timeline {
+                            (timeline_row(e))
+                        }
+                    }
+                }
+            }
+        }
+    };
     Ok(html(
         StatusCode::OK,
-        &layout(
-            s.subject.as_deref().unwrap_or("Message"),
-            Some(&user),
-            &body,
-        ),
+        layout(s.subject.as_deref().unwrap_or("Message"), Some(&user), body),
     ))
+}
+
+/// One event of a copy's timeline: people's events in colour, machines' greyed, with the rule
+/// that decided and the reason, link and client behind it.
+fn timeline_row(e: &messages::TimelineEvent) -> Markup {
+    let row_class = match e.human {
+        Some(true) => "human",
+        Some(false) => "machine",
+        None => "delivery",
+    };
+    let detail: Vec<&str> = [&e.reason, &e.url, &e.client, &e.device, &e.os]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    // The rule's name, as the README lists it, for every event a rule decided.
+    let rule = e
+        .reason
+        .as_deref()
+        .and_then(Rule::of_reason)
+        .map(Rule::name)
+        .unwrap_or("");
+    html! {
+        tr class={ "event " (row_class) " kind-" (e.kind) } {
+            td class="l" { (icon(e.icon)) }
+            td class="l" { (e.at.format("%Y-%m-%d %H:%M:%S")) }
+            td class="l" { (e.kind) }
+            td class="l cls" { (e.class.as_deref().unwrap_or("")) }
+            td class="l rule" { (rule) }
+            td class="l reason" { (detail.join(" \u{b7} ")) }
+        }
+    }
 }
 
 /// "1 open" / "2 opens".
@@ -636,7 +705,7 @@ fn within(window: std::time::Duration) -> String {
 
 /// The notice above a message's timelines when some of its events fell inside a timing window:
 /// a sender testing their own mail at once sees why their open or click counts as a machine.
-fn window_notice(rules: &[Rule], settings: &crate::config::Settings) -> String {
+fn window_notice(rules: &[Rule], settings: &crate::config::Settings) -> Markup {
     let n = |rule: Rule| rules.iter().filter(|r| **r == rule).count();
     let mut parts = Vec::new();
     let opens = n(Rule::PrefetchWindow);
@@ -678,15 +747,16 @@ fn window_notice(rules: &[Rule], settings: &crate::config::Settings) -> String {
         ));
     }
     if parts.is_empty() {
-        return String::new();
+        return html! {};
     }
-    format!(
-        "<p class=\"notice\" id=\"window-notice\">{}. These are the timings of mail \
-         servers and link scanners, not of people: open the message or click a link later to \
-         see a human event. The README, section \u{201c}Who opened and clicked\u{201d}, lists \
-         every rule.</p>",
-        parts.join("; ")
-    )
+    html! {
+        p class="notice" id="window-notice" {
+            (parts.join("; "))
+            ". These are the timings of mail servers and link scanners, not of people: open the \
+             message or click a link later to see a human event. The README, section \
+             \u{201c}Who opened and clicked\u{201d}, lists every rule."
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -717,10 +787,10 @@ pub async fn login(
             .finish(),
         Ok(None) => html(
             StatusCode::UNAUTHORIZED,
-            &layout(
+            layout(
                 "Sign in",
                 None,
-                &sign_in_form(Some("That token is not valid.")),
+                sign_in_form(Some("That token is not valid.")),
             ),
         ),
         Err(e) => PageError::from(e).error_response(),
@@ -755,7 +825,7 @@ mod tests {
         use crate::config::{Settings, Sources};
         let defaults = Settings::from_sources(&Sources::default()).unwrap();
         assert_eq!(
-            window_notice(&[Rule::ImageProxy, Rule::AppleRange], &defaults),
+            window_notice(&[Rule::ImageProxy, Rule::AppleRange], &defaults).into_string(),
             ""
         );
         let notice = window_notice(
@@ -766,7 +836,8 @@ mod tests {
                 Rule::Sweep,
             ],
             &defaults,
-        );
+        )
+        .into_string();
         assert!(
             notice.contains("1 open came within 5 s of delivery and counts as prefetch"),
             "{notice}"
@@ -779,7 +850,7 @@ mod tests {
         assert!(notice.contains("PREFETCH_WINDOW") && notice.contains("CLICK_SCANNER_WINDOW"));
         let short =
             Settings::from_sources(&Sources::from_pairs([("CLICK_SCANNER_WINDOW", "0")])).unwrap();
-        let notice = window_notice(&[Rule::ClickAfterDelivery], &short);
+        let notice = window_notice(&[Rule::ClickAfterDelivery], &short).into_string();
         assert!(
             notice.contains("1 click came right after delivery"),
             "{notice}"
