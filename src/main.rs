@@ -192,8 +192,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let result = async {
                 let mut client = pool.get().await.context("cannot connect to the database")?;
                 let tx = client.transaction().await?;
-                let n =
-                    mailtally::insights::aggregate::forget_recipient(&tx, &args.recipient).await?;
+                let n = mailtally::erasure::erase_recipient(&tx, &args.recipient).await?;
                 tx.commit().await?;
                 anyhow::Ok(n)
             }

@@ -267,6 +267,64 @@ pub async fn find_by_id(
     Ok(row.as_ref().map(user_from_row))
 }
 
+/// A further API token for `user_id`; returns its id and the token, which is shown once.
+pub async fn create_api_token(
+    client: &impl GenericClient,
+    user_id: i64,
+    label: &str,
+) -> Result<(i64, String), AccountError> {
+    let token = new_api_token();
+    let row = client
+        .query_one(
+            "INSERT INTO api_tokens (user_id, token_hash, label) VALUES ($1, $2, $3) RETURNING id",
+            &[&user_id, &token_hash(&token), &label],
+        )
+        .await?;
+    Ok((row.get(0), token))
+}
+
+/// A user's signature, appended to what they send through the API.
+#[derive(Debug, Clone, Default)]
+pub struct Signature {
+    pub html: Option<String>,
+    pub text: Option<String>,
+}
+
+/// A user's signature.
+pub async fn signature(
+    client: &impl GenericClient,
+    user_id: i64,
+) -> Result<Signature, AccountError> {
+    let row = client
+        .query_opt(
+            "SELECT signature_html, signature_text FROM users WHERE id = $1",
+            &[&user_id],
+        )
+        .await?;
+    Ok(row
+        .map(|r| Signature {
+            html: r.get(0),
+            text: r.get(1),
+        })
+        .unwrap_or_default())
+}
+
+/// The signature appended to everything `user_id` sends through the API.
+pub async fn set_signature(
+    client: &impl GenericClient,
+    user_id: i64,
+    html: Option<&str>,
+    text: Option<&str>,
+) -> Result<(), AccountError> {
+    client
+        .execute(
+            "UPDATE users SET signature_html = $2, signature_text = $3 WHERE id = $1",
+            &[&user_id, &html, &text],
+        )
+        .await?;
+    Ok(())
+}
+
 pub async fn count_users(client: &impl GenericClient) -> Result<i64, AccountError> {
     Ok(client
         .query_one("SELECT count(*) FROM users", &[])

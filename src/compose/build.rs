@@ -81,12 +81,7 @@ pub fn with_signature(html: &str, text: Option<&str>, sig: &Signature) -> (Strin
     (html, text)
 }
 
-/// A user's signature.
-#[derive(Debug, Clone, Default)]
-pub struct Signature {
-    pub html: Option<String>,
-    pub text: Option<String>,
-}
+pub use crate::accounts::Signature;
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,6 @@
 
 pub mod build;
 pub mod merge;
-pub mod templates;
 
 use std::collections::BTreeMap;
 
@@ -372,15 +371,7 @@ pub async fn queue_in_chunks(
         untouched = untouched.or(m.untouched.clone());
         listed.extend(m.copies.into_iter().map(|c| (c.id, c.recipient)));
     }
-    tx.execute(
-        "UPDATE messages SET size_bytes = $2, untouched = $3 WHERE id = $1",
-        &[
-            &message_id,
-            &i32::try_from(size).unwrap_or(i32::MAX),
-            &untouched,
-        ],
-    )
-    .await?;
+    queue::set_size(&*tx, message_id, size, untouched.as_deref()).await?;
     let sender = composition.sender.id;
     queue::budget::charge(pool, sender, bytes, bounds.per_hour).await?;
     if let Err(e) = tx.commit().await {

@@ -6,6 +6,7 @@
 //! and never drops them.
 
 pub mod spool;
+pub mod sql;
 pub mod writer;
 
 use std::net::IpAddr;

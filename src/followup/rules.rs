@@ -161,3 +161,17 @@ pub fn unsubscribed_sql(copy: &str, recipient: &str) -> String {
                  WHERE x.recipient = lower({recipient}) AND (x.user_id IS NULL OR {scope}))"
     )
 }
+
+/// Forgets the unsubscribes of `recipient`, whoever recorded them (erasure).
+pub async fn forget_unsubscribes(
+    client: &impl tokio_postgres::GenericClient,
+    recipient: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM unsubscribes WHERE recipient = lower($1)",
+            &[&recipient.trim()],
+        )
+        .await?;
+    Ok(())
+}

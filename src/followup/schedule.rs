@@ -11,9 +11,11 @@ use super::FollowupError;
 use crate::accounts;
 use crate::base::Base;
 use crate::classify::hindsight::classified_events_sql;
-use crate::compose::{templates, Composition, MergeText, Recipient, Target, Thread};
+use crate::compose::{Composition, MergeText, Recipient, Target, Thread};
 use crate::queue;
+use crate::queue::templates;
 use crate::rewrite::Rewriter;
+use crate::store::server_settings;
 
 pub static FOLLOWUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     crate::metrics::counter_vec(
@@ -31,6 +33,9 @@ const DISCOVER_LOOKBACK: &str = "7 days";
 /// a transaction that committed a little after its `delivered_at` is still seen.
 const DISCOVER_OVERLAP: &str = "5 minutes";
 
+/// The `server_settings` key of the discovery watermark.
+const DISCOVERED_FROM: &str = "followups_discovered_from";
+
 /// One pending follow-up per (automation, delivered copy of its trigger template sent by its
 /// owner after it was made), due when the window ends (at the chosen hour of the recipient's
 /// day, in their `time_zone` field, when the automation names one). Only copies delivered
@@ -40,8 +45,7 @@ fn discover_sql() -> String {
     format!(
         "WITH since AS (
              SELECT greatest(
-                 coalesce((SELECT value::timestamptz FROM server_settings
-                           WHERE key = 'followups_discovered_from'), '-infinity')
+                 coalesce({discovered}::timestamptz, '-infinity')
                      - interval '{DISCOVER_OVERLAP}',
                  now() - interval '{DISCOVER_LOOKBACK}') AS at
          ), found AS (
@@ -60,9 +64,9 @@ fn discover_sql() -> String {
                AND c.delivered_at >= a.created_at
              ON CONFLICT DO NOTHING
          )
-         INSERT INTO server_settings (key, value)
-         VALUES ('followups_discovered_from', statement_timestamp()::text)
-         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+         {record}",
+        discovered = server_settings::value_sql(DISCOVERED_FROM),
+        record = server_settings::put_sql(DISCOVERED_FROM, "statement_timestamp()::text"),
     )
 }
 
@@ -271,7 +275,7 @@ async fn compose_followup(
         .copy_message_id
         .clone()
         .or(due.message_header_id.clone());
-    let signature = templates::signature(tx, owner.id).await?;
+    let signature = accounts::signature(&**tx, owner.id).await?;
     let mut c = Composition::new(
         owner,
         t.key,

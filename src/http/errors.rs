@@ -46,6 +46,8 @@ pub enum ApiError {
     Insights(#[from] crate::insights::InsightsError),
     #[error("internal error")]
     Account(crate::accounts::AccountError),
+    #[error("internal error")]
+    Erase(#[from] crate::erasure::EraseError),
 }
 
 impl From<crate::accounts::AccountError> for ApiError {
@@ -75,7 +77,9 @@ impl ApiError {
             ApiError::SubmissionTooLarge(_) => "submission_too_large",
             ApiError::BudgetUsedUp { .. } => "sending_budget_used_up",
             ApiError::Unavailable(_) => "unavailable",
-            ApiError::Db(_) | ApiError::Insights(_) | ApiError::Account(_) => "internal",
+            ApiError::Db(_) | ApiError::Insights(_) | ApiError::Account(_) | ApiError::Erase(_) => {
+                "internal"
+            }
         }
     }
 }

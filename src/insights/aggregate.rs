@@ -381,12 +381,14 @@ pub async fn serve_loop(
     }
 }
 
-/// Deletes a message with its copies and events and takes its copies out of the rollups, inside
-/// the caller's transaction. Waits for a running batch (the watermark lock), so that the job
-/// never folds events of a message being deleted.
-pub async fn forget_message(
+/// The first half of taking copies out of the rollups, inside the caller's transaction (an
+/// erasure): waits for a running batch (the watermark lock), so that the job never folds events
+/// of a copy being erased, and marks `copies` and, with `message`, every copy of that message
+/// the rollups hold. The caller then deletes their rows and calls [`forget_marked`].
+pub async fn mark_for_forgetting(
     tx: &tokio_postgres::Transaction<'_>,
-    message_id: uuid::Uuid,
+    copies: &[uuid::Uuid],
+    message: Option<uuid::Uuid>,
 ) -> Result<(), InsightsError> {
     tx.batch_execute(TEMP_TABLES).await?;
     tx.execute(
@@ -396,66 +398,16 @@ pub async fn forget_message(
     .await?;
     tx.execute(
         "INSERT INTO fold_copies
-         SELECT id FROM copies WHERE message_id = $1
-         UNION SELECT copy_id FROM insights_copy_state WHERE message_id = $1",
-        &[&message_id],
+         SELECT unnest($1::uuid[])
+         UNION SELECT copy_id FROM insights_copy_state WHERE message_id = $2",
+        &[&copies, &message],
     )
     .await?;
-    tx.execute(
-        "DELETE FROM events e USING fold_copies f WHERE e.copy_id = f.copy_id",
-        &[],
-    )
-    .await?;
-    tx.execute("DELETE FROM messages WHERE id = $1", &[&message_id])
-        .await?;
-    // With no events left, the copies' new state is empty: the fold subtracts the old.
-    fold_copies(tx).await?;
     Ok(())
 }
 
-/// Erases one recipient: every copy sent to `recipient` (compared case-insensitively), its
-/// events and pending notifications, and its share of every rollup, inside the caller's
-/// transaction. Returns how many copies were erased. Like [`forget_message`], it waits for a
-/// running batch so that the job never folds events of a copy being erased.
-pub async fn forget_recipient(
-    tx: &tokio_postgres::Transaction<'_>,
-    recipient: &str,
-) -> Result<u64, InsightsError> {
-    tx.batch_execute(TEMP_TABLES).await?;
-    tx.execute(
-        "SELECT 1 FROM insights_watermark WHERE id = 1 FOR UPDATE",
-        &[],
-    )
-    .await?;
-    let copies = tx
-        .execute(
-            "INSERT INTO fold_copies
-             SELECT id FROM copies WHERE lower(recipient) = lower($1)",
-            &[&recipient.trim()],
-        )
-        .await?;
-    tx.execute(
-        "DELETE FROM events e USING fold_copies f WHERE e.copy_id = f.copy_id",
-        &[],
-    )
-    .await?;
-    tx.execute(
-        "DELETE FROM webhook_outbox o USING fold_copies f WHERE o.copy_id = f.copy_id",
-        &[],
-    )
-    .await?;
-    tx.execute(
-        "DELETE FROM copies c USING fold_copies f WHERE c.id = f.copy_id",
-        &[],
-    )
-    .await?;
-    // Follow-ups went with their copies; the unsubscribe record holds the address too.
-    tx.execute(
-        "DELETE FROM unsubscribes WHERE recipient = lower($1)",
-        &[&recipient.trim()],
-    )
-    .await?;
-    // With no copy and no events left, the fold takes their old state out of the rollups.
-    fold_copies(tx).await?;
-    Ok(copies)
+/// The second half: with the marked copies' events gone, their new state is empty, and the
+/// fold subtracts the old one from every rollup.
+pub async fn forget_marked(tx: &tokio_postgres::Transaction<'_>) -> Result<(), InsightsError> {
+    fold_copies(tx).await
 }

@@ -176,3 +176,17 @@ async fn refresh_pending(ctx: &Base) {
         }
     }
 }
+
+/// Deletes the pending and past notifications of `copies` (erasure).
+pub async fn delete_for_copies(
+    client: &impl tokio_postgres::GenericClient,
+    copies: &[uuid::Uuid],
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM webhook_outbox WHERE copy_id = ANY($1)",
+            &[&copies],
+        )
+        .await?;
+    Ok(())
+}

@@ -150,9 +150,8 @@ pub async fn record(
                    AND c.status IN ('queued', 'deferred')
                  RETURNING c.id, c.message_id, o.status, o.error, o.event_id
              )
-             INSERT INTO events (id, occurred_at, message_id, copy_id, kind, detail)
-             SELECT event_id, now(), message_id, id, status, error FROM done
-             RETURNING copy_id"
+             {}",
+            crate::events::sql::insert_outcomes("done")
         ))
         .await?;
     let rows = client

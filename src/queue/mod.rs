@@ -8,6 +8,7 @@ pub mod budget;
 pub mod claim;
 pub mod pacing;
 pub mod retry;
+pub mod templates;
 
 use std::sync::LazyLock;
 
@@ -146,6 +147,92 @@ pub async fn enqueue_paced(
     Ok(())
 }
 
+/// The copies of a message.
+pub async fn copies_of_message(
+    client: &impl tokio_postgres::GenericClient,
+    message_id: Uuid,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id FROM copies WHERE message_id = $1",
+            &[&message_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Every copy sent to `recipient`, compared case-insensitively.
+pub async fn copies_sent_to(
+    client: &impl tokio_postgres::GenericClient,
+    recipient: &str,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id FROM copies WHERE lower(recipient) = lower($1)",
+            &[&recipient.trim()],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Deletes a message; its copies and links go with it (foreign keys).
+pub async fn delete_message(
+    client: &impl tokio_postgres::GenericClient,
+    message_id: Uuid,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("DELETE FROM messages WHERE id = $1", &[&message_id])
+        .await?;
+    Ok(())
+}
+
+/// Deletes copies, whatever their state.
+pub async fn delete_copies(
+    client: &impl tokio_postgres::GenericClient,
+    copies: &[Uuid],
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("DELETE FROM copies WHERE id = ANY($1)", &[&copies])
+        .await?;
+    Ok(())
+}
+
+/// Records the size and the untouched reason of a message whose copies were added in parts
+/// (group emails), once all of them are in.
+pub async fn set_size(
+    client: &impl tokio_postgres::GenericClient,
+    message_id: Uuid,
+    size_bytes: usize,
+    untouched: Option<&str>,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE messages SET size_bytes = $2, untouched = $3 WHERE id = $1",
+            &[
+                &message_id,
+                &i32::try_from(size_bytes).unwrap_or(i32::MAX),
+                &untouched,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Archives a message (kept, hidden from lists); returns when it was archived, the first time.
+pub async fn archive(
+    client: &impl tokio_postgres::GenericClient,
+    message_id: Uuid,
+) -> Result<chrono::DateTime<chrono::Utc>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "UPDATE messages SET archived_at = coalesce(archived_at, now()) WHERE id = $1
+             RETURNING archived_at",
+            &[&message_id],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// More copies of a message already inserted by [`insert`] in the same transaction (a large
 /// group email is written a chunk at a time), with their `accepted` events and any link not
 /// listed yet.
@@ -153,8 +240,8 @@ pub async fn insert_copies(
     client: &impl deadpool_postgres::GenericClient,
     m: &NewMessage,
 ) -> Result<(), QueueError> {
-    let statement = client
-        .prepare_cached(
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
             "WITH link AS (
                  INSERT INTO links (message_id, idx, url)
                  SELECT $1, l.idx, l.url FROM unnest($2::int4[], $3::text[]) AS l (idx, url)
@@ -167,11 +254,11 @@ pub async fn insert_copies(
                              $9::timestamptz[])
                       AS c (id, recipient, body, mid, fields, not_before)
              )
-             INSERT INTO events (id, occurred_at, message_id, copy_id, kind)
-             SELECT e.id, now(), $1, e.copy_id, 'accepted'
-             FROM unnest($10::uuid[], $4::uuid[]) AS e (id, copy_id)",
+             {}",
+            crate::events::sql::insert_accepted("$1", "$10", "$4")
         )
-        .await?;
+    });
+    let statement = client.prepare_cached(&SQL).await?;
     let c = Columns::of(m);
     client
         .execute(
@@ -203,14 +290,10 @@ pub async fn insert(
     // One statement, so one round trip and one commit: the CTEs insert the template, the
     // message, its copies (unnest: any number of recipients) and their `accepted` events; the
     // foreign keys are checked at the end of the statement.
-    let statement = client
-        .prepare_cached(
-            "WITH template AS (
-                 -- The key in the sender's scope: their team's, or their own without one.
-                 INSERT INTO templates (key, first_subject, team_id, owner_id)
-                 VALUES ($1, $2, $5, CASE WHEN $5::bigint IS NULL THEN $4::bigint END)
-                 ON CONFLICT DO NOTHING
-             ), message AS (
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            // The key in the sender's scope: their team's, or their own without one.
+            "WITH template AS ({}), message AS (
                  INSERT INTO messages (id, sender_id, team_id, visibility, template_key, subject,
                      header_message_id, envelope_from, deal, lead, project, track, size_bytes,
                      untouched)
@@ -226,11 +309,12 @@ pub async fn insert(
                              $23::timestamptz[])
                       AS c (id, recipient, body, mid, fields, not_before)
              )
-             INSERT INTO events (id, occurred_at, message_id, copy_id, kind)
-             SELECT e.id, now(), $3, e.copy_id, 'accepted'
-             FROM unnest($17::uuid[], $14::uuid[]) AS e (id, copy_id)",
+             {}",
+            templates::register_key_sql("$1", "$2", "$5", "$4"),
+            crate::events::sql::insert_accepted("$3", "$17", "$14")
         )
-        .await?;
+    });
+    let statement = client.prepare_cached(&SQL).await?;
     let c = Columns::of(m);
     let f = &m.facts;
     client

@@ -252,8 +252,7 @@ impl Watch {
         let occurred = f.internal_date.or(at).unwrap_or_else(chrono::Utc::now);
         client
             .execute(
-                "INSERT INTO events (id, occurred_at, message_id, copy_id, kind, detail)
-                 VALUES ($1, $2, $3, $4, 'reply', $5) ON CONFLICT DO NOTHING",
+                crate::events::sql::INSERT_REPLY,
                 &[
                     &detect::reply_event_id(copy_id, &key),
                     &occurred,

@@ -1,5 +1,6 @@
 //! `server_settings`: values the installation keeps in its database rather than in its
-//! settings, so that every node and every restart agree (the generated tracking secret).
+//! settings, so that every node and every restart agree (the generated tracking secret, the
+//! follow-up scheduler's watermark). Owns the `server_settings` table.
 
 use deadpool_postgres::Pool;
 use tokio_postgres::GenericClient;
@@ -41,4 +42,19 @@ pub async fn stored_tracking_secret(
         )
         .await?;
     Ok(row.map(|r| r.get(0)))
+}
+
+/// The value of `key` as an SQL expression (NULL when unset), for a statement of a stage's own.
+/// `key` is a constant of the code, never user input.
+pub fn value_sql(key: &str) -> String {
+    format!("(SELECT value FROM server_settings WHERE key = '{key}')")
+}
+
+/// The statement that sets `key` to the SQL expression `value`, for a stage's own statement
+/// (so that its watermark moves in the same transaction as its work).
+pub fn put_sql(key: &str, value: &str) -> String {
+    format!(
+        "INSERT INTO server_settings (key, value) VALUES ('{key}', {value})
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+    )
 }

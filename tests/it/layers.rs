@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("replies", 4),
     ("insights", 4),
     ("deliverability", 4),
+    ("erasure", 4),
     ("relay", 5),
     ("http", 5),
     ("serve", 6),
@@ -156,4 +157,68 @@ fn the_scan_reads_plain_braced_and_nested_paths() {
         ["relay", "base"]
     );
     assert!(imports("macro: $crate::x, other_crate::y").is_empty());
+}
+
+/// The tables named by `sql/`'s `CREATE TABLE` statements.
+fn tables() -> Vec<String> {
+    let sql = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(sql).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for part in text.split("CREATE TABLE ").skip(1) {
+            let part = part.trim_start_matches("IF NOT EXISTS ");
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() && !out.contains(&name) {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn each_table_is_written_by_one_module() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let tables = tables();
+    assert!(tables.len() > 20, "{tables:?}");
+    let mut writers: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for file in &files {
+        let module = module_of(&src, file);
+        let text = std::fs::read_to_string(file).unwrap();
+        for verb in ["INSERT INTO ", "UPDATE ", "DELETE FROM "] {
+            for part in text.split(verb).skip(1) {
+                let name: String = part
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if tables.contains(&name) {
+                    writers.entry(name).or_default().insert(format!(
+                        "{module} ({})",
+                        file.strip_prefix(&src).unwrap().display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(writers.contains_key("events") && writers.contains_key("copies"));
+    let shared: Vec<String> = writers
+        .iter()
+        .filter(|(_, w)| {
+            let modules: std::collections::BTreeSet<&str> =
+                w.iter().map(|m| m.split(' ').next().unwrap()).collect();
+            modules.len() > 1
+        })
+        .map(|(t, w)| format!("{t}: {w:?}"))
+        .collect();
+    assert!(
+        shared.is_empty(),
+        "tables written by more than one module (let the owner write, the others call it):\n{}",
+        shared.join("\n")
+    );
 }

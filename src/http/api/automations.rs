@@ -4,10 +4,10 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use crate::base::Base;
-use crate::compose::templates;
 use crate::followup::rules::{self, NewAutomation, CONDITIONS};
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
+use crate::queue::templates;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -35,7 +35,7 @@ pub async fn erase_handler(
     }
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;
-    let copies = crate::insights::aggregate::forget_recipient(&tx, recipient).await?;
+    let copies = crate::erasure::erase_recipient(&tx, recipient).await?;
     tx.commit().await?;
     tracing::info!(copies, by = caller.0.id, "recipient erased");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "erased_copies": copies })))

@@ -12,10 +12,11 @@ use serde::Deserialize;
 use crate::accounts::visibility::Visibility;
 use crate::accounts::{self, Role, User};
 use crate::base::Base;
-use crate::compose::{self, templates, ComposeError, Composition, Idempotency, Recipient};
+use crate::compose::{self, ComposeError, Composition, Idempotency, Recipient};
 use crate::http::auth::Caller;
 use crate::http::errors::{single_line, ApiError};
 use crate::queue::budget::OverBudget;
+use crate::queue::templates;
 
 /// Most recipients one request may name.
 pub const MAX_RECIPIENTS: usize = 1000;
@@ -187,7 +188,7 @@ pub async fn create(
     };
 
     let client = ctx.pool.get().await?;
-    let signature = templates::signature(&client, sender.id).await?;
+    let signature = accounts::signature(&**client, sender.id).await?;
     let mut composition = match (&body.template, &body.subject, &body.html) {
         (Some(key), None, None) => {
             let t = templates::get(&client, &caller.0, key)

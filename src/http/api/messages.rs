@@ -333,14 +333,7 @@ pub async fn archive_handler(
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;
     lock_for_change(&tx, &caller, id).await?;
-    let at: DateTime<Utc> = tx
-        .query_one(
-            "UPDATE messages SET archived_at = coalesce(archived_at, now()) WHERE id = $1
-             RETURNING archived_at",
-            &[&id],
-        )
-        .await?
-        .get(0);
+    let at = crate::queue::archive(&*tx, id).await?;
     tx.commit().await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"id": id, "archived_at": at})))
 }
@@ -354,7 +347,7 @@ pub async fn delete_handler(
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;
     lock_for_change(&tx, &caller, id).await?;
-    crate::insights::aggregate::forget_message(&tx, id).await?;
+    crate::erasure::erase_message(&tx, id).await?;
     tx.commit().await?;
     Ok(HttpResponse::NoContent().finish())
 }

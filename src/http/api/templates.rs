@@ -5,9 +5,9 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use crate::base::Base;
-use crate::compose::templates::{self, Template, Written};
 use crate::http::auth::Caller;
 use crate::http::errors::{single_line, ApiError};
+use crate::queue::templates::{self, Template, Written};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,11 +147,7 @@ pub async fn put_signature(
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let client = ctx.pool.get().await?;
-    client
-        .execute(
-            "UPDATE users SET signature_html = $2, signature_text = $3 WHERE id = $1",
-            &[&caller.0.id, &b.html, &b.text],
-        )
+    crate::accounts::set_signature(&**client, caller.0.id, b.html.as_deref(), b.text.as_deref())
         .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"html": b.html, "text": b.text})))
 }

@@ -103,15 +103,8 @@ pub async fn create_token(
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
     };
     let label: String = body.label.unwrap_or_default().chars().take(100).collect();
-    let token = accounts::new_api_token();
     let client = ctx.pool.get().await?;
-    let id: i64 = client
-        .query_one(
-            "INSERT INTO api_tokens (user_id, token_hash, label) VALUES ($1, $2, $3) RETURNING id",
-            &[&caller.0.id, &accounts::token_hash(&token), &label],
-        )
-        .await?
-        .get(0);
+    let (id, token) = accounts::create_api_token(&**client, caller.0.id, &label).await?;
     Ok(HttpResponse::Created().json(serde_json::json!({"id": id, "label": label, "token": token})))
 }
 

@@ -1,4 +1,5 @@
-//! Stored templates: the named queries behind `/api/templates`.
+//! Templates: the keys messages are filed under and reported by, and the content stored under
+//! them (`/api/templates`). Owns the `templates` table.
 //!
 //! A template is a key in a scope: a team's, or a sender's own when they have no team. Keys are
 //! never global, so one team can neither claim nor probe another's. A template key is also what
@@ -92,6 +93,16 @@ pub async fn ensure_key(
         )
         .await?;
     Ok(())
+}
+
+/// The statement that files a key in its sender's scope when a message first names it: `key`,
+/// `subject`, `team` and `owner` are SQL expressions (the message's placeholders).
+pub fn register_key_sql(key: &str, subject: &str, team: &str, owner: &str) -> String {
+    format!(
+        "INSERT INTO templates (key, first_subject, team_id, owner_id)
+         VALUES ({key}, {subject}, {team}, CASE WHEN {team}::bigint IS NULL THEN {owner}::bigint END)
+         ON CONFLICT DO NOTHING"
+    )
 }
 
 /// What a write did.
@@ -211,23 +222,4 @@ pub async fn delete(
         )
         .await?;
     Ok(n > 0)
-}
-
-/// A user's signature.
-pub async fn signature(
-    client: &impl deadpool_postgres::GenericClient,
-    user_id: i64,
-) -> Result<super::Signature, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT signature_html, signature_text FROM users WHERE id = $1",
-            &[&user_id],
-        )
-        .await?;
-    Ok(row
-        .map(|r| super::Signature {
-            html: r.get(0),
-            text: r.get(1),
-        })
-        .unwrap_or_default())
 }
