@@ -90,11 +90,8 @@ pub(super) async fn finish(s: &mut Session) -> Next {
     match tx.oversized {
         Some(Oversize::Message) => {
             RejectReason::Size.count();
-            s.reply(
-                552,
-                "5.3.4",
-                "Message size exceeds fixed maximum message size",
-            );
+            let (code, enhanced, text) = super::reply::MESSAGE_TOO_BIG;
+            s.reply(code, enhanced, text);
             return Next::Continue;
         }
         Some(Oversize::Submission) => {

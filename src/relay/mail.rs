@@ -23,11 +23,8 @@ pub(super) async fn mail_from(s: &mut Session, from: MailFrom<String>) -> Next {
     let max = s.ctx().settings.max_message_size;
     if from.size > max {
         RejectReason::Size.count();
-        s.reply(
-            552,
-            "5.3.4",
-            "Message size exceeds fixed maximum message size",
-        );
+        let (code, enhanced, text) = super::reply::MESSAGE_TOO_BIG;
+        s.reply(code, enhanced, text);
         return Next::Continue;
     }
     let address = from.address;

@@ -23,3 +23,10 @@ pub(crate) fn push_lines(out: &mut Vec<u8>, code: u16, lines: &[String]) {
 }
 
 pub(crate) const SHUTDOWN: (u16, &str, &str) = (421, "4.3.2", "Service shutting down, try later");
+
+/// RFC 3463 X.3.4 "message too big for system": the same message will never fit, so 5xx.
+pub(crate) const MESSAGE_TOO_BIG: (u16, &str, &str) = (
+    552,
+    "5.3.4",
+    "Message size exceeds fixed maximum message size",
+);

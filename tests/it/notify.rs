@@ -572,7 +572,9 @@ fn an_endpoint_that_keeps_failing_is_disabled_and_says_why() {
 /// The one visibility rule holds on every surface: for each user, the messages seen through
 /// the message list, each message's detail, the template report, a team webhook and the live
 /// stream are exactly the ones the rule allows: one's own, one's team's `team` and `shared`
-/// mail, and every team's `shared` mail.
+/// mail, and every team's `shared` mail. Captured copies are the raw mail with each
+/// recipient's signed links, which would let a reader record opens and clicks as that
+/// recipient: they are the sender's own only, a subset of what the rule shows.
 #[test]
 fn each_user_sees_the_same_messages_through_every_surface() {
     use std::collections::BTreeSet;
@@ -605,6 +607,16 @@ fn each_user_sees_the_same_messages_through_every_surface() {
         w.event(message, copy, "open", Some("human"), None);
         messages.push((message, template, sender, visibility));
     }
+    rt().block_on(async {
+        w.db.client()
+            .await
+            .execute(
+                "UPDATE copies SET delivered_via = 'capture', delivered_at = now(), body = 'x'",
+                &[],
+            )
+            .await
+            .unwrap();
+    });
     let team = |u: &str| u.split('@').nth(1).unwrap().to_string();
     let expected = |viewer: &str| -> BTreeSet<String> {
         messages
@@ -648,6 +660,20 @@ fn each_user_sees_the_same_messages_through_every_surface() {
             .filter(|m| get(&w.server.url(&format!("/api/messages/{m}")), token).0 == 200)
             .collect();
         assert_eq!(detailed, want, "message detail of {viewer}");
+        let (_, captured) = get(&w.server.url("/api/captured"), token);
+        let captured: BTreeSet<String> = captured["captured"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["message_id"].as_str().unwrap().to_string())
+            .collect();
+        let own: BTreeSet<String> = messages
+            .iter()
+            .filter(|(_, _, sender, _)| *sender == viewer)
+            .map(|(m, ..)| m.to_string())
+            .collect();
+        assert_eq!(captured, own, "captured copies of {viewer}");
+        assert!(captured.is_subset(&want));
         // The report reads rollups, which the aggregation job of `serve` fills.
         let mut reported = BTreeSet::new();
         let deadline = Instant::now() + Duration::from_secs(20);
