@@ -32,6 +32,10 @@ pub enum Kind {
     Open,
     Click,
     Reply,
+    /// A feedback report (ARF) of the copy's recipient: they marked it as spam.
+    Complaint,
+    /// The recipient unsubscribed (List-Unsubscribe one-click, or the page).
+    Unsubscribe,
 }
 
 impl Kind {
@@ -45,6 +49,8 @@ impl Kind {
             Kind::Open => "open",
             Kind::Click => "click",
             Kind::Reply => "reply",
+            Kind::Complaint => "complaint",
+            Kind::Unsubscribe => "unsubscribe",
         }
     }
 }

@@ -19,6 +19,8 @@ pub enum SlotKind {
     Open,
     /// The click token of link `n` (index into `Prepared::links`).
     Click(u32),
+    /// The copy's List-Unsubscribe token.
+    Unsubscribe,
 }
 
 /// Rewritten text before transfer encoding.
@@ -77,12 +79,16 @@ pub(crate) fn fill(
 ) -> Vec<u8> {
     let mut out = template.to_vec();
     let mut open: Option<String> = None;
+    let mut unsubscribe: Option<String> = None;
     let mut clicks: Vec<Option<String>> = vec![None; links.len()];
     let mut scratch = Vec::new();
     let mut encoded = String::new();
     for p in patches {
         let tok: &str = match p.slot() {
             SlotKind::Open => open.get_or_insert_with(|| token::open_token(keys, copy)),
+            SlotKind::Unsubscribe => {
+                unsubscribe.get_or_insert_with(|| token::unsubscribe_token(keys, copy))
+            }
             SlotKind::Click(i) => {
                 let (Some(slot), Some(link)) = (clicks.get_mut(i as usize), links.get(i as usize))
                 else {

@@ -1,4 +1,4 @@
-//! Tracking tokens: what `/o/` and `/c/` carry.
+//! Tracking tokens: what `/o/`, `/c/` and `/u/` (the List-Unsubscribe URL) carry.
 //!
 //! A token is `base64url(version | kind | copy | [link | url] | mac)` without padding, where
 //! `mac` is HMAC-SHA256 over everything before it, truncated to 128 bits. The click token
@@ -17,6 +17,7 @@ type HmacSha256 = Hmac<Sha256>;
 const VERSION: u8 = 1;
 const KIND_OPEN: u8 = b'o';
 const KIND_CLICK: u8 = b'c';
+const KIND_UNSUBSCRIBE: u8 = b'u';
 /// 128 bits: the floor the design sets for truncated MACs.
 const MAC_LEN: usize = 16;
 /// Longest destination a click token carries; longer URLs are not tracked (see `policy`).
@@ -80,11 +81,21 @@ fn derive(secret: &[u8]) -> HmacSha256 {
 pub enum Verified {
     Open { copy: Uuid },
     Click { copy: Uuid, link: u32, url: String },
+    Unsubscribe { copy: Uuid },
 }
 
 pub fn open_token(keys: &TokenKeys, copy: Uuid) -> String {
     let mut buf = Vec::with_capacity(2 + 16 + MAC_LEN);
     buf.extend_from_slice(&[VERSION, KIND_OPEN]);
+    buf.extend_from_slice(copy.as_bytes());
+    seal(keys, buf)
+}
+
+/// The copy's List-Unsubscribe token: as long as an open token, signed for another purpose,
+/// so that neither can stand for the other.
+pub fn unsubscribe_token(keys: &TokenKeys, copy: Uuid) -> String {
+    let mut buf = Vec::with_capacity(2 + 16 + MAC_LEN);
+    buf.extend_from_slice(&[VERSION, KIND_UNSUBSCRIBE]);
     buf.extend_from_slice(copy.as_bytes());
     seal(keys, buf)
 }
@@ -148,6 +159,7 @@ pub fn verify(keys: &TokenKeys, token: &str) -> Result<Verified, TokenError> {
     let copy = Uuid::from_slice(&body[2..18]).map_err(|_| TokenError::Length)?;
     match body[1] {
         KIND_OPEN if body.len() == 18 => Ok(Verified::Open { copy }),
+        KIND_UNSUBSCRIBE if body.len() == 18 => Ok(Verified::Unsubscribe { copy }),
         KIND_CLICK if body.len() >= 22 => {
             let mut link = [0u8; 4];
             link.copy_from_slice(&body[18..22]);
@@ -177,6 +189,17 @@ mod tests {
         let t = open_token(&keys(), copy);
         assert_eq!(t.len(), open_token_len());
         assert_eq!(verify(&keys(), &t), Ok(Verified::Open { copy }));
+    }
+
+    #[test]
+    fn unsubscribe_round_trip_and_no_other_token_stands_for_it() {
+        let copy = Uuid::now_v7();
+        let t = unsubscribe_token(&keys(), copy);
+        assert_eq!(t.len(), open_token_len());
+        assert_eq!(verify(&keys(), &t), Ok(Verified::Unsubscribe { copy }));
+        let open = open_token(&keys(), copy);
+        assert_eq!(verify(&keys(), &open), Ok(Verified::Open { copy }));
+        assert_ne!(open, t);
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(14, "0014_tenant_scopes.sql"),
     migration!(15, "0015_sender_budget.sql"),
     migration!(16, "0016_mailbox_failures.sql"),
+    migration!(17, "0017_deliverability.sql"),
 ];
 
 /// Arbitrary constant naming mailtally's migration lock among advisory locks.
