@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 
 use crate::api::accounts::{Role, User};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Template {
     pub key: String,
     pub name: String,

@@ -4,6 +4,8 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::signing;
 use crate::api::accounts::User;
@@ -22,15 +24,71 @@ pub const EVENT_TYPES: &[&str] = &[
     "reply",
 ];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEndpoint {
+    /// An http:// or https:// URL of at most 2000 characters.
     pub url: String,
+    /// Some of `open.first`, `open`, `click`, `delivered`, `deferred`, `bounced`, `reply`.
     pub event_types: Vec<String>,
+    /// Also opens and clicks of machines (scanners, prefetches, Apple MPP).
     #[serde(default)]
     pub include_machine: bool,
+    /// `user` (default: the caller's own messages) or `team` (what the caller may see of the
+    /// team's).
     #[serde(default)]
     pub scope: Option<String>,
+}
+
+/// A new endpoint, with its signing secret shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedEndpoint {
+    pub id: i64,
+    pub url: String,
+    pub scope: String,
+    pub event_types: Vec<String>,
+    pub include_machine: bool,
+    /// `whsec_...`: the receiver verifies signatures with it.
+    pub secret: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// An endpoint with how its notifications went.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Endpoint {
+    pub id: i64,
+    pub url: String,
+    pub scope: String,
+    pub event_types: Vec<String>,
+    pub include_machine: bool,
+    pub failures_in_row: i32,
+    pub disabled_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub disabled_reason: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Notifications waiting to be sent, sent, and given up on.
+    pub pending: i64,
+    pub delivered: i64,
+    pub failed: i64,
+}
+
+/// One notification to an endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Delivery {
+    pub id: uuid::Uuid,
+    pub event_type: String,
+    pub event_id: uuid::Uuid,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: i32,
+    /// The receiver's last HTTP status.
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub delivered_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub next_attempt_at: chrono::DateTime<chrono::Utc>,
+    /// The signed JSON body sent.
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
 }
 
 fn validate(new: &NewEndpoint, user: &User) -> Result<String, String> {
@@ -93,7 +151,17 @@ fn endpoint_id(id: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::NotFound("webhook endpoint"))
 }
 
-async fn create(
+/// Create a webhook endpoint; the answer holds its signing secret (whsec_...), shown once.
+///
+/// 422 for a URL whose host is or resolves to a loopback, private, link-local, unique-local,
+/// multicast or reserved address, unless OUTBOUND_ALLOWED_NETWORKS lists it.
+#[utoipa::path(post, path = "/api/webhooks", tag = "webhooks", operation_id = "create_webhook",
+    request_body = NewEndpoint,
+    responses(
+        (status = 201, description = "created", body = CreatedEndpoint),
+        (status = 422, description = "a bad or refused URL, an unknown event type or scope"),
+    ))]
+pub async fn create(
     ctx: web::Data<Context>,
     caller: Caller,
     body: web::Bytes,
@@ -112,19 +180,22 @@ async fn create(
             &[&user.id, &scope, &new.url.trim(), &secret, &new.event_types, &new.include_machine],
         )
         .await?;
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "id": row.get::<_, i64>(0),
-        "url": new.url.trim(),
-        "scope": scope,
-        "event_types": new.event_types,
-        "include_machine": new.include_machine,
+    Ok(HttpResponse::Created().json(CreatedEndpoint {
+        id: row.get(0),
+        url: new.url.trim().to_string(),
+        scope,
+        event_types: new.event_types,
+        include_machine: new.include_machine,
         // Shown once: the receiver verifies signatures with it.
-        "secret": secret,
-        "created_at": row.get::<_, chrono::DateTime<chrono::Utc>>(1),
-    })))
+        secret,
+        created_at: row.get(1),
+    }))
 }
 
-async fn list(ctx: web::Data<Context>, caller: Caller) -> Result<HttpResponse, ApiError> {
+/// The caller's webhook endpoints with delivery counts.
+#[utoipa::path(get, path = "/api/webhooks", tag = "webhooks", operation_id = "list_webhooks",
+    responses((status = 200, description = "OK", body = Vec<Endpoint>)))]
+pub async fn list(ctx: web::Data<Context>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let client = ctx.pool.get().await?;
     let rows = client
         .query(
@@ -141,27 +212,33 @@ async fn list(ctx: web::Data<Context>, caller: Caller) -> Result<HttpResponse, A
         .await?;
     Ok(HttpResponse::Ok().json(
         rows.iter()
-            .map(|r| {
-                serde_json::json!({
-                    "id": r.get::<_, i64>(0),
-                    "url": r.get::<_, String>(1),
-                    "scope": r.get::<_, String>(2),
-                    "event_types": r.get::<_, Vec<String>>(3),
-                    "include_machine": r.get::<_, bool>(4),
-                    "failures_in_row": r.get::<_, i32>(5),
-                    "disabled_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(6),
-                    "disabled_reason": r.get::<_, Option<String>>(7),
-                    "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(8),
-                    "pending": r.get::<_, i64>(9),
-                    "delivered": r.get::<_, i64>(10),
-                    "failed": r.get::<_, i64>(11),
-                })
+            .map(|r| Endpoint {
+                id: r.get(0),
+                url: r.get(1),
+                scope: r.get(2),
+                event_types: r.get(3),
+                include_machine: r.get(4),
+                failures_in_row: r.get(5),
+                disabled_at: r.get(6),
+                disabled_reason: r.get(7),
+                created_at: r.get(8),
+                pending: r.get(9),
+                delivered: r.get(10),
+                failed: r.get(11),
             })
             .collect::<Vec<_>>(),
     ))
 }
 
-async fn deliveries(
+/// Notifications sent to one endpoint (latest 500): status, attempts, last error, payload.
+#[utoipa::path(get, path = "/api/webhooks/{id}/deliveries", tag = "webhooks",
+    operation_id = "list_webhook_deliveries",
+    params(("id" = i64, Path, description = "the endpoint's id")),
+    responses(
+        (status = 200, description = "OK (none for an endpoint that is not the caller's)", body = Vec<Delivery>),
+        (status = 404, description = "not an endpoint id"),
+    ))]
+pub async fn deliveries(
     ctx: web::Data<Context>,
     caller: Caller,
     id: web::Path<String>,
@@ -180,26 +257,31 @@ async fn deliveries(
         .await?;
     Ok(HttpResponse::Ok().json(
         rows.iter()
-            .map(|r| {
-                serde_json::json!({
-                    "id": r.get::<_, uuid::Uuid>(0),
-                    "event_type": r.get::<_, String>(1),
-                    "event_id": r.get::<_, uuid::Uuid>(2),
-                    "status": r.get::<_, String>(3),
-                    "attempts": r.get::<_, i32>(4),
-                    "last_status": r.get::<_, Option<i32>>(5),
-                    "last_error": r.get::<_, Option<String>>(6),
-                    "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(7),
-                    "delivered_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(8),
-                    "next_attempt_at": r.get::<_, chrono::DateTime<chrono::Utc>>(9),
-                    "payload": r.get::<_, serde_json::Value>(10),
-                })
+            .map(|r| Delivery {
+                id: r.get(0),
+                event_type: r.get(1),
+                event_id: r.get(2),
+                status: r.get(3),
+                attempts: r.get(4),
+                last_status: r.get(5),
+                last_error: r.get(6),
+                created_at: r.get(7),
+                delivered_at: r.get(8),
+                next_attempt_at: r.get(9),
+                payload: r.get(10),
             })
             .collect::<Vec<_>>(),
     ))
 }
 
-async fn delete(
+/// Delete one of the caller's endpoints.
+#[utoipa::path(delete, path = "/api/webhooks/{id}", tag = "webhooks", operation_id = "delete_webhook",
+    params(("id" = i64, Path, description = "the endpoint's id")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "no such endpoint of the caller's"),
+    ))]
+pub async fn delete(
     ctx: web::Data<Context>,
     caller: Caller,
     id: web::Path<String>,
