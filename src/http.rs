@@ -75,9 +75,7 @@ fn route_group(path: &str) -> &'static str {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics_page))
-        .configure(crate::notify::endpoints::routes)
         .configure(crate::notify::stream::routes)
-        .configure(crate::deliver::capture::routes)
         .configure(crate::track::routes)
         .configure(crate::api::routes)
         .configure(crate::insights::page::routes);

@@ -11,11 +11,6 @@ use crate::api::auth::Caller;
 use crate::api::errors::ApiError;
 use crate::context::Context;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/captured", web::get().to(list))
-        .route("/api/captured/{copy_id}/raw", web::get().to(raw));
-}
-
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {

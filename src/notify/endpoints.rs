@@ -300,10 +300,3 @@ pub async fn delete(
         Err(ApiError::NotFound("webhook endpoint"))
     }
 }
-
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/webhooks", web::post().to(create))
-        .route("/api/webhooks", web::get().to(list))
-        .route("/api/webhooks/{id}", web::delete().to(delete))
-        .route("/api/webhooks/{id}/deliveries", web::get().to(deliveries));
-}

@@ -230,6 +230,5 @@ fn tokio_stream_from(
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/events/stream", web::get().to(stream))
-        .route("/insights/live.js", web::get().to(live_js));
+    cfg.route("/insights/live.js", web::get().to(live_js));
 }
