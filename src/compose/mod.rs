@@ -278,6 +278,24 @@ pub struct Bounds {
     pub per_hour: u64,
 }
 
+/// The answer to a group email: what was queued. The answer repeated for an `Idempotency-Key`
+/// has no `recipients`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct QueuedAnswer {
+    pub message_id: Uuid,
+    /// How many copies (one a recipient).
+    pub copies: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<Vec<QueuedCopy>>,
+    pub send_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct QueuedCopy {
+    pub email: String,
+    pub copy_id: Uuid,
+}
+
 /// What [`queue_in_chunks`] did.
 #[derive(Debug)]
 pub enum Queued {
@@ -305,8 +323,11 @@ pub async fn queue_in_chunks(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     if let Some(idem) = idem {
-        let stored = serde_json::json!({
-            "message_id": message_id, "copies": recipients.len(), "send_at": send_at,
+        let stored = answer_json(&QueuedAnswer {
+            message_id,
+            copies: recipients.len(),
+            recipients: None,
+            send_at,
         });
         // A concurrent request with the same key waits here for the first one's commit.
         let inserted = tx
@@ -382,14 +403,22 @@ pub async fn queue_in_chunks(
     }
     queue::QUEUED.notify_waiters();
     listed.sort_by_key(|c| c.0);
-    Ok(Queued::New(serde_json::json!({
-        "message_id": message_id,
-        "copies": listed.len(),
-        "recipients": listed.iter().map(|(id, r)| serde_json::json!({
-            "email": r, "copy_id": id,
-        })).collect::<Vec<_>>(),
-        "send_at": send_at,
+    let copies = listed.len();
+    let recipients = listed
+        .into_iter()
+        .map(|(copy_id, email)| QueuedCopy { email, copy_id })
+        .collect();
+    Ok(Queued::New(answer_json(&QueuedAnswer {
+        message_id,
+        copies,
+        recipients: Some(recipients),
+        send_at,
     })))
+}
+
+fn answer_json(answer: &QueuedAnswer) -> serde_json::Value {
+    // Uuids, numbers, strings and times only: serialising cannot fail.
+    serde_json::to_value(answer).expect("a queued answer is JSON")
 }
 
 /// An `Idempotency-Key` with the request it came with.

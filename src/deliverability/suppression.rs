@@ -238,10 +238,7 @@ pub async fn list(
         .map(|r| Entry {
             id: r.get(0),
             address: r.get(1),
-            reason: r
-                .get::<_, String>(2)
-                .parse()
-                .unwrap_or(Reason::Manual),
+            reason: r.get::<_, String>(2).parse().unwrap_or(Reason::Manual),
             copy_id: r.get(3),
             detail: r.get(4),
             created_at: r.get(5),

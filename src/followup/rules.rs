@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::accounts::visibility::{acts_for, acts_for_to, Params, Viewer};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Automation {
     pub id: i64,
     pub name: String,

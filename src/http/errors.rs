@@ -119,8 +119,22 @@ impl ResponseError for ApiError {
         {
             resp.insert_header(("Retry-After", secs.to_string()));
         }
-        resp.json(serde_json::json!({"error": self.code(), "message": self.to_string()}))
+        resp.json(ErrorBody {
+            error: self.code().to_string(),
+            message: self.to_string(),
+        })
     }
+}
+
+/// The body of every API error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// A stable code: `unauthorized`, `forbidden`, `not_found`, `bad_request`, `conflict`,
+    /// `unprocessable`, `payload_too_large`, `too_many_requests`, `unavailable`, `internal`, ...
+    pub error: String,
+    /// What went wrong, for a person.
+    pub message: String,
 }
 
 /// Refuses a value that must fit on one header line: a control character (CR, LF, NUL, ...)

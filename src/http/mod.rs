@@ -89,9 +89,7 @@ fn route_group(path: &str) -> &'static str {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics_page))
-        .configure(crate::http::api::webhooks::routes)
         .configure(crate::http::api::stream::routes)
-        .configure(crate::http::api::captured::routes)
         .configure(crate::http::track::routes)
         .configure(crate::http::api::routes)
         .configure(crate::http::ui::routes);

@@ -9,7 +9,7 @@ use super::InsightsError;
 use crate::accounts::visibility::{visible, Params, Viewer};
 
 /// Which events count in the rates: people only (`human` + `proxy`) or everything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ClassFilter {
     #[default]
@@ -110,7 +110,7 @@ impl ReportFilter {
 }
 
 /// The counts every report row is made of.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Figures {
     pub sent: i64,
     pub delivered: i64,
@@ -242,10 +242,11 @@ fn figures_source(f: &ReportFilter, viewer: Viewer, p: &mut Params) -> String {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TemplateRow {
     pub template: String,
     /// Whose template it is (`team:ID`, `sender:ID`); the key is unique within its scope only.
+    #[schema(value_type = String)]
     pub scope: TemplateScope,
     /// The name its scope gave it.
     pub name: String,
@@ -289,14 +290,14 @@ pub async fn templates(
         .collect())
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DayRow {
     pub day: NaiveDate,
     #[serde(flatten)]
     pub figures: Figures,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LinkRow {
     pub url: String,
     pub clicks: i64,
@@ -305,7 +306,7 @@ pub struct LinkRow {
     pub human_unique_clicks: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ClientRow {
     pub client: String,
     pub device: String,
@@ -315,7 +316,7 @@ pub struct ClientRow {
     pub human_unique_opens: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TemplateDetail {
     #[serde(flatten)]
     pub row: TemplateRow,

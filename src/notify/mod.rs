@@ -5,6 +5,7 @@
 //! must never tell anyone about an event of a message they may not see, and never change an event.
 
 pub mod dispatch;
+pub mod endpoints;
 pub mod metrics;
 pub mod outbox;
 pub mod signing;

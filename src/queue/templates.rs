@@ -12,7 +12,7 @@ use tokio_postgres::Row;
 
 use crate::accounts::{Role, User};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Template {
     pub key: String,
     pub name: String,

@@ -62,7 +62,7 @@ impl std::fmt::Debug for Mailbox {
 }
 
 /// Whether a mailbox is watched, or given up after failing until it is set again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MailboxState {
     Active,
@@ -70,7 +70,7 @@ pub enum MailboxState {
 }
 
 /// What `GET /api/me/mailbox` shows: never the password.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MailboxStatus {
     pub state: MailboxState,
     pub host: String,

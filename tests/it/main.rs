@@ -25,6 +25,7 @@ mod insights_report;
 mod insights_restart;
 mod layers;
 mod notify;
+mod openapi;
 mod relay_submit;
 mod replies;
 mod rewrite_cases;

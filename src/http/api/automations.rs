@@ -2,14 +2,17 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::base::Base;
+use crate::followup::rules::Automation;
 use crate::followup::rules::{self, NewAutomation, CONDITIONS};
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
 use crate::queue::templates;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AutomationBody {
     #[serde(default)]
@@ -45,6 +48,16 @@ fn window_seconds(b: &AutomationBody) -> Result<i32, ApiError> {
     }
 }
 
+/// Follow up when a recipient of a template does not open, click or reply within a window.
+///
+/// The follow-up goes in the same thread, at `send_hour` of the recipient's day if given.
+#[utoipa::path(post, path = "/api/automations", tag = "automations",
+    operation_id = "create_automation",
+    request_body = AutomationBody,
+    responses(
+        (status = 201, description = "created", body = Automation),
+        (status = 422, description = "an unknown condition, a bad window or hour, no such follow-up template"),
+    ))]
 pub async fn create(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -95,12 +108,29 @@ pub async fn create(
     Ok(HttpResponse::Created().json(a))
 }
 
-pub async fn list(ctx: web::Data<Base>, caller: Caller) -> Result<HttpResponse, ApiError> {
-    let client = ctx.pool.get().await?;
-    let all = rules::list(&client, caller.0.id).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "automations": all })))
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AutomationList {
+    pub automations: Vec<Automation>,
 }
 
+/// The caller's automations.
+#[utoipa::path(get, path = "/api/automations", tag = "automations",
+    operation_id = "list_automations",
+    responses((status = 200, description = "OK", body = AutomationList)))]
+pub async fn list(ctx: web::Data<Base>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let client = ctx.pool.get().await?;
+    let automations = rules::list(&client, caller.0.id).await?;
+    Ok(HttpResponse::Ok().json(AutomationList { automations }))
+}
+
+/// Stop an automation and cancel its pending follow-ups.
+#[utoipa::path(delete, path = "/api/automations/{id}", tag = "automations",
+    operation_id = "delete_automation",
+    params(("id" = i64, Path, description = "the automation's id")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "no such automation of the caller's"),
+    ))]
 pub async fn delete(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -114,14 +144,30 @@ pub async fn delete(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnsubscribeBody {
     pub recipient: String,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Unsubscribed {
+    pub recipient: String,
+    /// Pending follow-ups to that recipient that will not be sent.
+    pub cancelled_followups: u64,
+}
+
+/// Record an unsubscribe: no follow-up goes to this recipient.
+///
 /// Records that a recipient unsubscribed: no follow-up of mail the caller acts for (their own,
 /// their team's team or shared mail) goes to them any more. Unknown addresses and addresses mailed only by others get the same answer.
+#[utoipa::path(post, path = "/api/unsubscribes", tag = "automations",
+    operation_id = "unsubscribe",
+    request_body = UnsubscribeBody,
+    responses(
+        (status = 200, description = "recorded", body = Unsubscribed),
+        (status = 422, description = "not an e-mail address"),
+    ))]
 pub async fn unsubscribe(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -135,6 +181,8 @@ pub async fn unsubscribe(
     }
     let client = ctx.pool.get().await?;
     let cancelled = rules::unsubscribe(&client, caller.viewer(), r).await?;
-    Ok(HttpResponse::Ok()
-        .json(serde_json::json!({"recipient": r, "cancelled_followups": cancelled})))
+    Ok(HttpResponse::Ok().json(Unsubscribed {
+        recipient: r.to_string(),
+        cancelled_followups: cancelled,
+    }))
 }

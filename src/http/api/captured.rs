@@ -3,23 +3,48 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::base::Base;
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/captured", web::get().to(list))
-        .route("/api/captured/{copy_id}/raw", web::get().to(raw));
-}
-
-#[derive(Deserialize)]
-struct ListQuery {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// At most this many, newest first (1-1000, default 100).
     limit: Option<i64>,
 }
 
-async fn list(
+/// A copy the capture sink received.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CapturedCopy {
+    pub copy_id: Uuid,
+    pub message_id: Uuid,
+    pub recipient: String,
+    pub envelope_from: String,
+    pub subject: Option<String>,
+    pub header_message_id: Option<String>,
+    pub template_key: String,
+    pub delivered_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub size_bytes: Option<i32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CapturedList {
+    pub captured: Vec<CapturedCopy>,
+}
+
+/// Copies the capture sink received for the caller's messages (when UPSTREAM_URL is unset).
+#[utoipa::path(get, path = "/api/captured", tag = "captured", operation_id = "list_captured",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "OK", body = CapturedList),
+        (status = 400, description = "a bad query string"),
+    ))]
+pub async fn list(
     ctx: web::Data<Base>,
     caller: Caller,
     query: web::Query<ListQuery>,
@@ -36,26 +61,32 @@ async fn list(
             &[&caller.0.id, &limit],
         )
         .await?;
-    let items: Vec<_> = rows
+    let captured = rows
         .iter()
-        .map(|r| {
-            serde_json::json!({
-                "copy_id": r.get::<_, Uuid>(0),
-                "message_id": r.get::<_, Uuid>(1),
-                "recipient": r.get::<_, String>(2),
-                "envelope_from": r.get::<_, String>(3),
-                "subject": r.get::<_, Option<String>>(4),
-                "header_message_id": r.get::<_, Option<String>>(5),
-                "template_key": r.get::<_, String>(6),
-                "delivered_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(7),
-                "size_bytes": r.get::<_, Option<i32>>(8),
-            })
+        .map(|r| CapturedCopy {
+            copy_id: r.get(0),
+            message_id: r.get(1),
+            recipient: r.get(2),
+            envelope_from: r.get(3),
+            subject: r.get(4),
+            header_message_id: r.get(5),
+            template_key: r.get(6),
+            delivered_at: r.get(7),
+            size_bytes: r.get(8),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "captured": items })))
+    Ok(HttpResponse::Ok().json(CapturedList { captured }))
 }
 
-async fn raw(
+/// The raw source of one captured copy.
+#[utoipa::path(get, path = "/api/captured/{copy_id}/raw", tag = "captured",
+    operation_id = "get_captured_raw",
+    params(("copy_id" = Uuid, Path, description = "the copy's id")),
+    responses(
+        (status = 200, description = "the copy as delivered", content_type = "message/rfc822", body = String),
+        (status = 404, description = "no such captured copy of the caller's messages"),
+    ))]
+pub async fn raw(
     ctx: web::Data<Base>,
     caller: Caller,
     path: web::Path<String>,

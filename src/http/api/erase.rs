@@ -7,18 +7,33 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::accounts::Role;
 use crate::base::Base;
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EraseBody {
     pub recipient: String,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Erased {
+    /// How many copies to that recipient were removed.
+    pub erased_copies: u64,
+}
+
+/// Administrators: erase one recipient (copies, events, address) and correct the reports.
+#[utoipa::path(post, path = "/api/erase", tag = "erase", operation_id = "erase",
+    request_body = EraseBody,
+    responses(
+        (status = 200, description = "erased", body = Erased),
+        (status = 403, description = "not an admin"),
+    ))]
 pub async fn erase_handler(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -38,5 +53,7 @@ pub async fn erase_handler(
     let copies = crate::erasure::erase_recipient(&tx, recipient).await?;
     tx.commit().await?;
     tracing::info!(copies, by = caller.0.id, "recipient erased");
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "erased_copies": copies })))
+    Ok(HttpResponse::Ok().json(Erased {
+        erased_copies: copies,
+    }))
 }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::accounts::visibility::Visibility;
 use crate::accounts::{self, Role, User};
@@ -21,7 +22,7 @@ use crate::queue::templates;
 /// Most recipients one request may name.
 pub const MAX_RECIPIENTS: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupEmailBody {
     /// A stored template's key; or `subject` and `html` inline.
@@ -35,8 +36,11 @@ pub struct GroupEmailBody {
     /// team.
     pub sender: Option<String>,
     pub sender_name: Option<String>,
+    /// At most 1000.
     pub recipients: Vec<RecipientBody>,
+    /// `private`, `shared` or `team` (default: the sender's).
     pub visibility: Option<String>,
+    /// `opens,clicks`, `opens`, `clicks` or `off`, as `X-Mailtally-Track`.
     pub track: Option<String>,
     pub deal: Option<String>,
     pub lead: Option<String>,
@@ -45,12 +49,14 @@ pub struct GroupEmailBody {
     pub send_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecipientBody {
     pub email: String,
     pub name: Option<String>,
+    /// Merge fields of this recipient (`{{first_name}}`).
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub fields: BTreeMap<String, serde_json::Value>,
 }
 
@@ -127,6 +133,22 @@ async fn sender(ctx: &Base, caller: &User, asked: Option<&str>) -> Result<User, 
     }
 }
 
+/// Send one message to up to 1000 recipients, each copy for its recipient alone.
+///
+/// Each copy is addressed to and merged for its recipient only, with its own tokens.
+#[utoipa::path(post, path = "/api/group-emails", tag = "group emails",
+    operation_id = "create_group_email",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "a retry with the same key and body answers the first response and sends nothing")),
+    request_body = GroupEmailBody,
+    responses(
+        (status = 202, description = "queued", body = QueuedAnswer),
+        (status = 200, description = "the same request was queued before", body = QueuedAnswer),
+        (status = 403, description = "sending as someone the caller may not send as"),
+        (status = 404, description = "no such template the caller may use"),
+        (status = 413, description = "what it would queue is over SUBMISSION_MAX_BYTES"),
+        (status = 422, description = "a bad field, recipient or merge, or an Idempotency-Key reused with another body"),
+    ))]
 pub async fn create(
     ctx: web::Data<Base>,
     rewriter: web::Data<crate::rewrite::Rewriter>,

@@ -5,6 +5,7 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::base::Base;
 use crate::http::auth::Caller;
@@ -12,7 +13,7 @@ use crate::http::errors::{single_line, ApiError};
 use crate::replies::mailbox::{self, NewMailbox, Security};
 use crate::replies::Sealer;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MailboxBody {
     pub host: String,
@@ -31,6 +32,17 @@ fn one_line(what: &str, v: &str, max: usize) -> Result<(), ApiError> {
     single_line(what, v, max)
 }
 
+/// Set the IMAP mailbox watched for replies.
+///
+/// Needs the MAILBOX_KEY setting; the password is stored encrypted and never shown. 422 for a
+/// host on a refused network (OUTBOUND_ALLOWED_NETWORKS) and for security `none` unless
+/// MAILBOX_ALLOW_PLAINTEXT.
+#[utoipa::path(put, path = "/api/me/mailbox", tag = "mailbox", operation_id = "put_mailbox",
+    request_body = MailboxBody,
+    responses(
+        (status = 200, description = "watched from now on", body = MailboxStatus),
+        (status = 422, description = "no MAILBOX_KEY, a bad field, a refused host or plain IMAP"),
+    ))]
 pub async fn put(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -96,6 +108,12 @@ pub async fn put(
     Ok(HttpResponse::Ok().json(status))
 }
 
+/// The watched mailbox and how far it was read.
+#[utoipa::path(get, path = "/api/me/mailbox", tag = "mailbox", operation_id = "get_mailbox",
+    responses(
+        (status = 200, description = "OK", body = MailboxStatus),
+        (status = 404, description = "no mailbox is set"),
+    ))]
 pub async fn get(ctx: web::Data<Base>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let client = ctx.pool.get().await?;
     match mailbox::status(&client, caller.0.id).await? {
@@ -104,6 +122,12 @@ pub async fn get(ctx: web::Data<Base>, caller: Caller) -> Result<HttpResponse, A
     }
 }
 
+/// Stop watching the mailbox.
+#[utoipa::path(delete, path = "/api/me/mailbox", tag = "mailbox", operation_id = "delete_mailbox",
+    responses(
+        (status = 204, description = "no longer watched"),
+        (status = 404, description = "no mailbox is set"),
+    ))]
 pub async fn delete(ctx: web::Data<Base>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let client = ctx.pool.get().await?;
     if mailbox::delete(&client, caller.0.id).await? {

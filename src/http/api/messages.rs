@@ -5,6 +5,7 @@ use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::accounts::visibility::{visible, Params, Viewer};
@@ -14,20 +15,28 @@ use crate::classify::hindsight::classified_events_sql;
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// CRM deal.
     pub deal: Option<String>,
+    /// CRM lead.
     pub lead: Option<String>,
+    /// CRM project.
     pub project: Option<String>,
+    /// A recipient address (case-insensitive).
     pub recipient: Option<String>,
+    /// Template key.
     pub template: Option<String>,
     /// `true`: archived messages too; `only`: archived ones only. Default: not archived.
     pub archived: Option<String>,
+    /// At most this many (1-1000, default 100).
     pub limit: Option<i64>,
+    /// Skip this many.
     pub offset: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct MessageSummary {
     pub id: Uuid,
     pub template: String,
@@ -133,7 +142,7 @@ pub async fn list(
     Ok(rows.iter().map(summary).collect())
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TimelineEvent {
     pub id: Uuid,
     pub at: DateTime<Utc>,
@@ -150,7 +159,7 @@ pub struct TimelineEvent {
     pub os: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CopyDetail {
     pub id: Uuid,
     pub recipient: String,
@@ -169,7 +178,7 @@ pub struct CopyDetail {
     pub timeline: Vec<TimelineEvent>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct MessageDetail {
     #[serde(flatten)]
     pub summary: MessageSummary,
@@ -272,6 +281,18 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw.trim()).map_err(|_| ApiError::NotFound("message"))
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageList {
+    pub messages: Vec<MessageSummary>,
+}
+
+/// Messages the caller may see, newest first.
+#[utoipa::path(get, path = "/api/messages", tag = "messages", operation_id = "list_messages",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "OK", body = MessageList),
+        (status = 400, description = "a bad query string"),
+    ))]
 pub async fn list_handler(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -279,9 +300,16 @@ pub async fn list_handler(
 ) -> Result<HttpResponse, ApiError> {
     let client = ctx.pool.get().await?;
     let messages = list(&**client, caller.viewer(), &q).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "messages": messages })))
+    Ok(HttpResponse::Ok().json(MessageList { messages }))
 }
 
+/// A message, its copies with status, and each copy's timeline of events.
+#[utoipa::path(get, path = "/api/messages/{id}", tag = "messages", operation_id = "get_message",
+    params(("id" = Uuid, Path, description = "the message id")),
+    responses(
+        (status = 200, description = "OK", body = MessageDetail),
+        (status = 404, description = "no such message the caller may see"),
+    ))]
 pub async fn get_handler(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -324,6 +352,21 @@ async fn lock_for_change(
     Ok(())
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Archived {
+    pub id: Uuid,
+    pub archived_at: DateTime<Utc>,
+}
+
+/// Hide the message from default listings (sender or admin); reports still count it.
+#[utoipa::path(post, path = "/api/messages/{id}/archive", tag = "messages",
+    operation_id = "archive_message",
+    params(("id" = Uuid, Path, description = "the message id")),
+    responses(
+        (status = 200, description = "archived (again: the first time is kept)", body = Archived),
+        (status = 403, description = "neither the sender nor an admin of its team"),
+        (status = 404, description = "no such message the caller may see"),
+    ))]
 pub async fn archive_handler(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -335,9 +378,21 @@ pub async fn archive_handler(
     lock_for_change(&tx, &caller, id).await?;
     let at = crate::queue::archive(&*tx, id).await?;
     tx.commit().await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"id": id, "archived_at": at})))
+    Ok(HttpResponse::Ok().json(Archived {
+        id,
+        archived_at: at,
+    }))
 }
 
+/// Delete the message, its copies and events; the rollups are corrected (sender or admin).
+#[utoipa::path(delete, path = "/api/messages/{id}", tag = "messages",
+    operation_id = "delete_message",
+    params(("id" = Uuid, Path, description = "the message id")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 403, description = "neither the sender nor an admin of its team"),
+        (status = 404, description = "no such message the caller may see"),
+    ))]
 pub async fn delete_handler(
     ctx: web::Data<Base>,
     caller: Caller,

@@ -3,25 +3,38 @@
 use actix_web::{web, HttpResponse};
 use chrono::NaiveDate;
 use serde::Deserialize;
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::base::Base;
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
+use crate::insights::report::TemplateRow;
 use crate::insights::report::{self, ClassFilter, ReportFilter, TemplateScope};
 
 /// Query string of the template reports; everything optional, parsed here so that a bad value
 /// is a 400 naming the parameter.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReportQuery {
+    /// First day of sending, YYYY-MM-DD (UTC).
     pub from: Option<String>,
+    /// Last day of sending, YYYY-MM-DD (UTC), included.
     pub to: Option<String>,
+    /// User id of the sender.
     pub sender: Option<String>,
+    /// Team id.
     pub team: Option<String>,
+    /// CRM deal (X-Mailtally-Deal).
     pub deal: Option<String>,
+    /// CRM lead.
     pub lead: Option<String>,
+    /// CRM project.
     pub project: Option<String>,
+    /// Which classes count in the rates: `human` (human + proxy, the default) or `all`.
     pub class: Option<String>,
-    /// `team:ID` or `sender:ID`: whose template (keys are unique within a scope only).
+    /// `team:ID` or `sender:ID`: whose template (keys are unique within a scope only). On one
+    /// template the default is the caller's own, else the one with most sent.
     pub scope: Option<String>,
 }
 
@@ -75,6 +88,22 @@ impl ReportQuery {
     }
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateReport {
+    /// The classes the rates count.
+    pub class: ClassFilter,
+    /// Most sent first.
+    pub templates: Vec<TemplateRow>,
+}
+
+/// One row per template the caller may see with something sent.
+#[utoipa::path(get, path = "/api/reports/templates", tag = "reports",
+    operation_id = "report_templates",
+    params(ReportQuery),
+    responses(
+        (status = 200, description = "OK", body = TemplateReport),
+        (status = 400, description = "a bad date, id, class or scope"),
+    ))]
 pub async fn templates(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -83,12 +112,21 @@ pub async fn templates(
     let filter = q.filter()?;
     let client = ctx.pool.get().await?;
     let rows = report::templates(&**client, caller.viewer(), &filter).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "class": filter.class,
-        "templates": rows,
-    })))
+    Ok(HttpResponse::Ok().json(TemplateReport {
+        class: filter.class,
+        templates: rows,
+    }))
 }
 
+/// One template: figures, daily series (by day of sending), top links, mail clients and devices.
+#[utoipa::path(get, path = "/api/reports/templates/{key}", tag = "reports",
+    operation_id = "report_template",
+    params(("key" = String, Path, description = "the template key"), ReportQuery),
+    responses(
+        (status = 200, description = "OK", body = TemplateDetail),
+        (status = 400, description = "a bad date, id, class or scope"),
+        (status = 404, description = "nothing sent with this key that the caller may see"),
+    ))]
 pub async fn template(
     ctx: web::Data<Base>,
     caller: Caller,

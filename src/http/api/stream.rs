@@ -50,7 +50,12 @@ async fn live_js() -> HttpResponse {
         .body(LIVE_JS)
 }
 
-async fn stream(req: HttpRequest, ctx: web::Data<Base>, hub: web::Data<Hub>) -> HttpResponse {
+/// Server-Sent Events of the caller's visible events, live (bearer token or the Insights cookie).
+#[utoipa::path(get, path = "/api/events/stream", tag = "events", operation_id = "event_stream",
+    security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, description = "one `event` (or `click`) a visible event, JSON in `data`; comments keep the connection alive",
+        content_type = "text/event-stream", body = String)))]
+pub async fn stream(req: HttpRequest, ctx: web::Data<Base>, hub: web::Data<Hub>) -> HttpResponse {
     let user = match stream_caller(&req, &ctx).await {
         Ok(u) => u,
         Err(e) => return actix_web::ResponseError::error_response(&e),
@@ -114,6 +119,5 @@ fn tokio_stream_from(
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/events/stream", web::get().to(stream))
-        .route("/insights/live.js", web::get().to(live_js));
+    cfg.route("/insights/live.js", web::get().to(live_js));
 }

@@ -3,15 +3,18 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::base::Base;
 use crate::http::auth::Caller;
 use crate::http::errors::{single_line, ApiError};
 use crate::queue::templates::{self, Template, Written};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateBody {
+    /// Required to create; on a change, the key of the path if given.
     pub key: Option<String>,
     #[serde(default)]
     pub name: String,
@@ -50,6 +53,14 @@ fn template(key: String, b: TemplateBody) -> Template {
     }
 }
 
+/// Create a template (or claim a key known only from mail sent over SMTP).
+#[utoipa::path(post, path = "/api/templates", tag = "templates", operation_id = "create_template",
+    request_body = TemplateBody,
+    responses(
+        (status = 201, description = "created", body = Template),
+        (status = 409, description = "the key is taken"),
+        (status = 422, description = "no key, a bad key or subject, no HTML"),
+    ))]
 pub async fn create(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -77,12 +88,27 @@ pub async fn create(
     Ok(HttpResponse::Created().json(stored))
 }
 
-pub async fn list(ctx: web::Data<Base>, caller: Caller) -> Result<HttpResponse, ApiError> {
-    let client = ctx.pool.get().await?;
-    let all = templates::list(&client, &caller.0).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "templates": all })))
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateList {
+    pub templates: Vec<Template>,
 }
 
+/// Templates with content the caller may use (their own and their team's).
+#[utoipa::path(get, path = "/api/templates", tag = "templates", operation_id = "list_templates",
+    responses((status = 200, description = "OK", body = TemplateList)))]
+pub async fn list(ctx: web::Data<Base>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let client = ctx.pool.get().await?;
+    let templates = templates::list(&client, &caller.0).await?;
+    Ok(HttpResponse::Ok().json(TemplateList { templates }))
+}
+
+/// One template.
+#[utoipa::path(get, path = "/api/templates/{key}", tag = "templates", operation_id = "get_template",
+    params(("key" = String, Path, description = "the template key")),
+    responses(
+        (status = 200, description = "OK", body = Template),
+        (status = 404, description = "no such template the caller may use"),
+    ))]
 pub async fn get(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -95,6 +121,16 @@ pub async fn get(
     }
 }
 
+/// Change a template (its owner, or an admin of its team).
+#[utoipa::path(put, path = "/api/templates/{key}", tag = "templates",
+    operation_id = "update_template",
+    params(("key" = String, Path, description = "the template key")),
+    request_body = TemplateBody,
+    responses(
+        (status = 200, description = "changed", body = Template),
+        (status = 404, description = "no such template the caller may change"),
+        (status = 422, description = "a bad subject, no HTML, or another key in the body"),
+    ))]
 pub async fn update(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -119,6 +155,14 @@ pub async fn update(
     Ok(HttpResponse::Ok().json(stored))
 }
 
+/// Remove a template's content (the key stays in reports).
+#[utoipa::path(delete, path = "/api/templates/{key}", tag = "templates",
+    operation_id = "delete_template",
+    params(("key" = String, Path, description = "the template key")),
+    responses(
+        (status = 204, description = "removed"),
+        (status = 404, description = "no such template the caller may change"),
+    ))]
 pub async fn delete(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -132,14 +176,17 @@ pub async fn delete(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignatureBody {
     pub html: Option<String>,
     pub text: Option<String>,
 }
 
-/// `PUT /api/me/signature`: appended to everything the caller sends through the API.
+/// The caller's signature, appended to what they send through the API.
+#[utoipa::path(put, path = "/api/me/signature", tag = "templates", operation_id = "put_signature",
+    request_body = SignatureBody,
+    responses((status = 200, description = "stored; the answer is the signature", body = SignatureBody)))]
 pub async fn put_signature(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -149,5 +196,5 @@ pub async fn put_signature(
     let client = ctx.pool.get().await?;
     crate::accounts::set_signature(&**client, caller.0.id, b.html.as_deref(), b.text.as_deref())
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"html": b.html, "text": b.text})))
+    Ok(HttpResponse::Ok().json(b))
 }

@@ -3,24 +3,70 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::accounts::{self, Role};
 use crate::base::Base;
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUserBody {
     pub email: String,
     /// For SMTP AUTH; a random one when absent (the user then submits from trusted networks or
     /// gets a password later).
+    #[schema(min_length = 8)]
     pub password: Option<String>,
+    /// Team name, created when new; an admin of a team may name only their own.
     pub team: Option<String>,
     #[serde(default)]
     pub admin: bool,
 }
 
+/// A user as the API shows them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    pub id: i64,
+    pub email: String,
+    pub team_id: Option<i64>,
+    /// `member` or `admin`.
+    pub role: &'static str,
+    /// `private`, `shared` or `team`: what their mail is without `X-Mailtally-Visibility`.
+    pub default_visibility: String,
+}
+
+impl From<&accounts::User> for UserView {
+    fn from(u: &accounts::User) -> Self {
+        UserView {
+            id: u.id,
+            email: u.email.clone(),
+            team_id: u.team_id,
+            role: u.role.as_str(),
+            default_visibility: u.default_visibility.clone(),
+        }
+    }
+}
+
+/// A new user with their first API token, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedUser {
+    pub id: i64,
+    pub email: String,
+    pub team_id: Option<i64>,
+    pub role: &'static str,
+    pub token: String,
+}
+
+/// Create a user (admins only); answers with their first API token, shown once.
+#[utoipa::path(post, path = "/api/users", tag = "users", operation_id = "create_user",
+    request_body = NewUserBody,
+    responses(
+        (status = 201, description = "created", body = CreatedUser),
+        (status = 403, description = "not an admin, or another team named"),
+        (status = 409, description = "a user with this e-mail exists"),
+    ))]
 pub async fn create_user(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -47,13 +93,13 @@ pub async fn create_user(
     let team = team_for_new_user(&**client, &caller, asked).await?;
     let new =
         accounts::add_user(&mut client, &body.email, &password, team.as_deref(), role).await?;
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "id": new.user.id,
-        "email": new.user.email,
-        "team_id": new.user.team_id,
-        "role": new.user.role.as_str(),
-        "token": new.api_token,
-    })))
+    Ok(HttpResponse::Created().json(CreatedUser {
+        id: new.user.id,
+        email: new.user.email,
+        team_id: new.user.team_id,
+        role: new.user.role.as_str(),
+        token: new.api_token,
+    }))
 }
 
 /// The team a new user joins. An admin of a team manages that team's users only: the user joins
@@ -79,12 +125,25 @@ async fn team_for_new_user(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTokenBody {
+    /// Kept to its first 100 characters.
     pub label: Option<String>,
 }
 
+/// An API token, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedToken {
+    pub id: i64,
+    pub label: String,
+    pub token: String,
+}
+
+/// Another API token for the caller, shown once; the body is optional.
+#[utoipa::path(post, path = "/api/tokens", tag = "users", operation_id = "create_token",
+    request_body(content = Option<NewTokenBody>, description = "optional"),
+    responses((status = 201, description = "created", body = CreatedToken)))]
 pub async fn create_token(
     ctx: web::Data<Base>,
     caller: Caller,
@@ -105,13 +164,12 @@ pub async fn create_token(
     let label: String = body.label.unwrap_or_default().chars().take(100).collect();
     let client = ctx.pool.get().await?;
     let (id, token) = accounts::create_api_token(&**client, caller.0.id, &label).await?;
-    Ok(HttpResponse::Created().json(serde_json::json!({"id": id, "label": label, "token": token})))
+    Ok(HttpResponse::Created().json(CreatedToken { id, label, token }))
 }
 
+/// The caller.
+#[utoipa::path(get, path = "/api/me", tag = "users", operation_id = "me",
+    responses((status = 200, description = "the caller", body = UserView)))]
 pub async fn me(caller: Caller) -> HttpResponse {
-    let u = caller.0;
-    HttpResponse::Ok().json(serde_json::json!({
-        "id": u.id, "email": u.email, "team_id": u.team_id, "role": u.role.as_str(),
-        "default_visibility": u.default_visibility,
-    }))
+    HttpResponse::Ok().json(UserView::from(&caller.0))
 }

@@ -4,24 +4,45 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::accounts::User;
 use crate::base::Base;
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
+use crate::notify::endpoints;
 use crate::notify::signing;
 
 use crate::notify::EVENT_TYPES;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEndpoint {
+    /// An http:// or https:// URL of at most 2000 characters.
     pub url: String,
+    /// Some of `open.first`, `open`, `click`, `delivered`, `deferred`, `bounced`, `reply`.
     pub event_types: Vec<String>,
+    /// Also opens and clicks of machines (scanners, prefetches, Apple MPP).
     #[serde(default)]
     pub include_machine: bool,
+    /// `user` (default: the caller's own messages) or `team` (what the caller may see of the
+    /// team's).
     #[serde(default)]
     pub scope: Option<String>,
+}
+
+/// A new endpoint, with its signing secret shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedEndpoint {
+    pub id: i64,
+    pub url: String,
+    pub scope: String,
+    pub event_types: Vec<String>,
+    pub include_machine: bool,
+    /// `whsec_...`: the receiver verifies signatures with it.
+    pub secret: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 fn validate(new: &NewEndpoint, user: &User) -> Result<String, String> {
@@ -84,7 +105,17 @@ fn endpoint_id(id: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::NotFound("webhook endpoint"))
 }
 
-async fn create(
+/// Create a webhook endpoint; the answer holds its signing secret (whsec_...), shown once.
+///
+/// 422 for a URL whose host is or resolves to a loopback, private, link-local, unique-local,
+/// multicast or reserved address, unless OUTBOUND_ALLOWED_NETWORKS lists it.
+#[utoipa::path(post, path = "/api/webhooks", tag = "webhooks", operation_id = "create_webhook",
+    request_body = NewEndpoint,
+    responses(
+        (status = 201, description = "created", body = CreatedEndpoint),
+        (status = 422, description = "a bad or refused URL, an unknown event type or scope"),
+    ))]
+pub async fn create(
     ctx: web::Data<Base>,
     caller: Caller,
     body: web::Bytes,
@@ -96,123 +127,73 @@ async fn create(
     check_target(&ctx, new.url.trim()).await?;
     let secret = signing::new_secret();
     let client = ctx.pool.get().await?;
-    let row = client
-        .query_one(
-            "INSERT INTO webhook_endpoints (owner_id, scope, url, secret, event_types, include_machine)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, created_at",
-            &[&user.id, &scope, &new.url.trim(), &secret, &new.event_types, &new.include_machine],
-        )
-        .await?;
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "id": row.get::<_, i64>(0),
-        "url": new.url.trim(),
-        "scope": scope,
-        "event_types": new.event_types,
-        "include_machine": new.include_machine,
+    let (id, created_at) = endpoints::create(
+        &**client,
+        &endpoints::NewEndpoint {
+            owner_id: user.id,
+            scope: &scope,
+            url: new.url.trim(),
+            secret: &secret,
+            event_types: &new.event_types,
+            include_machine: new.include_machine,
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(CreatedEndpoint {
+        id,
+        url: new.url.trim().to_string(),
+        scope,
+        event_types: new.event_types,
+        include_machine: new.include_machine,
         // Shown once: the receiver verifies signatures with it.
-        "secret": secret,
-        "created_at": row.get::<_, chrono::DateTime<chrono::Utc>>(1),
-    })))
+        secret,
+        created_at,
+    }))
 }
 
-async fn list(ctx: web::Data<Base>, caller: Caller) -> Result<HttpResponse, ApiError> {
+/// The caller's webhook endpoints with delivery counts.
+#[utoipa::path(get, path = "/api/webhooks", tag = "webhooks", operation_id = "list_webhooks",
+    responses((status = 200, description = "OK", body = Vec<Endpoint>)))]
+pub async fn list(ctx: web::Data<Base>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let client = ctx.pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT w.id, w.url, w.scope, w.event_types, w.include_machine, w.failures_in_row,
-                    w.disabled_at, w.disabled_reason, w.created_at,
-                    count(o.*) FILTER (WHERE o.status = 'pending'),
-                    count(o.*) FILTER (WHERE o.status = 'delivered'),
-                    count(o.*) FILTER (WHERE o.status = 'failed')
-               FROM webhook_endpoints w LEFT JOIN webhook_outbox o ON o.endpoint_id = w.id
-              WHERE w.owner_id = $1
-              GROUP BY w.id ORDER BY w.id",
-            &[&caller.0.id],
-        )
-        .await?;
-    Ok(HttpResponse::Ok().json(
-        rows.iter()
-            .map(|r| {
-                serde_json::json!({
-                    "id": r.get::<_, i64>(0),
-                    "url": r.get::<_, String>(1),
-                    "scope": r.get::<_, String>(2),
-                    "event_types": r.get::<_, Vec<String>>(3),
-                    "include_machine": r.get::<_, bool>(4),
-                    "failures_in_row": r.get::<_, i32>(5),
-                    "disabled_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(6),
-                    "disabled_reason": r.get::<_, Option<String>>(7),
-                    "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(8),
-                    "pending": r.get::<_, i64>(9),
-                    "delivered": r.get::<_, i64>(10),
-                    "failed": r.get::<_, i64>(11),
-                })
-            })
-            .collect::<Vec<_>>(),
-    ))
+    Ok(HttpResponse::Ok().json(endpoints::list(&**client, caller.0.id).await?))
 }
 
-async fn deliveries(
+/// Notifications sent to one endpoint (latest 500): status, attempts, last error, payload.
+#[utoipa::path(get, path = "/api/webhooks/{id}/deliveries", tag = "webhooks",
+    operation_id = "list_webhook_deliveries",
+    params(("id" = i64, Path, description = "the endpoint's id")),
+    responses(
+        (status = 200, description = "OK (none for an endpoint that is not the caller's)", body = Vec<Delivery>),
+        (status = 404, description = "not an endpoint id"),
+    ))]
+pub async fn deliveries(
     ctx: web::Data<Base>,
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = endpoint_id(&id)?;
     let client = ctx.pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT o.id, o.event_type, o.event_id, o.status, o.attempts, o.last_status, o.last_error,
-                    o.created_at, o.delivered_at, o.next_attempt_at, o.payload
-               FROM webhook_outbox o JOIN webhook_endpoints w ON w.id = o.endpoint_id
-              WHERE w.id = $1 AND w.owner_id = $2
-              ORDER BY o.created_at DESC LIMIT 500",
-            &[&id, &caller.0.id],
-        )
-        .await?;
-    Ok(HttpResponse::Ok().json(
-        rows.iter()
-            .map(|r| {
-                serde_json::json!({
-                    "id": r.get::<_, uuid::Uuid>(0),
-                    "event_type": r.get::<_, String>(1),
-                    "event_id": r.get::<_, uuid::Uuid>(2),
-                    "status": r.get::<_, String>(3),
-                    "attempts": r.get::<_, i32>(4),
-                    "last_status": r.get::<_, Option<i32>>(5),
-                    "last_error": r.get::<_, Option<String>>(6),
-                    "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(7),
-                    "delivered_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(8),
-                    "next_attempt_at": r.get::<_, chrono::DateTime<chrono::Utc>>(9),
-                    "payload": r.get::<_, serde_json::Value>(10),
-                })
-            })
-            .collect::<Vec<_>>(),
-    ))
+    Ok(HttpResponse::Ok().json(endpoints::deliveries(&**client, caller.0.id, id).await?))
 }
 
-async fn delete(
+/// Delete one of the caller's endpoints.
+#[utoipa::path(delete, path = "/api/webhooks/{id}", tag = "webhooks", operation_id = "delete_webhook",
+    params(("id" = i64, Path, description = "the endpoint's id")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "no such endpoint of the caller's"),
+    ))]
+pub async fn delete(
     ctx: web::Data<Base>,
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = endpoint_id(&id)?;
     let client = ctx.pool.get().await?;
-    let deleted = client
-        .execute(
-            "DELETE FROM webhook_endpoints WHERE id = $1 AND owner_id = $2",
-            &[&id, &caller.0.id],
-        )
-        .await?;
-    if deleted == 1 {
+    if endpoints::delete(&**client, caller.0.id, id).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::NotFound("webhook endpoint"))
     }
-}
-
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/webhooks", web::post().to(create))
-        .route("/api/webhooks", web::get().to(list))
-        .route("/api/webhooks/{id}", web::delete().to(delete))
-        .route("/api/webhooks/{id}/deliveries", web::get().to(deliveries));
 }
