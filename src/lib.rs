@@ -21,12 +21,11 @@
 //! - [`ratelimit`]: failed authentications counted per client IP (SMTP AUTH, API tokens);
 //! - [`escape`]: HTML escaping for every stage that writes markup;
 //! - [`netguard`]: which addresses connections to user-named hosts (webhooks, IMAP) may reach;
-//! - [`config`], [`metrics`], [`context`], [`serve`]: settings, the Prometheus registry, shared
-//!   state and the `serve` command.
+//! - [`settings`], [`metrics`], [`context`], [`serve`]: typed settings, the Prometheus registry,
+//!   shared state and the `serve` command.
 
 pub mod api;
 pub mod compose;
-pub mod config;
 pub mod context;
 pub mod deliver;
 pub mod escape;
@@ -44,5 +43,9 @@ pub mod relay;
 pub mod replies;
 pub mod rewrite;
 pub mod serve;
+pub mod settings;
 pub mod store;
 pub mod track;
+
+// The path the stages and the tests were written against.
+pub use settings as config;
