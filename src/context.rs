@@ -43,11 +43,12 @@ pub async fn tracking_secrets(
     pool: &Pool,
 ) -> Result<TrackingSecrets, crate::store::StoreError> {
     let previous = settings
+        .rewrite
         .tracking_secret_previous
         .iter()
         .map(|s| s.as_bytes().to_vec())
         .collect();
-    if let Some(secret) = &settings.tracking_secret {
+    if let Some(secret) = &settings.rewrite.tracking_secret {
         return Ok(TrackingSecrets {
             current: secret.as_bytes().to_vec(),
             previous,
@@ -92,16 +93,17 @@ pub fn rewrite_settings(
     settings: &Settings,
 ) -> Result<crate::rewrite::RewriteSettings, crate::rewrite::dkim::DkimError> {
     use crate::rewrite::{DkimSettings, RewriteSettings, TrackMode};
-    let mut rs = RewriteSettings::new(&settings.public_url);
-    rs.track_text_links = settings.track_text_links;
+    let mut rs = RewriteSettings::new(&settings.rewrite.public_url);
+    rs.track_text_links = settings.rewrite.track_text_links;
     rs.default_track = settings
+        .rewrite
         .default_track
         .parse::<TrackMode>()
         .unwrap_or(TrackMode::OpensAndClicks);
     rs.dkim = match (
-        &settings.dkim_selector,
-        &settings.dkim_domain,
-        &settings.dkim_key,
+        &settings.rewrite.dkim_selector,
+        &settings.rewrite.dkim_domain,
+        &settings.rewrite.dkim_key,
     ) {
         (Some(selector), Some(domain), Some(key)) => {
             let dkim = DkimSettings::from_file(selector, domain, key)?;

@@ -100,7 +100,7 @@ pub fn node_name(ctx: &Context) -> String {
     format!(
         "{}/{}",
         crate::relay::tls::host_name(),
-        ctx.settings.smtp_listen
+        ctx.settings.relay.listen
     )
 }
 
@@ -113,12 +113,12 @@ pub async fn start(ctx: Context) -> Result<Deliver, DeliverError> {
         tracing::info!(released, "freed the delivery leases held before a restart");
     }
     let mut tasks = JoinSet::new();
-    for _ in 0..ctx.settings.delivery_workers.max(1) {
+    for _ in 0..ctx.settings.deliver.workers.max(1) {
         tasks.spawn(worker::run(ctx.clone(), transport.clone(), owner.clone()));
     }
     tasks.spawn(depth_gauge(ctx.clone()));
     tracing::info!(
-        workers = ctx.settings.delivery_workers,
+        workers = ctx.settings.deliver.workers,
         upstream = transport.describe(),
         "delivery workers running"
     );
