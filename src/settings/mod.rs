@@ -700,4 +700,27 @@ mod tests {
         keys.dedup();
         assert_eq!(keys.len(), SETTINGS.len(), "an environment variable twice");
     }
+
+    /// `scripts/settings-table` runs this with SETTINGS_TABLE_WRITE=1 to rewrite the table.
+    #[test]
+    fn the_readme_table_is_the_generated_one() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let start = "<!-- settings table:";
+        let end = "<!-- end of settings table -->";
+        let from = readme.find(start).expect("README has the settings table");
+        let from = from + readme[from..].find('\n').unwrap() + 1;
+        let to = readme.find(end).expect("README ends the settings table");
+        let generated = markdown_table();
+        if std::env::var_os("SETTINGS_TABLE_WRITE").is_some() {
+            let written = format!("{}{generated}{}", &readme[..from], &readme[to..]);
+            std::fs::write(path, written).unwrap();
+            return;
+        }
+        assert!(
+            readme[from..to] == generated,
+            "the README's settings table differs from src/settings/table.rs; \
+             scripts/settings-table rewrites it"
+        );
+    }
 }
