@@ -8,7 +8,7 @@
 //! The modules follow the flow of a message and of an event, in layers; a module imports only
 //! from its own layer or the layers below (`tests/it/layers.rs` keeps it so):
 //!
-//! 1. base: [`config`] (typed settings), [`metrics`] (the Prometheus registry), [`store`]
+//! 1. base: [`settings`] (typed settings, also reachable as `config`), [`metrics`] (the Prometheus registry), [`store`]
 //!    (PostgreSQL, migrations, the embedded cluster), [`base`] (what every stage shares:
 //!    settings, pool, shutdown), [`netguard`] (which addresses user-named hosts may reach),
 //!    [`escape`];
@@ -25,7 +25,6 @@ pub mod accounts;
 pub mod base;
 pub mod classify;
 pub mod compose;
-pub mod config;
 pub mod deliver;
 pub mod deliverability;
 pub mod erasure;
@@ -42,6 +41,10 @@ pub mod relay;
 pub mod replies;
 pub mod rewrite;
 pub mod serve;
+pub mod settings;
 pub mod store;
 
 pub mod track;
+
+// The path the stages and the tests were written against.
+pub use settings as config;

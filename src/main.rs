@@ -17,7 +17,8 @@ use mailtally::config::{LogFormat, Settings, Sources, UnknownVariable};
 )]
 // The settings table is printed once, by the top-level `--help`; subcommands point to it.
 struct Cli {
-    /// TOML file with settings (the same keys as the environment variables); environment wins.
+    /// TOML file with settings (the environment variables' names, or [section] fields as
+    /// `--help` lists them); environment wins.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -98,12 +99,12 @@ struct UserAdd {
 
 fn init_logging(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.log_level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match settings.log_format {
+    match settings.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
     }
@@ -145,9 +146,10 @@ fn main() -> anyhow::Result<()> {
     }
     // A short secret lets anyone who guesses it sign redirects; refusing it would stop
     // installations that already run with one, so it is a warning.
-    for (key, secret) in std::iter::once(("TRACKING_SECRET", settings.tracking_secret.as_ref()))
-        .chain(
+    for (key, secret) in
+        std::iter::once(("TRACKING_SECRET", settings.rewrite.tracking_secret.as_ref())).chain(
             settings
+                .rewrite
                 .tracking_secret_previous
                 .iter()
                 .map(|s| ("TRACKING_SECRET_PREVIOUS", Some(s))),
@@ -167,11 +169,11 @@ fn main() -> anyhow::Result<()> {
             .context("invalid DKIM settings")?;
         // So are the contents of the other files serve reads: the STARTTLS pair (when given;
         // else a self-signed one is made later) and the Apple MPP address list.
-        if settings.tls_cert.is_some() && settings.tls_key.is_some() {
+        if settings.relay.tls_cert.is_some() && settings.relay.tls_key.is_some() {
             mailtally::relay::tls::acceptor(&settings)
                 .context("invalid TLS_CERT / TLS_KEY: expected a PEM certificate chain and its PEM private key")?;
         }
-        mailtally::classify::Classifier::load(settings.apple_mpp_cidrs.as_deref())
+        mailtally::classify::Classifier::load(settings.track.apple_mpp_cidrs.as_deref())
             .context("invalid APPLE_MPP_CIDRS: expected one CIDR (such as 17.0.0.0/8) a line")?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -208,7 +210,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut raw)
                 .context("cannot read the message from standard input")?;
             // The secret of the installation, so that the preview's links work against it.
-            let stored = if settings.tracking_secret.is_some() {
+            let stored = if settings.rewrite.tracking_secret.is_some() {
                 String::new()
             } else {
                 stored_tracking_secret(&settings).await?
@@ -311,9 +313,12 @@ async fn aggregate(settings: Settings, batch_size: i64) -> anyhow::Result<()> {
 /// `mailtally migrate`: applies what is pending and says what it did, or that nothing was.
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     use mailtally::store::{self, migrate::MIGRATIONS, Database};
-    let db = Database::open(settings.database_url.as_deref(), &settings.data_dir)
-        .await
-        .context("cannot open the database")?;
+    let db = Database::open(
+        settings.store.database_url.as_deref(),
+        &settings.store.data_dir,
+    )
+    .await
+    .context("cannot open the database")?;
     let result = async {
         let pool = store::pool(&db.url, 1)?;
         let applied = store::migrate(&pool).await;
@@ -344,15 +349,20 @@ async fn stored_tracking_secret(settings: &Settings) -> anyhow::Result<String> {
     const NEEDS: &str = "mailtally rewrite signs links with the installation's tracking secret: \
                          set TRACKING_SECRET to it, or point DATABASE_URL (or MAILTALLY_DATA) \
                          at the database of a mailtally that has run `serve`";
-    if settings.database_url.is_none() && !settings.data_dir.join("pg/data/PG_VERSION").exists() {
+    if settings.store.database_url.is_none()
+        && !settings.store.data_dir.join("pg/data/PG_VERSION").exists()
+    {
         bail!(
             "no database under {} and no TRACKING_SECRET; {NEEDS}",
-            settings.data_dir.join("pg").display()
+            settings.store.data_dir.join("pg").display()
         );
     }
-    let db = Database::open(settings.database_url.as_deref(), &settings.data_dir)
-        .await
-        .context("cannot open the database")?;
+    let db = Database::open(
+        settings.store.database_url.as_deref(),
+        &settings.store.data_dir,
+    )
+    .await
+    .context("cannot open the database")?;
     let result = async {
         let pool = store::pool(&db.url, 1)?;
         let row = async {

@@ -242,7 +242,7 @@ impl AddressPolicy {
     }
 
     pub fn from_settings(settings: &Settings) -> AddressPolicy {
-        AddressPolicy::new(settings.outbound_allowed_networks.clone())
+        AddressPolicy::new(settings.outbound.allowed_networks.clone())
     }
 
     /// Whether mailtally may connect to `ip`.

@@ -50,7 +50,11 @@ const AGGREGATION_EVERY: std::time::Duration = std::time::Duration::from_secs(2)
 pub async fn open_store(
     settings: &Settings,
 ) -> Result<(Database, deadpool_postgres::Pool), StoreError> {
-    let db = Database::open(settings.database_url.as_deref(), &settings.data_dir).await?;
+    let db = Database::open(
+        settings.store.database_url.as_deref(),
+        &settings.store.data_dir,
+    )
+    .await?;
     if let Some(cluster) = &db.cluster {
         tracing::info!(dir = %cluster.dir().display(), owner = cluster.is_owner(), "embedded PostgreSQL running");
     }
@@ -99,7 +103,7 @@ async fn first_user(ctx: &Base) -> Result<(), ServeError> {
         Err(accounts::AccountError::Exists(_)) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let smtp = ctx.settings.smtp_listen;
+    let smtp = ctx.settings.relay.listen;
     println!(
         "\nmailtally: first user created (shown once, keep them):\n  \
          e-mail:    {email}\n  password:  {password}\n  API token: {token}\n\n\
@@ -112,7 +116,7 @@ async fn first_user(ctx: &Base) -> Result<(), ServeError> {
         token = new.api_token,
         host = smtp.ip(),
         port = smtp.port(),
-        public = ctx.settings.public_url,
+        public = ctx.settings.rewrite.public_url,
     );
     Ok(())
 }
@@ -154,9 +158,9 @@ async fn run_with_store(
     let stored_secret = store::server_settings::tracking_secret(&pool).await?;
     let rewriter = Rewriter::new(&settings, &stored_secret)?;
     // The writer starts before anything can produce events and stops after HTTP has.
-    let mut writer_config = WriterConfig::new(settings.data_dir.join("spool"));
-    writer_config.batch_size = settings.event_batch_size;
-    writer_config.channel_capacity = settings.event_channel_capacity;
+    let mut writer_config = WriterConfig::new(settings.store.data_dir.join("spool"));
+    writer_config.batch_size = settings.events.batch_size;
+    writer_config.channel_capacity = settings.events.channel_capacity;
     let (events, writer) = writer::start(pool.clone(), writer_config)?;
     let deliveries = DeliveryCache::new();
     let background = CancellationToken::new();
@@ -205,11 +209,11 @@ async fn serve_http(
     let relay = crate::relay::start(ctx.clone(), rewriter.clone()).await?;
     let deliver = crate::deliver::start(ctx.clone()).await?;
     let http = crate::http::start(ctx.clone(), handles).map_err(|source| ServeError::HttpBind {
-        addr: settings.http_listen,
+        addr: settings.http.listen,
         source,
     })?;
     let http_handle = http.handle();
-    tracing::info!(http = %settings.http_listen, public_url = %settings.public_url, "mailtally serving");
+    tracing::info!(http = %settings.http.listen, public_url = %settings.rewrite.public_url, "mailtally serving");
 
     let http_task = tokio::spawn(http);
     let aggregation = tokio::spawn(crate::insights::aggregate::serve_loop(
@@ -244,7 +248,7 @@ async fn partitions(ctx: &Base) -> Result<(), StoreError> {
     client
         .execute("SELECT mailtally_ensure_event_partitions(1, 3)", &[])
         .await?;
-    store::retention::drop_expired(&**client, ctx.settings.retention_days).await?;
+    store::retention::drop_expired(&**client, ctx.settings.store.retention_days).await?;
     Ok(())
 }
 

@@ -79,8 +79,8 @@ impl Windows {
     pub fn from_settings(s: &crate::config::Settings) -> Windows {
         let delta = |d: std::time::Duration| TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX);
         Windows {
-            open_prefetch: delta(s.prefetch_window),
-            click_scanner: delta(s.click_scanner_window),
+            open_prefetch: delta(s.track.prefetch_window),
+            click_scanner: delta(s.track.click_scanner_window),
         }
     }
 }

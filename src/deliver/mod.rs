@@ -96,7 +96,7 @@ impl Deliver {
 /// The name this node's leases carry: stable across restarts of the same node, distinct
 /// between nodes (two nodes cannot listen on one address of one host).
 pub fn node_name(ctx: &Base) -> String {
-    format!("{}/{}", crate::base::host_name(), ctx.settings.smtp_listen)
+    format!("{}/{}", crate::base::host_name(), ctx.settings.relay.listen)
 }
 
 /// Starts DELIVERY_WORKERS workers and the queue-depth gauge.
@@ -108,12 +108,12 @@ pub async fn start(ctx: Base) -> Result<Deliver, DeliverError> {
         tracing::info!(released, "freed the delivery leases held before a restart");
     }
     let mut tasks = JoinSet::new();
-    for _ in 0..ctx.settings.delivery_workers.max(1) {
+    for _ in 0..ctx.settings.deliver.workers.max(1) {
         tasks.spawn(worker::run(ctx.clone(), transport.clone(), owner.clone()));
     }
     tasks.spawn(depth_gauge(ctx.clone()));
     tracing::info!(
-        workers = ctx.settings.delivery_workers,
+        workers = ctx.settings.deliver.workers,
         upstream = transport.describe(),
         "delivery workers running"
     );

@@ -46,21 +46,24 @@ pub enum Transport {
 
 impl Transport {
     pub fn from_settings(settings: &Settings) -> Result<Self, DeliverError> {
-        let Some(url) = &settings.upstream_url else {
+        let Some(url) = &settings.deliver.upstream_url else {
             return Ok(Transport::Capture);
         };
         let url = with_tls_mode(url);
-        let workers = u32::try_from(settings.delivery_workers.max(1)).unwrap_or(u32::MAX);
+        let workers = u32::try_from(settings.deliver.workers.max(1)).unwrap_or(u32::MAX);
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
             .map_err(|e| DeliverError::Upstream(e.to_string()))?
-            .timeout(Some(settings.upstream_timeout))
+            .timeout(Some(settings.deliver.upstream_timeout))
             .pool_config(
                 PoolConfig::new()
                     .max_size(workers)
                     .idle_timeout(Duration::from_secs(30)),
             )
             .build();
-        Ok(Transport::Smtp(transport, settings.upstream_timeout))
+        Ok(Transport::Smtp(
+            transport,
+            settings.deliver.upstream_timeout,
+        ))
     }
 
     pub fn via(&self) -> &'static str {
@@ -171,7 +174,10 @@ mod tests {
         ] {
             let s =
                 Settings::from_sources(&Sources::from_pairs([("UPSTREAM_URL", given)])).unwrap();
-            assert_eq!(with_tls_mode(s.upstream_url.as_deref().unwrap()), sent);
+            assert_eq!(
+                with_tls_mode(s.deliver.upstream_url.as_deref().unwrap()),
+                sent
+            );
         }
     }
 }

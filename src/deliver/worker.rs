@@ -102,10 +102,10 @@ fn outcome_of(ctx: &Base, claimed: &Claimed, attempt: Attempt, via: &'static str
                 .unwrap_or_default();
             let attempts = u32::try_from(claimed.attempts).unwrap_or(0);
             match retry::next_delay(
-                &ctx.settings.retry_schedule,
+                &ctx.settings.deliver.retry_schedule,
                 attempts,
                 age,
-                ctx.settings.max_queue_age,
+                ctx.settings.deliver.max_queue_age,
             ) {
                 Some(retry_in) => Outcome::Deferred { error, retry_in },
                 None => Outcome::Bounced {

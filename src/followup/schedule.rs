@@ -303,10 +303,10 @@ async fn compose_followup(
         Ok(m) => m,
         Err(e) => return Ok(Outcome::Failed(e.to_string())),
     };
-    queue::pacing::assign(tx, &mut message, ctx.settings.sender_rate_per_minute).await?;
+    queue::pacing::assign(tx, &mut message, ctx.settings.queue.sender_rate_per_minute).await?;
     queue::insert(tx, &message).await?;
     // Counted, not refused: the sender's other mail waits for the budget this one uses.
-    let per_hour = ctx.settings.sender_max_bytes_per_hour;
+    let per_hour = ctx.settings.queue.sender_max_bytes_per_hour;
     queue::budget::record(tx, message.sender_id, message.copy_bytes(), per_hour).await?;
     Ok(Outcome::Sent(message.id))
 }
@@ -335,7 +335,8 @@ pub async fn cancel_for_recipient(
 pub async fn serve_loop(ctx: Base, rewriter: Rewriter) {
     let every = ctx
         .settings
-        .followup_check_every
+        .followup
+        .check_every
         .max(std::time::Duration::from_millis(100));
     loop {
         match run_once(&ctx, &rewriter, 100).await {

@@ -34,13 +34,13 @@ pub struct HttpLimits {
 impl HttpLimits {
     pub fn from_settings(settings: &Settings) -> HttpLimits {
         HttpLimits {
-            max_body: settings.http_max_body,
-            max_url: settings.http_max_url,
+            max_body: settings.http.max_body,
+            max_url: settings.http.max_url,
             tokens: FailureLimiter::new(
-                settings.auth_max_failures_per_ip,
-                settings.auth_failure_window,
+                settings.accounts.max_failures_per_ip,
+                settings.accounts.failure_window,
             ),
-            trusted_proxies: settings.trusted_proxies.clone(),
+            trusted_proxies: settings.http.trusted_proxies.clone(),
         }
     }
 

@@ -48,7 +48,7 @@ async fn healthz(ctx: web::Data<Base>) -> HttpResponse {
 /// With METRICS_TOKEN set, `/metrics` answers only a scrape that presents it as a bearer
 /// token; a wrong one is a 401 that the failure limiter counts like a bad API token.
 async fn metrics_page(ctx: web::Data<Base>, req: HttpRequest) -> HttpResponse {
-    if let Some(expected) = &ctx.settings.metrics_token {
+    if let Some(expected) = &ctx.settings.http.metrics_token {
         let given = crate::http::auth::bearer(&req).unwrap_or_default();
         // Compared in constant time: the token is a secret and the endpoint is unauthenticated.
         let same: bool =
@@ -104,7 +104,7 @@ pub struct Handles {
 
 /// Binds `HTTP_LISTEN` and returns the running server (already listening).
 pub fn start(ctx: Base, handles: Handles) -> std::io::Result<actix_web::dev::Server> {
-    let addr = ctx.settings.http_listen;
+    let addr = ctx.settings.http.listen;
     let limits = web::Data::new(limits::HttpLimits::from_settings(&ctx.settings));
     let data = web::Data::new(ctx);
     let tracker = web::Data::new(handles.tracker);

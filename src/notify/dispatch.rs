@@ -349,7 +349,7 @@ async fn failed(
         )
         .await?
         .get(0);
-    if failures >= ctx.settings.webhook_disable_after as i32 {
+    if failures >= ctx.settings.notify.disable_after as i32 {
         let disabled = client
             .execute(
                 "UPDATE webhook_endpoints SET disabled_at = now(),
@@ -370,11 +370,11 @@ async fn failed(
             );
         }
     }
-    let schedule = &ctx.settings.webhook_retry_schedule;
+    let schedule = &ctx.settings.notify.retry_schedule;
     let index = (row.attempts.max(1) as usize - 1).min(schedule.len() - 1);
     let delay = schedule[index];
     let age = Utc::now() - row.created_at;
-    let give_up = age.to_std().unwrap_or_default() + delay > ctx.settings.webhook_max_age;
+    let give_up = age.to_std().unwrap_or_default() + delay > ctx.settings.notify.max_age;
     let status = status.map(i32::from);
     if give_up {
         NOTIFY

@@ -137,7 +137,7 @@ pub async fn produce(ctx: &Base) -> Result<usize, OutboxError> {
         return Ok(0);
     };
     let (end_tx, end_seq): (i64, i64) = (end.get(0), end.get(1));
-    let hold = ctx.settings.webhook_click_hold.as_secs_f64();
+    let hold = ctx.settings.notify.click_hold.as_secs_f64();
     let sql = PRODUCE_SQL.replace("ENDPOINT_SEES_MESSAGE", &endpoint_sees_message());
     let queued = tx
         .query(&sql, &[&last_tx, &last_seq, &end_tx, &end_seq, &hold])

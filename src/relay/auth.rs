@@ -10,7 +10,7 @@ use crate::accounts;
 
 /// Plain-text mechanisms need TLS, except on loopback when the setting allows it.
 pub(super) fn allowed(s: &Session) -> bool {
-    s.tls || (s.ctx().settings.allow_plain_auth_on_loopback && s.peer.ip().is_loopback())
+    s.tls || (s.ctx().settings.relay.allow_plain_auth_on_loopback && s.peer.ip().is_loopback())
 }
 
 pub(super) async fn start(s: &mut Session, mechanism: u64, initial: String) -> Next {
@@ -165,7 +165,7 @@ fn failed(s: &mut Session) -> Next {
     if let Some(wait) = s.shared.auth_limiter.fail(s.peer.ip()) {
         return too_many_from_address(s, wait);
     }
-    if s.auth_failures >= s.ctx().settings.smtp_max_auth_failures.max(1) {
+    if s.auth_failures >= s.ctx().settings.relay.max_auth_failures.max(1) {
         s.reply(421, "4.7.0", "Too many failed authentication attempts");
         return Next::Close;
     }

@@ -83,8 +83,8 @@ pub(super) async fn finish(s: &mut Session) -> Next {
     let settings = &s.ctx().settings;
     tx.take_in(
         true,
-        settings.max_message_size,
-        settings.submission_max_bytes,
+        settings.relay.max_message_size,
+        settings.queue.submission_max_bytes,
     );
     // RFC 3463 X.3.4 "message too big for system": the same message will never fit, so 5xx.
     match tx.oversized {
@@ -151,14 +151,14 @@ pub(super) async fn finish(s: &mut Session) -> Next {
     }
     // The copies may be larger than what was received (tokens, pixel): bound what is stored.
     let copy_bytes: u64 = copies.iter().map(|c| c.2.len() as u64).sum();
-    let max_total = s.ctx().settings.submission_max_bytes;
+    let max_total = s.ctx().settings.queue.submission_max_bytes;
     if max_total > 0 && copy_bytes > max_total {
         RejectReason::Size.count();
         let text = submission_too_large(copies.len(), s);
         s.reply(552, "5.3.4", &text);
         return Next::Continue;
     }
-    let per_hour = s.ctx().settings.sender_max_bytes_per_hour;
+    let per_hour = s.ctx().settings.queue.sender_max_bytes_per_hour;
     match queue::budget::charge(&s.ctx().pool, tx.sender.id, copy_bytes, per_hour).await {
         Ok(()) => {}
         Err(QueueError::OverBudget(over)) => {
@@ -196,7 +196,7 @@ pub(super) async fn finish(s: &mut Session) -> Next {
     let track = facts
         .track
         .clone()
-        .unwrap_or_else(|| s.ctx().settings.default_track.clone());
+        .unwrap_or_else(|| s.ctx().settings.rewrite.default_track.clone());
     let mut message = NewMessage {
         id: Uuid::now_v7(),
         sender_id: tx.sender.id,
@@ -219,7 +219,7 @@ pub(super) async fn finish(s: &mut Session) -> Next {
             .collect(),
     };
     let queued = if message.facts.separate {
-        let rate = s.ctx().settings.sender_rate_per_minute;
+        let rate = s.ctx().settings.queue.sender_rate_per_minute;
         queue::enqueue_paced(&s.ctx().pool, &mut message, rate).await
     } else {
         queue::enqueue(&s.ctx().pool, &message).await
@@ -251,7 +251,7 @@ pub(super) async fn finish(s: &mut Session) -> Next {
 fn submission_too_large(recipients: usize, s: &Session) -> String {
     format!(
         "Message size times its {recipients} recipients exceeds the limit of {} bytes per submission",
-        s.ctx().settings.submission_max_bytes
+        s.ctx().settings.queue.submission_max_bytes
     )
 }
 

@@ -17,7 +17,7 @@ pub(super) fn hello(s: &mut Session, host: String, extended: bool) -> Next {
     let mut lines = vec![
         greeting,
         "PIPELINING".to_string(),
-        format!("SIZE {}", s.ctx().settings.max_message_size),
+        format!("SIZE {}", s.ctx().settings.relay.max_message_size),
         "8BITMIME".to_string(),
         "SMTPUTF8".to_string(),
         "ENHANCEDSTATUSCODES".to_string(),

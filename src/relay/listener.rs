@@ -39,7 +39,7 @@ impl Relay {
 
 /// Binds SMTP_LISTEN and starts accepting.
 pub async fn start(ctx: Base, rewriter: crate::rewrite::Rewriter) -> Result<Relay, RelayError> {
-    let addr = ctx.settings.smtp_listen;
+    let addr = ctx.settings.relay.listen;
     let tls = tls::acceptor(&ctx.settings)?;
     let listener = TcpListener::bind(addr)
         .await
@@ -53,12 +53,12 @@ pub async fn start(ctx: Base, rewriter: crate::rewrite::Rewriter) -> Result<Rela
         ctx: ctx.clone(),
         rewriter,
         auth_limiter: crate::accounts::limiter::FailureLimiter::new(
-            ctx.settings.auth_max_failures_per_ip,
-            ctx.settings.auth_failure_window,
+            ctx.settings.accounts.max_failures_per_ip,
+            ctx.settings.accounts.failure_window,
         ),
     });
     let sessions = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(ctx.settings.max_smtp_sessions.max(1)));
+    let slots = Arc::new(Semaphore::new(ctx.settings.relay.max_sessions.max(1)));
     let accept_task = tokio::spawn(accept_loop(listener, shared, sessions.clone(), slots));
     tracing::info!(smtp = %local_addr, "SMTP relay listening");
     Ok(Relay {

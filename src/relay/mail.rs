@@ -20,7 +20,7 @@ pub(super) async fn mail_from(s: &mut Session, from: MailFrom<String>) -> Next {
         s.reply(503, "5.5.1", "Nested MAIL command");
         return Next::Continue;
     }
-    let max = s.ctx().settings.max_message_size;
+    let max = s.ctx().settings.relay.max_message_size;
     if from.size > max {
         RejectReason::Size.count();
         let (code, enhanced, text) = super::reply::MESSAGE_TOO_BIG;
@@ -34,8 +34,7 @@ pub(super) async fn mail_from(s: &mut Session, from: MailFrom<String>) -> Next {
     }
     let sender = match &s.user {
         Some(user) => {
-            if s.ctx().settings.submit_own_address_only
-                && !user.email.eq_ignore_ascii_case(&address)
+            if s.ctx().settings.relay.own_address_only && !user.email.eq_ignore_ascii_case(&address)
             {
                 RejectReason::Sender.count();
                 s.reply(

@@ -11,7 +11,7 @@ pub(super) fn rcpt_to(s: &mut Session, to: RcptTo<String>) -> Next {
         s.reply(530, "5.7.0", "Authentication required");
         return Next::Continue;
     }
-    let max = s.ctx().settings.max_recipients;
+    let max = s.ctx().settings.relay.max_recipients;
     let Some(tx) = s.tx.as_mut() else {
         s.reply(503, "5.5.1", "Need MAIL before RCPT");
         return Next::Continue;

@@ -167,7 +167,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stream: TcpStream, peer: Socket
     push(&mut session.out, 220, "", &greeting);
     match session.drive(&mut stream).await {
         Ok(Next::StartTls) => {
-            let idle = shared.ctx.settings.smtp_idle_timeout;
+            let idle = shared.ctx.settings.relay.idle_timeout;
             let handshake = tokio::time::timeout(idle, shared.tls.accept(stream)).await;
             match handshake {
                 Ok(Ok(mut tls_stream)) => {
@@ -214,7 +214,7 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let idle = self.ctx().settings.smtp_idle_timeout;
+        let idle = self.ctx().settings.relay.idle_timeout;
         let shutdown = self.ctx().shutdown.clone();
         let mut buf = vec![0u8; 32 * 1024];
         loop {
@@ -270,8 +270,8 @@ impl Session {
 
     /// Feeds input to the phase in progress.
     async fn step(&mut self, bytes: &mut Iter<'_, u8>) -> Next {
-        let max_size = self.ctx().settings.max_message_size;
-        let max_total = self.ctx().settings.submission_max_bytes;
+        let max_size = self.ctx().settings.relay.max_message_size;
+        let max_total = self.ctx().settings.queue.submission_max_bytes;
         match &mut self.mode {
             Mode::Command => self.command(bytes).await,
             Mode::Data(receiver) => {
@@ -450,7 +450,8 @@ impl Session {
         let ip = self.peer.ip();
         self.ctx()
             .settings
-            .submit_trusted_networks
+            .relay
+            .trusted_networks
             .iter()
             .any(|net| net.contains(ip))
     }

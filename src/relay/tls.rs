@@ -33,9 +33,9 @@ pub enum TlsError {
 
 /// The acceptor for STARTTLS.
 pub fn acceptor(settings: &Settings) -> Result<TlsAcceptor, TlsError> {
-    let (cert_path, key_path) = match (&settings.tls_cert, &settings.tls_key) {
+    let (cert_path, key_path) = match (&settings.relay.tls_cert, &settings.relay.tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
-        _ => self_signed(&settings.data_dir.join("tls"))?,
+        _ => self_signed(&settings.store.data_dir.join("tls"))?,
     };
     let certs = {
         let pem = read(&cert_path)?;

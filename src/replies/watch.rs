@@ -45,12 +45,13 @@ struct Watch {
 /// Runs until shutdown; does nothing without `MAILBOX_KEY`. On shutdown every watcher logs
 /// out and gives its mailbox up, so that another node (or this one restarted) takes it at once.
 pub async fn serve_loop(ctx: Base) {
-    let Some(key) = ctx.settings.mailbox_key.clone() else {
+    let Some(key) = ctx.settings.replies.mailbox_key.clone() else {
         return;
     };
     let poll = ctx
         .settings
-        .mailbox_poll_every
+        .replies
+        .poll_every
         .max(Duration::from_millis(200));
     let lease = (poll.as_secs_f64() * 3.0).max(90.0);
     let node = crate::deliver::node_name(&ctx);
@@ -82,7 +83,7 @@ pub async fn serve_loop(ctx: Base) {
                         backoff: Backoff {
                             first: FIRST_RETRY,
                             most: LONGEST_RETRY,
-                            give_up_after: ctx.settings.mailbox_max_failures,
+                            give_up_after: ctx.settings.replies.max_failures,
                         },
                     };
                     watchers.spawn(w.run(m));
@@ -164,7 +165,7 @@ impl Watch {
             m,
             &password,
             &self.policy,
-            self.ctx.settings.mailbox_allow_plaintext,
+            self.ctx.settings.replies.allow_plaintext,
         )
         .await?;
         drop(password);

@@ -29,8 +29,13 @@ impl Rewriter {
 /// The keys that sign and verify tracking tokens: `TRACKING_SECRET` (else the stored one)
 /// signs; it and the rotated-out `TRACKING_SECRET_PREVIOUS` verify.
 pub fn token_keys(settings: &Settings, stored_secret: &str) -> TokenKeys {
-    let current = settings.tracking_secret.as_deref().unwrap_or(stored_secret);
+    let current = settings
+        .rewrite
+        .tracking_secret
+        .as_deref()
+        .unwrap_or(stored_secret);
     let previous: Vec<Vec<u8>> = settings
+        .rewrite
         .tracking_secret_previous
         .iter()
         .map(|s| s.as_bytes().to_vec())
@@ -40,16 +45,17 @@ pub fn token_keys(settings: &Settings, stored_secret: &str) -> TokenKeys {
 
 /// The rewrite's settings from the process settings (reads the DKIM key file when set).
 pub fn rewrite_settings(settings: &Settings) -> Result<RewriteSettings, DkimError> {
-    let mut rs = RewriteSettings::new(&settings.public_url);
-    rs.track_text_links = settings.track_text_links;
+    let mut rs = RewriteSettings::new(&settings.rewrite.public_url);
+    rs.track_text_links = settings.rewrite.track_text_links;
     rs.default_track = settings
+        .rewrite
         .default_track
         .parse::<TrackMode>()
         .unwrap_or(TrackMode::OpensAndClicks);
     rs.dkim = match (
-        &settings.dkim_selector,
-        &settings.dkim_domain,
-        &settings.dkim_key,
+        &settings.rewrite.dkim_selector,
+        &settings.rewrite.dkim_domain,
+        &settings.rewrite.dkim_key,
     ) {
         (Some(selector), Some(domain), Some(key)) => {
             let dkim = DkimSettings::from_file(selector, domain, key)?;

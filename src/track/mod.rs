@@ -133,11 +133,11 @@ impl Tracker {
     ) -> Result<Tracker, TrackError> {
         Ok(Tracker {
             keys,
-            classifier: Classifier::load(settings.apple_mpp_cidrs.as_deref())?
+            classifier: Classifier::load(settings.track.apple_mpp_cidrs.as_deref())?
                 .with_windows(classify::Windows::from_settings(settings)),
             deliveries,
-            trusted_proxies: settings.trusted_proxies.clone(),
-            anonymize_ip: settings.anonymize_ip,
+            trusted_proxies: settings.http.trusted_proxies.clone(),
+            anonymize_ip: settings.track.anonymize_ip,
             events,
             pixel: Bytes::from(make_pixel()?),
         })

@@ -266,7 +266,7 @@ pub async fn create(
     }
     // The copies are bounded before any is written (by a lower bound of their size), and
     // again as they are written, before anything is committed.
-    let max_bytes = ctx.settings.submission_max_bytes;
+    let max_bytes = ctx.settings.queue.submission_max_bytes;
     if max_bytes > 0 {
         let merged = composition.merged_bytes(&recipients);
         if merged > max_bytes {
@@ -278,9 +278,9 @@ pub async fn create(
         }
     }
     let bounds = compose::Bounds {
-        per_minute: ctx.settings.sender_rate_per_minute,
+        per_minute: ctx.settings.queue.sender_rate_per_minute,
         max_bytes,
-        per_hour: ctx.settings.sender_max_bytes_per_hour,
+        per_hour: ctx.settings.queue.sender_max_bytes_per_hour,
     };
     let queued = compose::queue_in_chunks(
         &ctx.pool,

@@ -48,7 +48,7 @@ pub async fn put(
     caller: Caller,
     body: web::Json<MailboxBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(key) = ctx.settings.mailbox_key.as_deref() else {
+    let Some(key) = ctx.settings.replies.mailbox_key.as_deref() else {
         return Err(ApiError::Unprocessable(
             "reply detection is off: the server needs the MAILBOX_KEY setting".into(),
         ));
@@ -71,7 +71,7 @@ pub async fn put(
     if port == 0 {
         return Err(ApiError::Unprocessable("port is 1 to 65535".into()));
     }
-    if security == Security::None && !ctx.settings.mailbox_allow_plaintext {
+    if security == Security::None && !ctx.settings.replies.allow_plaintext {
         return Err(ApiError::Unprocessable(
             "security `none` would send the IMAP password in clear; this server does not allow \
              it (MAILBOX_ALLOW_PLAINTEXT): use tls or starttls"

@@ -184,7 +184,7 @@ fn see_other(location: &str) -> actix_web::HttpResponseBuilder {
 /// The session cookie's attributes; `Secure` when the public URL is https, so that the token
 /// never travels over plain HTTP once a deployment is served over TLS.
 fn cookie_attributes(ctx: &Base) -> &'static str {
-    if ctx.settings.public_url.starts_with("https://") {
+    if ctx.settings.rewrite.public_url.starts_with("https://") {
         "Path=/; HttpOnly; Secure; SameSite=Strict"
     } else {
         "Path=/; HttpOnly; SameSite=Strict"
@@ -212,7 +212,7 @@ fn same_site_post(ctx: &Base, req: &HttpRequest) -> bool {
     let Some(origin) = header("origin") else {
         return true;
     };
-    let public = ctx.settings.public_url.to_ascii_lowercase();
+    let public = ctx.settings.rewrite.public_url.to_ascii_lowercase();
     let public_origin = match public.find("://") {
         Some(i) => match public[i + 3..].find('/') {
             Some(j) => public[..i + 3 + j].to_string(),
@@ -713,7 +713,7 @@ fn window_notice(rules: &[Rule], settings: &crate::config::Settings) -> Markup {
         parts.push(format!(
             "{} came {} and {} as prefetch (the prefetch window, setting PREFETCH_WINDOW)",
             count(opens, "open", "opens"),
-            within(settings.prefetch_window),
+            within(settings.track.prefetch_window),
             agree(opens, "counts", "count"),
         ));
     }
@@ -723,7 +723,7 @@ fn window_notice(rules: &[Rule], settings: &crate::config::Settings) -> Markup {
             "{} came {} and {} as scanner (the click-after-delivery window, setting \
              CLICK_SCANNER_WINDOW)",
             count(clicks, "click", "clicks"),
-            within(settings.click_scanner_window),
+            within(settings.track.click_scanner_window),
             agree(clicks, "counts", "count"),
         ));
     }
