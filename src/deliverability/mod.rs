@@ -5,3 +5,4 @@
 //! message that is not a bounce or a complaint for one.
 
 pub mod suppression;
+pub mod unsubscribe;

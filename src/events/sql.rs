@@ -31,3 +31,11 @@ pub const INSERT_REPLY: &str =
 
 /// Deletes every event of the copies in the array `$1` (erasure).
 pub const DELETE_FOR_COPIES: &str = "DELETE FROM events WHERE copy_id = ANY($1)";
+
+/// The `unsubscribe` event of copy `$1` at `$2`, once per copy (`$3` the event id); the message
+/// id is the copy's.
+pub const INSERT_UNSUBSCRIBE: &str =
+    "INSERT INTO events (id, occurred_at, message_id, copy_id, kind, detail)
+     SELECT $3, $2, c.message_id, c.id, 'unsubscribe', $4 FROM copies c
+     WHERE c.id = $1 AND NOT EXISTS (
+         SELECT 1 FROM events e WHERE e.copy_id = $1 AND e.kind = 'unsubscribe')";

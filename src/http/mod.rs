@@ -10,6 +10,7 @@ pub mod errors;
 pub mod limits;
 pub mod track;
 pub mod ui;
+pub mod unsubscribe;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,6 +92,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics_page))
         .configure(crate::http::api::stream::routes)
         .configure(crate::http::track::routes)
+        .configure(crate::http::unsubscribe::routes)
         .configure(crate::http::api::routes)
         .configure(crate::http::ui::routes);
 }

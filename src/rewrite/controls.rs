@@ -18,6 +18,9 @@ pub struct Controls {
     pub message_id: Option<String>,
     /// `X-Mailtally-Group: separate`: each recipient's copy is addressed to them alone.
     pub separate: bool,
+    /// Each copy gets `List-Unsubscribe` and one-click `List-Unsubscribe-Post` headers, unless
+    /// `X-Mailtally-List-Unsubscribe: off` or the message has its own `List-Unsubscribe`.
+    pub list_unsubscribe: bool,
 }
 
 pub(crate) const PREFIX: &str = "x-mailtally-";
@@ -59,6 +62,9 @@ pub(crate) fn read(
         subject,
         message_id: get("message-id"),
         separate: get("x-mailtally-group").is_some_and(|v| v.eq_ignore_ascii_case("separate")),
+        list_unsubscribe: !get("x-mailtally-list-unsubscribe")
+            .is_some_and(|v| v.eq_ignore_ascii_case("off"))
+            && get("list-unsubscribe").is_none(),
     }
 }
 

@@ -62,6 +62,15 @@ impl Patch {
         }
     }
 
+    /// Where the token's first characters go.
+    pub(crate) fn start(&self) -> usize {
+        match self {
+            Patch::Plain { runs, .. } | Patch::Base64 { runs, .. } => {
+                runs.first().map(|r| r.0).unwrap_or(0)
+            }
+        }
+    }
+
     pub(crate) fn slot(&self) -> SlotKind {
         match self {
             Patch::Plain { slot, .. } | Patch::Base64 { slot, .. } => *slot,

@@ -284,6 +284,48 @@ impl Prepared {
     }
 }
 
+/// Longest header line RFC 5322 allows; a `List-Unsubscribe` longer than that (a very long
+/// `PUBLIC_URL`) is left out rather than folded inside its URL.
+const MAX_LINE: usize = 998;
+
+/// Adds `List-Unsubscribe` (the copy's signed `/u/` URL, RFC 2369) and
+/// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058) at the end of the header
+/// block of a tracked message. The token is a slot like the pixel's, so that a copy still costs
+/// one fill, and the fields come before the DKIM signature is made, which covers them.
+fn with_list_unsubscribe(mut p: Prepared, settings: &RewriteSettings) -> Prepared {
+    if p.untouched.is_some() || !p.controls.list_unsubscribe {
+        return p;
+    }
+    let fields = headers::fields(&p.template, 0, p.template.len());
+    let Some(at) = fields.last().map(|f| f.span.end) else {
+        return p;
+    };
+    let eol = headers::eol_of(&p.template);
+    let public = settings.public_url.trim().trim_end_matches('/');
+    let mut insert = format!("List-Unsubscribe: <{public}/u/").into_bytes();
+    let token_at = at + insert.len();
+    let len = token::open_token_len();
+    if insert.len() + len + 1 > MAX_LINE {
+        return p;
+    }
+    insert.resize(insert.len() + len, copy::PLACEHOLDER);
+    insert.push(b'>');
+    insert.extend_from_slice(eol);
+    insert.extend_from_slice(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click");
+    insert.extend_from_slice(eol);
+    for patch in &mut p.patches {
+        if patch.start() >= at {
+            patch.shift(insert.len());
+        }
+    }
+    p.template.splice(at..at, insert);
+    p.patches.push(copy::Patch::Plain {
+        slot: SlotKind::Unsubscribe,
+        runs: vec![(token_at, len)],
+    });
+    p
+}
+
 /// Rewrite a message once. Never panics, never fails: the worst case is `untouched`.
 pub fn prepare(raw: &[u8], settings: &RewriteSettings) -> Prepared {
     // Every way in (SMTP, composed mail, `mailtally rewrite`) comes through here: no bare CR or
@@ -292,7 +334,7 @@ pub fn prepare(raw: &[u8], settings: &RewriteSettings) -> Prepared {
     // The rewrite is written not to panic; this is the last line of defence so that a bug
     // in it or in a parser costs tracking, never the message.
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        mime::prepare(raw, settings)
+        with_list_unsubscribe(mime::prepare(raw, settings), settings)
     }))
     .unwrap_or_else(|_| {
         mime::untouched(raw, settings, Untouched::Unparseable(Unparseable::Internal))
