@@ -40,6 +40,10 @@ pub enum ComposeError {
     /// The copies are over SUBMISSION_MAX_BYTES: nothing was queued.
     #[error("nothing was sent: the copies take more than the limit of {max} bytes per request")]
     TooLarge { max: u64 },
+    /// Every recipient is on the sender's suppression list: nothing was queued.
+    #[error("nothing was sent: every recipient is on the sender's suppression list ({})",
+        .0.iter().map(|s| format!("{}: {}", s.email, s.reason)).collect::<Vec<_>>().join(", "))]
+    AllSuppressed(Vec<SuppressedRecipient>),
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error("database error: {0}")]
@@ -219,6 +223,8 @@ impl Composition {
                 header_message_id: Some(message_id),
                 fields: Some(serde_json::json!(r.fields)),
                 not_before: self.send_at,
+                // Suppressed recipients were taken out before anything was composed.
+                suppressed: false,
             });
         }
         Ok(NewMessage {
@@ -288,6 +294,17 @@ pub struct QueuedAnswer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recipients: Option<Vec<QueuedCopy>>,
     pub send_at: Option<DateTime<Utc>>,
+    /// Recipients on the sender's suppression list: never sent (listed by the API when any).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub suppressed: Vec<SuppressedRecipient>,
+}
+
+/// A recipient left out because the sender's suppression list holds the address.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct SuppressedRecipient {
+    pub email: String,
+    /// `hard_bounce`, `soft_bounce`, `complaint`, `unsubscribe` or `manual`.
+    pub reason: String,
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -322,12 +339,18 @@ pub async fn queue_in_chunks(
     let send_at = composition.send_at;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    let (recipients, suppressed) =
+        leave_out_suppressed(&*tx, &composition.sender, recipients).await?;
+    if recipients.is_empty() {
+        return Err(ComposeError::AllSuppressed(suppressed));
+    }
     if let Some(idem) = idem {
         let stored = answer_json(&QueuedAnswer {
             message_id,
             copies: recipients.len(),
             recipients: None,
             send_at,
+            suppressed: suppressed.clone(),
         });
         // A concurrent request with the same key waits here for the first one's commit.
         let inserted = tx
@@ -413,7 +436,34 @@ pub async fn queue_in_chunks(
         copies,
         recipients: Some(recipients),
         send_at,
+        suppressed,
     })))
+}
+
+/// The recipients the sender's suppression list does not hold, and those it does.
+pub async fn leave_out_suppressed(
+    client: &impl tokio_postgres::GenericClient,
+    sender: &crate::accounts::User,
+    recipients: Vec<Recipient>,
+) -> Result<(Vec<Recipient>, Vec<SuppressedRecipient>), tokio_postgres::Error> {
+    use crate::deliverability::suppression::{self, normal, Scope};
+    let addresses: Vec<String> = recipients.iter().map(|r| r.address.to_string()).collect();
+    let found = suppression::check(client, Scope::of(sender), &addresses).await?;
+    if found.is_empty() {
+        return Ok((recipients, Vec::new()));
+    }
+    let (out, kept): (Vec<Recipient>, Vec<Recipient>) = recipients
+        .into_iter()
+        .partition(|r| found.contains_key(&normal(r.address.as_ref())));
+    let left_out = out
+        .iter()
+        .map(|r| {
+            let email = r.address.to_string();
+            let reason = found[&normal(&email)].as_str().to_string();
+            SuppressedRecipient { email, reason }
+        })
+        .collect();
+    Ok((kept, left_out))
 }
 
 fn answer_json(answer: &QueuedAnswer) -> serde_json::Value {

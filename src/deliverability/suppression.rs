@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::accounts::User;
 
 /// Why an address is suppressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     HardBounce,
@@ -167,6 +167,26 @@ pub async fn remove(
     Ok(n > 0)
 }
 
+/// Takes entry `id` of `scope` off the list, keeping it as history; `false` when no such
+/// entry is on it.
+pub async fn remove_entry(
+    client: &impl GenericClient,
+    scope: Scope,
+    id: i64,
+    by: i64,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = client
+        .execute(
+            &format!(
+                "UPDATE suppressions SET removed_at = now(), removed_by = $4
+                 WHERE {IN_SCOPE} AND id = $3 AND removed_at IS NULL"
+            ),
+            &[&scope.team_id, &scope.owner_id, &id, &by],
+        )
+        .await?;
+    Ok(n > 0)
+}
+
 /// Which of `addresses` the list of `scope` holds, by their normal form.
 pub async fn check(
     client: &impl GenericClient,
@@ -199,7 +219,7 @@ pub async fn check(
 }
 
 /// One entry as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Entry {
     pub id: i64,
     /// Absent once the address was erased (the digest stays).

@@ -3,7 +3,7 @@
 //!
 //! Owns the order of the steps, not the tables: each table's owner deletes its own rows (the
 //! queue its messages and copies, events its events, notify its outbox, follow-ups the
-//! unsubscribes) and insights takes the copies out of its rollups. It must never leave a
+//! unsubscribes, deliverability the suppression list) and insights takes the copies out of its rollups. It must never leave a
 //! rollup counting a copy that is gone, nor let the aggregation job fold an event of a copy
 //! being erased (insights holds its lock for the transaction).
 
@@ -44,6 +44,9 @@ pub async fn erase_recipient(tx: &Transaction<'_>, recipient: &str) -> Result<u6
     crate::queue::delete_copies(tx, &copies).await?;
     // Follow-ups went with their copies; the unsubscribe record holds the address too.
     crate::followup::rules::forget_unsubscribes(tx, recipient).await?;
+    // The suppression list forgets the address but keeps, for complaints and unsubscribes, its
+    // digest: erasing someone must never make mailtally mail them again.
+    crate::deliverability::suppression::forget_address(tx, recipient).await?;
     aggregate::forget_marked(tx).await?;
     Ok(copies.len() as u64)
 }

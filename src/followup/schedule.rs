@@ -240,6 +240,16 @@ async fn compose_followup(
     let Some(owner) = accounts::find_by_id(&**tx, due.owner_id).await? else {
         return Ok(Outcome::Failed("the automation's owner is disabled".into()));
     };
+    // Every way of sending asks the suppression list first.
+    let suppressed = crate::deliverability::suppression::check(
+        &**tx,
+        crate::deliverability::suppression::Scope::of(&owner),
+        std::slice::from_ref(&due.recipient),
+    )
+    .await?;
+    if !suppressed.is_empty() {
+        return Ok(Outcome::Cancelled("suppressed"));
+    }
     let Some(t) = templates::get(tx, &owner, &due.followup_template).await? else {
         return Ok(Outcome::Failed(format!(
             "template `{}` has no content",

@@ -77,6 +77,9 @@ pub struct NewCopy {
     pub fields: Option<serde_json::Value>,
     /// Not delivered before this time (pacing, scheduled sends); `None`: at once.
     pub not_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Its recipient is on the sender's suppression list: recorded as `suppressed`, never sent
+    /// and not counted as sent.
+    pub suppressed: bool,
 }
 
 impl NewMessage {
@@ -94,7 +97,10 @@ struct Columns<'a> {
     message_ids: Vec<Option<&'a str>>,
     fields: Vec<Option<&'a serde_json::Value>>,
     not_before: Vec<Option<chrono::DateTime<chrono::Utc>>>,
-    /// One `accepted` event a copy.
+    /// `queued`, or `suppressed` for a copy that is never sent.
+    statuses: Vec<&'static str>,
+    /// The copies that are sent, each with its `accepted` event.
+    accepted: Vec<Uuid>,
     event_ids: Vec<Uuid>,
     link_indexes: Vec<i32>,
     link_urls: Vec<&'a str>,
@@ -113,7 +119,20 @@ impl<'a> Columns<'a> {
                 .collect(),
             fields: copies.iter().map(|c| c.fields.as_ref()).collect(),
             not_before: copies.iter().map(|c| c.not_before).collect(),
-            event_ids: copies.iter().map(|_| Uuid::now_v7()).collect(),
+            statuses: copies
+                .iter()
+                .map(|c| if c.suppressed { "suppressed" } else { "queued" })
+                .collect(),
+            accepted: copies
+                .iter()
+                .filter(|c| !c.suppressed)
+                .map(|c| c.id)
+                .collect(),
+            event_ids: copies
+                .iter()
+                .filter(|c| !c.suppressed)
+                .map(|_| Uuid::now_v7())
+                .collect(),
             link_indexes: m.links.iter().map(|l| l.0).collect(),
             link_urls: m.links.iter().map(|l| l.1.as_str()).collect(),
         }
@@ -248,14 +267,15 @@ pub async fn insert_copies(
                  ON CONFLICT (message_id, idx) DO NOTHING
              ), copy AS (
                  INSERT INTO copies (id, message_id, recipient, body, header_message_id, fields,
-                     next_attempt_at)
-                 SELECT c.id, $1, c.recipient, c.body, c.mid, c.fields, coalesce(c.not_before, now())
+                     next_attempt_at, status)
+                 SELECT c.id, $1, c.recipient, c.body, c.mid, c.fields, coalesce(c.not_before, now()),
+                        c.status
                  FROM unnest($4::uuid[], $5::text[], $6::bytea[], $7::text[], $8::jsonb[],
-                             $9::timestamptz[])
-                      AS c (id, recipient, body, mid, fields, not_before)
+                             $9::timestamptz[], $11::text[])
+                      AS c (id, recipient, body, mid, fields, not_before, status)
              )
              {}",
-            crate::events::sql::insert_accepted("$1", "$10", "$4")
+            crate::events::sql::insert_accepted("$1", "$10", "$12")
         )
     });
     let statement = client.prepare_cached(&SQL).await?;
@@ -274,6 +294,8 @@ pub async fn insert_copies(
                 &c.fields,
                 &c.not_before,
                 &c.event_ids,
+                &c.statuses,
+                &c.accepted,
             ],
         )
         .await?;
@@ -303,15 +325,16 @@ pub async fn insert(
                  SELECT $3, l.idx, l.url FROM unnest($18::int4[], $19::text[]) AS l (idx, url)
              ), copy AS (
                  INSERT INTO copies (id, message_id, recipient, body, header_message_id, fields,
-                     next_attempt_at)
-                 SELECT c.id, $3, c.recipient, c.body, c.mid, c.fields, coalesce(c.not_before, now())
+                     next_attempt_at, status)
+                 SELECT c.id, $3, c.recipient, c.body, c.mid, c.fields, coalesce(c.not_before, now()),
+                        c.status
                  FROM unnest($14::uuid[], $15::text[], $16::bytea[], $21::text[], $22::jsonb[],
-                             $23::timestamptz[])
-                      AS c (id, recipient, body, mid, fields, not_before)
+                             $23::timestamptz[], $24::text[])
+                      AS c (id, recipient, body, mid, fields, not_before, status)
              )
              {}",
             templates::register_key_sql("$1", "$2", "$5", "$4"),
-            crate::events::sql::insert_accepted("$3", "$17", "$14")
+            crate::events::sql::insert_accepted("$3", "$17", "$25")
         )
     });
     let statement = client.prepare_cached(&SQL).await?;
@@ -344,6 +367,8 @@ pub async fn insert(
                 &c.message_ids,
                 &c.fields,
                 &c.not_before,
+                &c.statuses,
+                &c.accepted,
             ],
         )
         .await?;

@@ -105,7 +105,7 @@ pub(super) async fn finish(s: &mut Session) -> Next {
     // The rewrite is CPU work (a few ms for a large message): off the session's thread.
     let rewrite = s.rewriter().settings.clone();
     let keys = s.rewriter().keys.clone();
-    let (body, recipients) = (tx.body, tx.recipients);
+    let (body, recipients, suppressed) = (tx.body, tx.recipients, tx.suppressed);
     let handoff = match tokio::task::spawn_blocking(move || {
         let handoff = copies_for(&body, &recipients, &rewrite, &keys);
         (handoff, body.len())
@@ -212,6 +212,7 @@ pub(super) async fn finish(s: &mut Session) -> Next {
             .into_iter()
             .map(|(id, recipient, body)| NewCopy {
                 id,
+                suppressed: suppressed.contains(&recipient),
                 recipient,
                 body,
                 ..Default::default()
@@ -256,7 +257,7 @@ fn submission_too_large(recipients: usize, s: &Session) -> String {
 }
 
 /// A client's value as it may appear in a reply: printable ASCII, at most 64 characters.
-fn reply_safe(value: &str) -> String {
+pub(super) fn reply_safe(value: &str) -> String {
     value
         .chars()
         .take(64)

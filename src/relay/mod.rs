@@ -95,11 +95,13 @@ pub enum RejectReason {
     Header,
     /// SENDER_MAX_BYTES_PER_HOUR.
     Budget,
+    /// A recipient on the sender's suppression list.
+    Suppressed,
 }
 
 impl RejectReason {
     /// Every reason, so that each series is exported at zero from the start.
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::Size,
         RejectReason::Recipients,
         RejectReason::Auth,
@@ -108,6 +110,7 @@ impl RejectReason {
         RejectReason::Shutdown,
         RejectReason::Header,
         RejectReason::Budget,
+        RejectReason::Suppressed,
     ];
 
     pub fn label(self) -> &'static str {
@@ -120,6 +123,7 @@ impl RejectReason {
             RejectReason::Shutdown => "shutdown",
             RejectReason::Header => "header",
             RejectReason::Budget => "budget",
+            RejectReason::Suppressed => "suppressed",
         }
     }
 

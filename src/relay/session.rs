@@ -52,6 +52,8 @@ pub(crate) struct Transaction {
     pub envelope_from: String,
     pub sender: User,
     pub recipients: Vec<String>,
+    /// Recipients on the sender's suppression list, accepted to be recorded and not sent.
+    pub suppressed: Vec<String>,
     /// The message as received, its line ends normalised (no bare CR or LF: SMTP smuggling).
     pub body: Vec<u8>,
     /// What the DATA or BDAT receiver wrote and the normaliser has not taken yet: a trailing CR
@@ -80,6 +82,7 @@ impl Transaction {
             envelope_from,
             sender,
             recipients: Vec::new(),
+            suppressed: Vec::new(),
             body: Vec::new(),
             raw: Vec::new(),
             normaliser: CrlfNormaliser::new(),
@@ -364,7 +367,7 @@ impl Session {
                 initial_response,
             } => auth::start(self, mechanism, initial_response).await,
             Request::Mail { from } => mail::mail_from(self, from).await,
-            Request::Rcpt { to } => rcpt::rcpt_to(self, to),
+            Request::Rcpt { to } => rcpt::rcpt_to(self, to).await,
             Request::Data => data::data(self),
             Request::Bdat {
                 chunk_size,

@@ -92,6 +92,27 @@ impl From<figment::Error> for ConfigError {
     }
 }
 
+/// What the relay does with a recipient on the sender's suppression list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuppressedRecipients {
+    /// `550 5.7.1` at RCPT, naming the reason.
+    Refuse,
+    /// Accepted; the copy is recorded as `suppressed` and never sent.
+    Record,
+}
+
+/// Bounces, complaints, unsubscribes and the suppression list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverabilitySection {
+    #[serde(deserialize_with = "parse::suppressed_recipients")]
+    pub suppressed_recipients: SuppressedRecipients,
+    #[serde(deserialize_with = "parse::number")]
+    pub soft_bounce_limit: u32,
+    #[serde(deserialize_with = "parse::seconds")]
+    pub soft_bounce_window: Duration,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Human,
@@ -115,6 +136,7 @@ pub struct Settings {
     pub outbound: OutboundSection,
     pub followup: FollowupSection,
     pub replies: RepliesSection,
+    pub deliverability: DeliverabilitySection,
     pub log: LogSection,
 }
 

@@ -402,6 +402,18 @@ pub(super) fn dns_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>
     })
 }
 
+pub(super) fn suppressed_recipients<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<super::SuppressedRecipients, D::Error> {
+    read(d, |value| {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "refuse" => Ok(super::SuppressedRecipients::Refuse),
+            "record" => Ok(super::SuppressedRecipients::Record),
+            other => Err(rejected(other, "expected refuse or record")),
+        }
+    })
+}
+
 pub(super) fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
     read(d, |value| {
         match value.trim().to_ascii_lowercase().as_str() {

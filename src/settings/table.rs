@@ -33,8 +33,21 @@ const fn setting(
 
 /// The sections, in the order of [`SETTINGS`].
 pub const SECTIONS: &[&str] = &[
-    "store", "relay", "accounts", "http", "rewrite", "track", "deliver", "queue", "events",
-    "notify", "outbound", "followup", "replies", "log",
+    "store",
+    "relay",
+    "accounts",
+    "http",
+    "rewrite",
+    "track",
+    "deliver",
+    "queue",
+    "events",
+    "notify",
+    "outbound",
+    "followup",
+    "replies",
+    "deliverability",
+    "log",
 ];
 
 /// Every setting mailtally reads, by section.
@@ -409,6 +422,27 @@ pub const SETTINGS: &[SettingDoc] = &[
         "MAILBOX_MAX_FAILURES",
         Some("20"),
         "failed IMAP connections in a row (with backoff up to 5 minutes) after which a mailbox is marked failed until it is set again",
+    ),
+    setting(
+        "deliverability",
+        "suppressed_recipients",
+        "SUPPRESSED_RECIPIENTS",
+        Some("refuse"),
+        "a recipient on the sender's suppression list: refuse (SMTP 550 5.7.1 at RCPT naming the reason) or record (accepted, the copy recorded as suppressed and never sent)",
+    ),
+    setting(
+        "deliverability",
+        "soft_bounce_limit",
+        "SOFT_BOUNCE_LIMIT",
+        Some("3"),
+        "soft bounces of one address within SOFT_BOUNCE_WINDOW that put it on the suppression list; 0: never",
+    ),
+    setting(
+        "deliverability",
+        "soft_bounce_window",
+        "SOFT_BOUNCE_WINDOW",
+        Some("604800"),
+        "seconds within which SOFT_BOUNCE_LIMIT soft bounces count",
     ),
     setting("log", "format", "LOG_FORMAT", Some("human"), "human or json"),
     setting(

@@ -316,8 +316,15 @@ fn refusals_follow_the_rfcs() {
         "SELECT encode(body, 'escape') FROM copies c JOIN messages m ON m.id = c.message_id ORDER BY m.created_at, c.recipient",
     );
     assert_eq!(bodies.len(), 3);
-    assert_eq!(bodies[0][0], "Subject: piped\r\n\r\nhello\r\n.dot\r\n");
-    assert_eq!(bodies[2][0], "Subject: chunked\r\n\r\nhello\r\n");
+    let public = server.url("");
+    assert_eq!(
+        common::untrack(&bodies[0][0], &public),
+        "Subject: piped\r\n\r\nhello\r\n.dot\r\n"
+    );
+    assert_eq!(
+        common::untrack(&bodies[2][0], &public),
+        "Subject: chunked\r\n\r\nhello\r\n"
+    );
 
     // STARTTLS followed by injected commands in the same packet: refused, connection closed.
     let mut c = Client::connect(server.smtp);

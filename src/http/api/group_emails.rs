@@ -301,9 +301,10 @@ pub async fn create(
 
 fn compose_error(e: ComposeError) -> ApiError {
     match e {
-        ComposeError::Merge { .. } | ComposeError::Build(_) | ComposeError::IdempotencyMismatch => {
-            ApiError::Unprocessable(e.to_string())
-        }
+        ComposeError::Merge { .. }
+        | ComposeError::Build(_)
+        | ComposeError::IdempotencyMismatch
+        | ComposeError::AllSuppressed(_) => ApiError::Unprocessable(e.to_string()),
         ComposeError::TooLarge { .. } => ApiError::SubmissionTooLarge(e.to_string()),
         ComposeError::Pool(p) => ApiError::Unavailable(p),
         ComposeError::Db(d) => ApiError::Db(d),

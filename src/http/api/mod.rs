@@ -15,6 +15,7 @@ pub mod messages;
 pub mod openapi;
 pub mod reports;
 pub mod stream;
+pub mod suppressions;
 pub mod templates;
 pub mod users;
 pub mod webhooks;

@@ -18,8 +18,8 @@ use utoipa::openapi::PathItem;
 use utoipa::OpenApi;
 
 use super::{
-    automations, captured, erase, group_emails, mailbox, messages, reports, stream, templates,
-    users, webhooks,
+    automations, captured, erase, group_emails, mailbox, messages, reports, stream, suppressions,
+    templates, users, webhooks,
 };
 use crate::http::auth::COOKIE;
 use crate::http::errors;
@@ -114,6 +114,10 @@ pub fn routes() -> Vec<ApiRoute> {
         route(stream::__path_stream, stream::stream),
         route(captured::__path_list, captured::list),
         route(captured::__path_raw, captured::raw),
+        route(suppressions::__path_export, suppressions::export),
+        route(suppressions::__path_list, suppressions::list),
+        route(suppressions::__path_add, suppressions::add),
+        route(suppressions::__path_remove, suppressions::remove),
     ]
 }
 
@@ -193,6 +197,12 @@ pub fn register(scope: Scope) -> Scope {
         crate::notify::endpoints::Delivery,
         captured::CapturedList,
         captured::CapturedCopy,
+        crate::compose::SuppressedRecipient,
+        suppressions::SuppressionList,
+        suppressions::NewSuppression,
+        suppressions::Added,
+        crate::deliverability::suppression::Entry,
+        crate::deliverability::suppression::Reason,
     )),
     modifiers(&SecuritySchemes)
 )]

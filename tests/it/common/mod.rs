@@ -331,11 +331,31 @@ pub fn read_reply(reader: &mut BufReader<TcpStream>) -> String {
 pub const TEST_TRACKING_SECRET: &str = "test-secret-0123456789abcdef";
 
 /// Maps a tracked copy back to what was submitted: each `{public_url}/c/<token>` becomes the URL
-/// its token verifies to (panics on a token that does not verify), and the pixel is removed.
-/// The rewrite promises that this gives the original bytes.
+/// its token verifies to (panics on a token that does not verify), the pixel is removed, and so
+/// are the `List-Unsubscribe` fields mailtally added (their token must be the copy's unsubscribe
+/// token). The rewrite promises that this gives the original bytes.
 pub fn untrack(copy: &str, public_url: &str) -> String {
     use mailtally::rewrite::{verify, TokenKeys, Verified};
     let keys = TokenKeys::new(TEST_TRACKING_SECRET.as_bytes(), &[]);
+    let added = format!("List-Unsubscribe: <{public_url}/u/");
+    let copy: &str = &match copy.find(&added) {
+        Some(i) => {
+            let after = &copy[i + added.len()..];
+            let end = after.find(">\r\n").expect("the field ends");
+            assert!(
+                matches!(
+                    verify(&keys, &after[..end]),
+                    Ok(Verified::Unsubscribe { .. })
+                ),
+                "List-Unsubscribe carries an unsubscribe token"
+            );
+            let post = "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n";
+            let rest = &after[end + 3..];
+            assert!(rest.starts_with(post), "one-click follows: {rest:.80}");
+            format!("{}{}", &copy[..i], &rest[post.len()..])
+        }
+        None => copy.to_string(),
+    };
     let pixel = format!("<img src=\"{public_url}/o/");
     let mut without_pixel = String::new();
     let mut rest = copy;
