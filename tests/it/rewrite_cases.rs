@@ -452,6 +452,33 @@ fn dkim_with_key_resigns_each_copy_and_the_signature_verifies() {
             assert!(text.contains("d=example.com"), "{file}");
             assert!(text.contains("/c/"), "{file}: the copy is tracked");
             dkimpy_verifies(&copy, &record).unwrap_or_else(|e| panic!("{file}: {e}\n{text}"));
+            // List-Unsubscribe and its one-click companion are added before signing, and signed.
+            let signature = text
+                .split("\r\n")
+                .take_while(|l| !l.is_empty())
+                .fold(String::new(), |mut acc, l| {
+                    if !l.starts_with([' ', '\t']) {
+                        acc.push('\n');
+                    }
+                    acc.push_str(l.trim());
+                    acc
+                });
+            let h = signature
+                .lines()
+                .find(|l| l.starts_with("DKIM-Signature:"))
+                .and_then(|l| l.split(';').map(str::trim).find(|t| t.starts_with("h=")))
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let names: Vec<&str> = h.trim_start_matches("h=").split(':').map(str::trim).collect();
+            assert!(
+                names.contains(&"list-unsubscribe") && names.contains(&"list-unsubscribe-post"),
+                "{file}: {h}"
+            );
+            let moved = text.replacen("/u/", "/u/X", 1);
+            assert!(
+                dkimpy_verifies(moved.as_bytes(), &record).is_err(),
+                "{file}: a changed List-Unsubscribe breaks the signature"
+            );
             // The check can fail: one changed body byte breaks the signature.
             let tampered = text.replacen("Hello", "Jello", 1);
             assert!(
@@ -484,4 +511,43 @@ fn each_recipient_gets_own_tokens() {
     let b = p.render(&keys(), Uuid::now_v7(), "b");
     assert_ne!(a, b);
     assert_eq!(a.len(), b.len());
+}
+
+#[test]
+fn list_unsubscribe_is_added_once_unless_turned_off_or_already_there() {
+    let body = b"<html><body><a href=\"https://x.test/\">x</a></body></html>\r\n";
+    let copy_of = |extra: &str| {
+        let raw = msg(&format!("{extra}Content-Type: text/html\r\n"), body, "\r\n");
+        let p = prepare(&raw, &settings());
+        let copy = Uuid::now_v7();
+        (String::from_utf8(p.render(&keys(), copy, "b@example.net")).unwrap(), copy)
+    };
+    let (text, copy) = copy_of("");
+    let head = text.split("\r\n\r\n").next().unwrap();
+    let line = head
+        .lines()
+        .find(|l| l.starts_with("List-Unsubscribe: <"))
+        .expect("List-Unsubscribe in the header");
+    let token = line
+        .split("/u/")
+        .nth(1)
+        .and_then(|t| t.strip_suffix('>'))
+        .unwrap();
+    assert_eq!(
+        mailtally::rewrite::verify(&keys(), token),
+        Ok(mailtally::rewrite::Verified::Unsubscribe { copy })
+    );
+    assert!(head.contains("\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+    assert_eq!(text.matches("List-Unsubscribe:").count(), 1);
+
+    let (off, _) = copy_of("X-Mailtally-List-Unsubscribe: off\r\n");
+    assert!(!off.contains("List-Unsubscribe"), "{off}");
+    assert!(off.contains("/c/"), "still tracked");
+
+    let (own, _) = copy_of("List-Unsubscribe: <mailto:leave@example.com>\r\n");
+    assert_eq!(own.matches("List-Unsubscribe").count(), 1, "{own}");
+    assert!(own.contains("<mailto:leave@example.com>"));
+
+    let (untracked, _) = copy_of("X-Mailtally-Track: off\r\n");
+    assert!(!untracked.contains("List-Unsubscribe"));
 }
