@@ -15,6 +15,7 @@ mod dashboards;
 mod deliver_lease;
 mod deliver_nodes;
 mod deliver_upstream;
+mod deliverability;
 mod e2e;
 mod erase;
 mod faults;

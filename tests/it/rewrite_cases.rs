@@ -453,23 +453,27 @@ fn dkim_with_key_resigns_each_copy_and_the_signature_verifies() {
             assert!(text.contains("/c/"), "{file}: the copy is tracked");
             dkimpy_verifies(&copy, &record).unwrap_or_else(|e| panic!("{file}: {e}\n{text}"));
             // List-Unsubscribe and its one-click companion are added before signing, and signed.
-            let signature = text
-                .split("\r\n")
-                .take_while(|l| !l.is_empty())
-                .fold(String::new(), |mut acc, l| {
+            let signature = text.split("\r\n").take_while(|l| !l.is_empty()).fold(
+                String::new(),
+                |mut acc, l| {
                     if !l.starts_with([' ', '\t']) {
                         acc.push('\n');
                     }
                     acc.push_str(l.trim());
                     acc
-                });
+                },
+            );
             let h = signature
                 .lines()
                 .find(|l| l.starts_with("DKIM-Signature:"))
                 .and_then(|l| l.split(';').map(str::trim).find(|t| t.starts_with("h=")))
                 .unwrap_or_default()
                 .to_ascii_lowercase();
-            let names: Vec<&str> = h.trim_start_matches("h=").split(':').map(str::trim).collect();
+            let names: Vec<&str> = h
+                .trim_start_matches("h=")
+                .split(':')
+                .map(str::trim)
+                .collect();
             assert!(
                 names.contains(&"list-unsubscribe") && names.contains(&"list-unsubscribe-post"),
                 "{file}: {h}"
@@ -520,7 +524,10 @@ fn list_unsubscribe_is_added_once_unless_turned_off_or_already_there() {
         let raw = msg(&format!("{extra}Content-Type: text/html\r\n"), body, "\r\n");
         let p = prepare(&raw, &settings());
         let copy = Uuid::now_v7();
-        (String::from_utf8(p.render(&keys(), copy, "b@example.net")).unwrap(), copy)
+        (
+            String::from_utf8(p.render(&keys(), copy, "b@example.net")).unwrap(),
+            copy,
+        )
     };
     let (text, copy) = copy_of("");
     let head = text.split("\r\n\r\n").next().unwrap();

@@ -119,9 +119,15 @@ pub fn delivered(db_url: &str) -> i64 {
     )
 }
 
-/// Creates a user; returns the API token.
+/// Creates a user in the team `sales`; returns the API token.
 pub fn add_user(db_url: &str, email: &str, password: &str) -> String {
+    add_user_in(db_url, email, password, Some("sales"))
+}
+
+/// A member of `team` (`None`: no team); returns their API token.
+pub fn add_user_in(db_url: &str, email: &str, password: &str, team: Option<&str>) -> String {
     let (url, email, password) = (db_url.to_string(), email.to_string(), password.to_string());
+    let team = team.map(str::to_string);
     std::thread::spawn(move || {
         block_on(async {
             let pool = mailtally::store::pool(&url, 1).unwrap();
@@ -130,7 +136,7 @@ pub fn add_user(db_url: &str, email: &str, password: &str) -> String {
                 &mut client,
                 &email,
                 &password,
-                Some("sales"),
+                team.as_deref(),
                 mailtally::accounts::Role::Member,
             )
             .await
