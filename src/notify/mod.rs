@@ -22,6 +22,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "deferred",
     "bounced",
     "reply",
+    "complaint",
+    "unsubscribe",
 ];
 
 /// Starts the outbox producer, the dispatcher and the stream listener; they stop with

@@ -84,7 +84,7 @@ CROSS JOIN LATERAL (VALUES (e.kind), (CASE WHEN e.kind = 'open' THEN 'open.first
 JOIN webhook_endpoints w ON w.disabled_at IS NULL AND t.event_type = ANY (w.event_types)
 JOIN users o ON o.id = w.owner_id AND o.disabled_at IS NULL
 WHERE (e.txid, e.seq) > ($1, $2) AND (e.txid, e.seq) <= ($3, $4)
-  AND e.kind IN ('delivered', 'deferred', 'bounced', 'open', 'click', 'reply')
+  AND e.kind IN ('delivered', 'deferred', 'bounced', 'open', 'click', 'reply', 'complaint', 'unsubscribe')
   AND t.event_type IS NOT NULL
   AND ENDPOINT_SEES_MESSAGE
   AND (w.include_machine OR e.class IS NULL OR e.class IN ('human', 'proxy'))
@@ -109,7 +109,7 @@ FROM events e
 JOIN messages m ON m.id = e.message_id
 JOIN copies c ON c.id = e.copy_id
 WHERE (e.txid, e.seq) > ($1, $2) AND (e.txid, e.seq) <= ($3, $4)
-  AND e.kind IN ('delivered', 'deferred', 'bounced', 'open', 'click', 'reply')";
+  AND e.kind IN ('delivered', 'deferred', 'bounced', 'open', 'click', 'reply', 'complaint', 'unsubscribe')";
 
 /// One producer step; returns how many events it read.
 pub async fn produce(ctx: &Base) -> Result<usize, OutboxError> {

@@ -21,7 +21,8 @@ use crate::notify::EVENT_TYPES;
 pub struct NewEndpoint {
     /// An http:// or https:// URL of at most 2000 characters.
     pub url: String,
-    /// Some of `open.first`, `open`, `click`, `delivered`, `deferred`, `bounced`, `reply`.
+    /// Some of `open.first`, `open`, `click`, `delivered`, `deferred`, `bounced`, `reply`,
+    /// `complaint`, `unsubscribe`.
     pub event_types: Vec<String>,
     /// Also opens and clicks of machines (scanners, prefetches, Apple MPP).
     #[serde(default)]
