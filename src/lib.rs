@@ -17,7 +17,8 @@
 //! 3. data: [`rewrite`] (tracked copies, pure), [`events`] (the only writer of `events`),
 //!    [`queue`] (messages, copies, links, claims, retries);
 //! 4. stages: [`deliver`], [`track`], [`notify`], [`compose`], [`followup`], [`replies`],
-//!    [`insights`], [`erasure`]; no HTTP inside;
+//!    [`deliverability`] (bounces and complaints read from the mailbox, pure), [`insights`],
+//!    [`erasure`]; no HTTP inside;
 //! 5. front doors: [`relay`] (SMTP) and [`http`] (route table, auth, errors, limits, API, pages);
 //! 6. top: [`serve`] and `main`.
 
@@ -27,6 +28,7 @@ pub mod classify;
 pub mod compose;
 pub mod config;
 pub mod deliver;
+pub mod deliverability;
 pub mod erasure;
 pub mod escape;
 pub mod events;
