@@ -12,8 +12,8 @@ use mail_parser::Message;
 
 use super::fields::{self, get, untyped, Field};
 use super::{
-    address, is_type, kind_of, line, overall, returned, status, status_in, Format, Kind, Recipient,
-    Report, DIAGNOSTIC_MAX, FIELD_MAX, RECIPIENTS_MAX,
+    address, is_type, kind_of, line, overall, returned, status, status_in, token, Format, Kind,
+    Recipient, Report, DIAGNOSTIC_MAX, FIELD_MAX, RECIPIENTS_MAX,
 };
 
 /// The fields of one recipient, as written.
@@ -101,9 +101,12 @@ fn recipient(f: &Fields<'_>) -> Option<(Kind, Option<Recipient>)> {
     Some((kind, found))
 }
 
-/// The report of a message with a `message/delivery-status` part, or None.
-pub(super) fn read(message: &Message<'_>) -> Option<Report> {
+/// None when the message has no `message/delivery-status` part naming a recipient; else the
+/// report, or Some(None) when every recipient it names was delivered, relayed or expanded.
+pub(super) fn read(message: &Message<'_>) -> Option<Option<Report>> {
+    let mut named = false;
     let mut kinds = Vec::new();
+    let mut original_id = None;
     let mut recipients: Vec<Recipient> = Vec::new();
     let mut reporter = None;
     let mut arrival_date = None;
@@ -120,7 +123,14 @@ pub(super) fn read(message: &Message<'_>) -> Option<Report> {
             if arrival_date.is_none() {
                 arrival_date = get(&group, "arrival-date").and_then(|v| line(v, FIELD_MAX));
             }
+            if original_id.is_none() {
+                // Gmail names the original here too, for when it returns no part of it.
+                original_id = get(&group, "x-original-message-id")
+                    .and_then(|v| token(v.trim().trim_matches(['<', '>'])))
+                    .map(|id| format!("<{id}>"));
+            }
             for f in split(&group) {
+                named = true;
                 let Some((kind, found)) = recipient(&f) else {
                     continue;
                 };
@@ -134,21 +144,24 @@ pub(super) fn read(message: &Message<'_>) -> Option<Report> {
             }
         }
     }
-    if kinds.is_empty() {
+    if !named {
         return None;
     }
+    if kinds.is_empty() {
+        return Some(None);
+    }
     let (original_message_id, copy_token) = returned(message);
-    Some(Report {
+    Some(Some(Report {
         kind: overall(kinds),
         format: Format::Rfc3464,
         recipients,
-        original_message_id,
+        original_message_id: original_message_id.or(original_id),
         copy_token,
         feedback_type: None,
         reporter,
         arrival_date,
         original_mail_from: None,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -259,6 +272,30 @@ mod tests {
             Some("cp_01JPJ7K8L9M0N1P2Q3R4S5T6V7")
         );
         assert_eq!(r.reporter.as_deref(), Some("googlemail.com"));
+    }
+
+    #[test]
+    fn without_its_report_part_the_text_is_read() {
+        let whole = String::from_utf8_lossy(sample!("postfix-hard.eml")).into_owned();
+        let start = whole.find("Content-Description: Delivery report").unwrap();
+        let end = whole
+            .find("Content-Description: Undelivered Message Headers")
+            .unwrap();
+        let text_only = format!("{}{}", &whole[..start], &whole[end..]);
+        let r = read(text_only.as_bytes()).unwrap();
+        assert_clean(&r);
+        assert_eq!(r.format, Format::NonStandard("mailer-daemon"));
+        assert_eq!(r.kind, Kind::HardBounce);
+        assert_eq!(r.recipients[0].address, "nobody@example.org");
+        assert_eq!(r.recipients[0].status.as_deref(), Some("5.1.1"));
+        assert_eq!(
+            r.copy_token.as_deref(),
+            Some("cp_01JPB6Z4W8Q3N5R7T9V2X4Y6Z8")
+        );
+        // A report whose recipients were all delivered is not read again as prose, whatever
+        // its text says.
+        let delivered = whole.replace("Action: failed", "Action: delivered");
+        assert_eq!(read(delivered.as_bytes()), None);
     }
 
     #[test]

@@ -187,7 +187,11 @@ pub fn read(raw: &[u8]) -> Option<Report> {
     match report_type(&message).as_deref() {
         Some("feedback-report") => arf::read(&message),
         // A report without a type is read as a DSN when it has a delivery-status part.
-        Some("delivery-status") | Some("") => dsn::read(&message).or_else(|| plain::read(&message)),
+        // When its delivery-status part names no recipient, its text may still.
+        Some("delivery-status") | Some("") => match dsn::read(&message) {
+            Some(report) => report,
+            None => plain::read(&message),
+        },
         // Read receipts (disposition-notification), TLS reports and the like.
         Some(_) => None,
         None => plain::read(&message),

@@ -117,7 +117,7 @@ pub(super) fn read(message: &Message<'_>) -> Option<Report> {
     let lower = full.to_ascii_lowercase();
     let cut = ORIGINAL_MARKERS
         .iter()
-        .filter_map(|m| lower.find(m))
+        .filter_map(|m| find_words(&lower, m))
         .min()
         .unwrap_or(lower.len());
     let (body, body_lower) = (full.get(..cut)?, lower.get(..cut)?);
@@ -125,7 +125,7 @@ pub(super) fn read(message: &Message<'_>) -> Option<Report> {
     let mut shape = SHAPES.iter().find_map(|(label, markers)| {
         markers
             .iter()
-            .filter_map(|m| body_lower.find(m))
+            .filter_map(|m| find_words(body_lower, m))
             .min()
             .map(|at| (*label, at))
     });
@@ -187,6 +187,29 @@ pub(super) fn read(message: &Message<'_>) -> Option<Report> {
         arrival_date: None,
         original_mail_from: None,
     })
+}
+
+/// Where `phrase` (lower case, words separated by single spaces) starts in `text`, with any run
+/// of whitespace, line breaks included, between its words: bounce texts are wrapped anywhere.
+fn find_words(text: &str, phrase: &str) -> Option<usize> {
+    let mut words = phrase.split(' ');
+    let first = words.next()?;
+    let rest: Vec<&str> = words.collect();
+    'start: for (at, _) in text.match_indices(first) {
+        let mut tail = text.get(at + first.len()..)?;
+        for w in &rest {
+            let trimmed = tail.trim_start();
+            if trimmed.len() == tail.len() {
+                continue 'start;
+            }
+            match trimmed.strip_prefix(w) {
+                Some(t) => tail = t,
+                None => continue 'start,
+            }
+        }
+        return Some(at);
+    }
+    None
 }
 
 /// Whether the message comes from a mail system rather than a person.
@@ -348,6 +371,21 @@ mod tests {
         assert_clean(&r);
         assert_eq!(r.format, Format::NonStandard(format));
         r
+    }
+
+    #[test]
+    fn phrases_across_line_breaks() {
+        use super::find_words;
+        assert_eq!(
+            find_words("x could not\r\n be  delivered", "could not be delivered"),
+            Some(2)
+        );
+        assert_eq!(
+            find_words("could notbe delivered", "could not be delivered"),
+            None
+        );
+        assert_eq!(find_words("could not", "could not be"), None);
+        assert_eq!(find_words("", "a"), None);
     }
 
     #[test]
