@@ -109,7 +109,7 @@ fn is_redacted(address: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::assert_clean;
+    use super::super::tests::{assert_clean, original};
     use super::super::{read, Format, Kind};
 
     #[test]
@@ -123,12 +123,11 @@ mod tests {
         assert_eq!(r.recipients[0].kind, Kind::Complaint);
         assert_eq!(r.recipients[0].status, None);
         assert_eq!(
-            r.original_message_id.as_deref(),
-            Some("<news-0323@mail.example.com>")
-        );
-        assert_eq!(
-            r.copy_token.as_deref(),
-            Some("cp_01JPS4C5D6E7F8G9H0J1K2M3N4")
+            original(&r),
+            (
+                Some("<news-0323@mail.example.com>"),
+                Some("cp_01JPS4C5D6E7F8G9H0J1K2M3N4")
+            )
         );
         assert_eq!(r.reporter.as_deref(), Some("Yahoo!-Mail-Feedback/2.0"));
         assert_eq!(
@@ -148,12 +147,11 @@ mod tests {
         assert_eq!((r.kind, r.format), (Kind::Complaint, Format::Arf));
         assert!(r.recipients.is_empty(), "{:?}", r.recipients);
         assert_eq!(
-            r.original_message_id.as_deref(),
-            Some("<sale-0324@mail.example.com>")
-        );
-        assert_eq!(
-            r.copy_token.as_deref(),
-            Some("cp_01JPV6E7F8G9H0J1K2M3N4P5Q6")
+            original(&r),
+            (
+                Some("<sale-0324@mail.example.com>"),
+                Some("cp_01JPV6E7F8G9H0J1K2M3N4P5Q6")
+            )
         );
         assert_eq!(r.reporter.as_deref(), Some("AOL SComp"));
     }

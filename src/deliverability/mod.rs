@@ -445,6 +445,11 @@ mod tests {
         }
     }
 
+    /// The returned original's Message-ID and copy token.
+    pub(super) fn original(r: &Report) -> (Option<&str>, Option<&str>) {
+        (r.original_message_id.as_deref(), r.copy_token.as_deref())
+    }
+
     #[test]
     fn not_bounces() {
         for (name, raw) in [

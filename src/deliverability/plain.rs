@@ -12,6 +12,8 @@
 
 use mail_parser::{Message, MessageParser, PartType};
 
+use crate::replies::detect::AUTO_SUBJECTS;
+
 use super::{
     address, arf::reported_to, ids, kind_of, line, overall, returned, smtp_code_in, status_in,
     Format, Kind, Recipient, Report, DIAGNOSTIC_MAX, RECIPIENTS_MAX,
@@ -37,17 +39,6 @@ const DAEMON_NAMES: &[&str] = &[
     "mail delivery subsystem",
     "mail delivery system",
     "mail administrator",
-];
-
-/// Subjects of automatic answers; such a message is never read as a bounce.
-const AUTO_SUBJECTS: &[&str] = &[
-    "auto:",
-    "automatic reply",
-    "autoreply",
-    "auto-reply",
-    "auto reply",
-    "out of office",
-    "out of the office",
 ];
 
 /// The shapes, in the order they are tried: (label, lower-case markers in the body).
@@ -363,7 +354,7 @@ fn jmrp(message: &Message<'_>) -> Option<Report> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::assert_clean;
+    use super::super::tests::{assert_clean, original};
     use super::super::{read, Format, Kind, Report};
 
     fn one(raw: &[u8], format: &'static str) -> Report {
@@ -411,12 +402,11 @@ mod tests {
         assert_eq!(r.recipients[0].action, None);
         // The copy of the message after qmail's marker.
         assert_eq!(
-            r.original_message_id.as_deref(),
-            Some("<inv-2026-03@mail.example.com>")
-        );
-        assert_eq!(
-            r.copy_token.as_deref(),
-            Some("cp_01JPM0A1B2C3D4E5F6G7H8J9K0")
+            original(&r),
+            (
+                Some("<inv-2026-03@mail.example.com>"),
+                Some("cp_01JPM0A1B2C3D4E5F6G7H8J9K0")
+            )
         );
     }
 
@@ -434,12 +424,11 @@ mod tests {
             .unwrap()
             .ends_with("550 5.2.1 <frank@example.org>: mailbox disabled"));
         assert_eq!(
-            r.original_message_id.as_deref(),
-            Some("<fu-7@mail.example.com>")
-        );
-        assert_eq!(
-            r.copy_token.as_deref(),
-            Some("cp_01JPP2B3C4D5E6F7G8H9J0K1M2")
+            original(&r),
+            (
+                Some("<fu-7@mail.example.com>"),
+                Some("cp_01JPP2B3C4D5E6F7G8H9J0K1M2")
+            )
         );
     }
 
@@ -485,12 +474,11 @@ mod tests {
         assert_eq!(r.recipients[0].address, "ivan@outlook.com");
         assert_eq!(r.recipients[0].kind, Kind::Complaint);
         assert_eq!(
-            r.original_message_id.as_deref(),
-            Some("<offer-0325@mail.example.com>")
-        );
-        assert_eq!(
-            r.copy_token.as_deref(),
-            Some("cp_01JPX8G9H0J1K2M3N4P5Q6R7S8")
+            original(&r),
+            (
+                Some("<offer-0325@mail.example.com>"),
+                Some("cp_01JPX8G9H0J1K2M3N4P5Q6R7S8")
+            )
         );
         // The same shape from anyone else is nothing.
         let other = String::from_utf8_lossy(sample!("jmrp.eml"))
