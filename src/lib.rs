@@ -17,7 +17,8 @@
 //! 3. data: [`rewrite`] (tracked copies, pure), [`events`] (the only writer of `events`),
 //!    [`queue`] (messages, copies, links, claims, retries);
 //! 4. stages: [`deliver`], [`track`], [`notify`], [`compose`], [`followup`], [`replies`],
-//!    [`insights`], [`deliverability`], [`erasure`]; no HTTP inside;
+//!    [`deliverability`] (bounces, complaints, unsubscribes, the suppression list), [`insights`],
+//!    [`erasure`]; no HTTP inside;
 //! 5. front doors: [`relay`] (SMTP) and [`http`] (route table, auth, errors, limits, API, pages);
 //! 6. top: [`serve`] and `main`.
 

@@ -51,7 +51,8 @@ fn ids(v: &str) -> Vec<String> {
     out
 }
 
-const AUTO_SUBJECTS: &[&str] = &[
+/// Subject openings of automatic answers, lower case (read by `deliverability` too).
+pub(crate) const AUTO_SUBJECTS: &[&str] = &[
     "auto:",
     "automatic reply",
     "autoreply",
