@@ -133,6 +133,7 @@ fn register_metrics() {
     crate::notify::metrics::register();
     crate::followup::register_metrics();
     crate::replies::register_metrics();
+    crate::deliverability::register_metrics();
     crate::http::register_metrics();
     crate::insights::metrics::init();
 }

@@ -49,7 +49,7 @@ pub async fn unsubscribe(
         &[&copy, &chrono::Utc::now(), &Uuid::now_v7(), &how],
     )
     .await?;
-    suppression::add(
+    let added = suppression::add(
         &*tx,
         Scope::for_sender(sender_id, team_id),
         &recipient,
@@ -61,5 +61,17 @@ pub async fn unsubscribe(
     .await?;
     crate::followup::cancel_for_recipient(&tx, sender_id, &recipient, "unsubscribed").await?;
     tx.commit().await?;
+    let how = if how == "one-click" {
+        "one-click"
+    } else {
+        "page"
+    };
+    super::METRICS.unsubscribes.with_label_values(&[how]).inc();
+    if added {
+        super::METRICS
+            .suppressed
+            .with_label_values(&[Reason::Unsubscribe.as_str()])
+            .inc();
+    }
     Ok(Unsubscribed::Done { recipient })
 }

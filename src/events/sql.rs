@@ -39,3 +39,12 @@ pub const INSERT_UNSUBSCRIBE: &str =
      SELECT $3, $2, c.message_id, c.id, 'unsubscribe', $4 FROM copies c
      WHERE c.id = $1 AND NOT EXISTS (
          SELECT 1 FROM events e WHERE e.copy_id = $1 AND e.kind = 'unsubscribe')";
+
+/// A bounce, deferral or complaint read from the sender's mailbox: `$1` id (derived from the
+/// report, so that reading it twice, even as another mailbox message, records one event), `$2`
+/// when, `$3` message, `$4` copy, `$5` kind, `$6` reason (`hard`, `soft`, or the feedback
+/// type), `$7` detail.
+pub const INSERT_REPORTED: &str =
+    "INSERT INTO events (id, occurred_at, message_id, copy_id, kind, reason, detail)
+     SELECT $1, $2, $3, $4, $5, $6, $7
+     WHERE NOT EXISTS (SELECT 1 FROM events WHERE id = $1)";

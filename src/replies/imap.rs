@@ -26,6 +26,9 @@ type Session = async_imap::Session<Box<dyn Io>>;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most messages fetched in one command.
 const FETCH_BATCH: u32 = 200;
+/// Largest message read whole (a bounce or a complaint carries the original, often cut); a
+/// larger one is judged by its header alone.
+pub const MAX_REPORT_BYTES: u32 = 4 * 1024 * 1024;
 
 fn tls_connector() -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
@@ -268,6 +271,45 @@ impl Connection {
             out.sort_by_key(|f| f.uid);
             out.truncate(FETCH_BATCH as usize);
             Ok(out)
+        })
+        .await
+    }
+
+    /// The whole message `uid` when it is at most [`MAX_REPORT_BYTES`], else `None`.
+    pub async fn fetch_message(&mut self, uid: u32) -> Result<Option<Vec<u8>>, ReplyError> {
+        let set = uid.to_string();
+        timed("fetch", async {
+            let size = {
+                let mut stream = self
+                    .session
+                    .uid_fetch(&set, "(UID RFC822.SIZE)")
+                    .await
+                    .map_err(imap(ImapFailure::Protocol))?;
+                let mut size = None;
+                while let Some(item) = stream.next().await {
+                    let f = item.map_err(imap(ImapFailure::Protocol))?;
+                    if f.uid == Some(uid) {
+                        size = f.size;
+                    }
+                }
+                size
+            };
+            if size.is_none_or(|n| n > MAX_REPORT_BYTES) {
+                return Ok(None);
+            }
+            let mut stream = self
+                .session
+                .uid_fetch(&set, "(UID BODY.PEEK[])")
+                .await
+                .map_err(imap(ImapFailure::Protocol))?;
+            let mut body = None;
+            while let Some(item) = stream.next().await {
+                let f = item.map_err(imap(ImapFailure::Protocol))?;
+                if f.uid == Some(uid) {
+                    body = f.body().map(<[u8]>::to_vec);
+                }
+            }
+            Ok(body)
         })
         .await
     }

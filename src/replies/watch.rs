@@ -183,7 +183,12 @@ impl Watch {
                     break;
                 }
                 for f in &batch {
-                    self.record(m, f).await?;
+                    if matches!(detect::classify(&f.header), Verdict::Bounce(_)) {
+                        let whole = conn.fetch_message(f.uid).await?;
+                        self.record_report(m, f, whole.as_deref()).await?;
+                    } else {
+                        self.record(m, f).await?;
+                    }
                     m.last_uid = i64::from(f.uid);
                 }
                 let client = self.ctx.pool.get().await?;
@@ -201,6 +206,44 @@ impl Watch {
             }
             conn = conn.wait(self.wait, &self.ctx.shutdown).await?;
         }
+    }
+
+    /// Records a bounce or a complaint of one of the user's copies: events and suppressions
+    /// (see [`crate::deliverability::record`]); a message that reads as neither is counted
+    /// as a bounce-like message only.
+    async fn record_report(
+        &self,
+        m: &Mailbox,
+        f: &Found,
+        whole: Option<&[u8]>,
+    ) -> Result<(), ReplyError> {
+        let Some(report) = whole.and_then(crate::deliverability::read) else {
+            REPLIES.with_label_values(&["bounce"]).inc();
+            return Ok(());
+        };
+        let d = &self.ctx.settings.deliverability;
+        let soft = crate::deliverability::record::SoftBounces {
+            limit: d.soft_bounce_limit,
+            window: d.soft_bounce_window,
+        };
+        // The report's own Message-ID keys its events, so that reading it again after a new
+        // UIDVALIDITY records nothing twice; without one, its place in the folder does.
+        let key = header_value(&f.header, "message-id")
+            .unwrap_or_else(|| format!("uid {}/{}", m.uidvalidity.unwrap_or(0), f.uid));
+        let at = f.internal_date.unwrap_or_else(chrono::Utc::now);
+        let client = self.ctx.pool.get().await?;
+        let done =
+            crate::deliverability::record::record(&**client, m.user_id, &report, &key, at, soft)
+                .await?;
+        crate::deliverability::count(&report, &done);
+        REPLIES
+            .with_label_values(&[if done.events > 0 {
+                "bounce"
+            } else {
+                "unmatched"
+            }])
+            .inc();
+        Ok(())
     }
 
     /// Records a reply to one of the user's tracked copies; auto-replies and bounces are
@@ -267,4 +310,19 @@ impl Watch {
         REPLIES.with_label_values(&["reply"]).inc();
         Ok(())
     }
+}
+
+/// The value of the first `name` field of a raw header block (its first line), trimmed.
+fn header_value(header: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(header);
+    for line in text.split('\n') {
+        let Some((field, value)) = line.split_once(':') else {
+            continue;
+        };
+        if field.trim().eq_ignore_ascii_case(name) {
+            let value = value.trim();
+            return (!value.is_empty() && value.len() <= 256).then(|| value.to_string());
+        }
+    }
+    None
 }

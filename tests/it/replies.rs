@@ -428,3 +428,112 @@ fn a_server_without_idle_is_polled() {
         "no password in the log"
     );
 }
+
+/// Bounces and complaints appended to the sender's real mailbox (DSNs as Postfix writes them,
+/// a Yahoo feedback report, an auto-reply): each becomes an event of the copy it names, a hard
+/// bounce and a complaint put the address on the suppression list, the same report read twice
+/// counts once, and an auto-reply is none of these.
+#[test]
+fn bounces_and_complaints_in_the_mailbox_become_events_and_suppressions() {
+    let Some(imap) = Dovecot::start("ann@example.com", IMAP_PASSWORD, true) else {
+        eprintln!("skipped: Dovecot is not installed (Debian package dovecot-imapd)");
+        return;
+    };
+    let db = TestDb::migrated();
+    let server = Server::start(
+        &db.url,
+        &[
+            ("MAILBOX_KEY", MAILBOX_KEY),
+            ("MAILBOX_POLL_EVERY", "600"),
+            ("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8"),
+            ("MAILBOX_ALLOW_PLAINTEXT", "true"),
+        ],
+    );
+    let token = add_user(&db.url, "ann@example.com", PASSWORD);
+    // The originals the samples return, sent by ann over SMTP.
+    for (to, mid) in [
+        (
+            "nobody@example.org",
+            "<0195f7a2-3b1c-7d4e-8f90-a1b2c3d4e5f6@mail.example.com>",
+        ),
+        ("bob@slow.example.net", "<q1-2026@mail.example.com>"),
+        ("heidi@yahoo.com", "<news-0323@mail.example.com>"),
+    ] {
+        let message = format!(
+            "From: ann@example.com\r\nTo: {to}\r\nSubject: News\r\nMessage-ID: {mid}\r\nContent-Type: text/html\r\n\r\n<p>News</p>\r\n"
+        );
+        common::smtp::submit_as(
+            server.smtp,
+            "ann@example.com",
+            PASSWORD,
+            &[to],
+            message.as_bytes(),
+        );
+    }
+    let mailbox = json!({"host": "127.0.0.1", "port": imap.port, "security": "none",
+                         "username": "ann@example.com", "password": IMAP_PASSWORD});
+    let (status, body) = call(
+        "PUT",
+        &server.url("/api/me/mailbox"),
+        &token,
+        Some(&mailbox),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/deliverability_samples");
+    let sample = |name: &str| std::fs::read_to_string(samples.join(name)).unwrap();
+    for name in [
+        "postfix-hard.eml",
+        "postfix-delayed.eml",
+        "arf-yahoo.eml",
+        "auto-reply.eml",
+        "postfix-hard.eml",
+    ] {
+        imap.append("ann@example.com", IMAP_PASSWORD, &sample(name));
+    }
+    let reported = "SELECT c.recipient, e.kind, coalesce(e.reason, ''), coalesce(e.detail, '')
+                    FROM events e JOIN copies c ON c.id = e.copy_id
+                    WHERE e.kind IN ('bounced', 'deferred', 'complaint') ORDER BY c.recipient";
+    assert!(
+        wait_until(Duration::from_secs(20), || db_rows(&db.url, reported).len()
+            == 3
+            && db_i64(&db.url, "SELECT last_uid FROM mailboxes") == 5),
+        "{:?}\n{}",
+        db_rows(&db.url, reported),
+        server.log_text()
+    );
+    let rows = db_rows(&db.url, reported);
+    assert_eq!(rows[0][..3], ["bob@slow.example.net", "deferred", "soft"]);
+    assert!(rows[0][3].starts_with("4.4.1"), "{:?}", rows[0]);
+    assert_eq!(rows[1][..3], ["heidi@yahoo.com", "complaint", "abuse"]);
+    assert_eq!(rows[2][..3], ["nobody@example.org", "bounced", "hard"]);
+    assert!(rows[2][3].starts_with("5.1.1"), "{:?}", rows[2]);
+    assert_eq!(
+        db_rows(
+            &db.url,
+            "SELECT address, reason FROM suppressions ORDER BY address"
+        ),
+        [
+            ["heidi@yahoo.com", "complaint"],
+            ["nobody@example.org", "hard_bounce"]
+        ]
+    );
+    assert_eq!(
+        db_i64(&db.url, "SELECT count(*) FROM events WHERE kind = 'reply'"),
+        0
+    );
+    // The hard-bounced address is refused from now on.
+    let mut c = common::smtp::Client::connect(server.smtp);
+    c.cmd("EHLO client.example");
+    c.cmd(&format!(
+        "AUTH PLAIN {}",
+        common::smtp::auth_plain("ann@example.com", PASSWORD)
+    ));
+    c.cmd("MAIL FROM:<ann@example.com>");
+    let refused = c.cmd("RCPT TO:<nobody@example.org>");
+    assert!(
+        refused.starts_with("550 5.7.1") && refused.contains("bounced permanently"),
+        "{refused}"
+    );
+    c.cmd("QUIT");
+}
