@@ -7,7 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use mailtally::rewrite::{prepare, DkimSettings, RewriteSettings, TokenKeys};
 
-const ED25519_KEY: &str = include_str!("../../tests/rewrite_support/dkim_ed25519_key.pem");
+const ED25519_KEY: &str = include_str!("../../tests/it/rewrite_support/dkim_ed25519_key.pem");
 
 fuzz_target!(|data: &[u8]| {
     let mut settings = RewriteSettings::new("https://t.example.com");

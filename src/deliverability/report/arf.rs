@@ -47,16 +47,7 @@ pub(super) fn read(message: &Message<'_>) -> Option<Report> {
     addresses.retain(|a| !is_redacted(a));
     addresses.dedup();
     addresses.truncate(RECIPIENTS_MAX);
-    let recipients = addresses
-        .into_iter()
-        .map(|address| Recipient {
-            address,
-            kind: Kind::Complaint,
-            action: None,
-            status: None,
-            diagnostic: None,
-        })
-        .collect();
+    let recipients = addresses.into_iter().map(Recipient::complaint).collect();
     let (original_message_id, copy_token) = returned(message);
     Some(Report {
         kind: Kind::Complaint,

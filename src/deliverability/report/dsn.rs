@@ -166,7 +166,7 @@ pub(super) fn read(message: &Message<'_>) -> Option<Option<Report>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{assert_clean, original};
+    use super::super::tests::{assert_clean, original, summary};
     use super::super::{read, Format, Kind, Report};
 
     fn one(raw: &[u8]) -> Report {
@@ -315,13 +315,8 @@ mod tests {
         // Two recipients without the blank line between them, one of them delivered.
         let r = with("Final-Recipient: rfc822; a@example.org\r\nAction: delayed\r\nStatus: 4.2.2\r\nFinal-Recipient: rfc822; b@example.org\r\nAction: failed\r\nStatus: 5.2.1\r\n\r\nFinal-Recipient: rfc822; c@example.org\r\nAction: delivered\r\nStatus: 2.0.0\r\n").unwrap();
         assert_eq!(r.kind, Kind::HardBounce);
-        let got: Vec<_> = r
-            .recipients
-            .iter()
-            .map(|p| (p.address.as_str(), p.kind, p.status.as_deref()))
-            .collect();
         assert_eq!(
-            got,
+            summary(&r),
             [
                 ("a@example.org", Kind::SoftBounce, Some("4.2.2")),
                 ("b@example.org", Kind::HardBounce, Some("5.2.1"))

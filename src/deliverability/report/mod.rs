@@ -102,6 +102,19 @@ pub struct Recipient {
     pub diagnostic: Option<String>,
 }
 
+impl Recipient {
+    /// A complaining recipient: complaints carry no action, status or diagnostic.
+    fn complaint(address: String) -> Recipient {
+        Recipient {
+            address,
+            kind: Kind::Complaint,
+            action: None,
+            status: None,
+            diagnostic: None,
+        }
+    }
+}
+
 /// What one bounce or complaint says. Every string is one line and bounded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -448,6 +461,14 @@ mod tests {
     /// The returned original's Message-ID and copy token.
     pub(super) fn original(r: &Report) -> (Option<&str>, Option<&str>) {
         (r.original_message_id.as_deref(), r.copy_token.as_deref())
+    }
+
+    /// Each recipient's address, kind and status.
+    pub(super) fn summary(r: &Report) -> Vec<(&str, Kind, Option<&str>)> {
+        r.recipients
+            .iter()
+            .map(|p| (p.address.as_str(), p.kind, p.status.as_deref()))
+            .collect()
     }
 
     #[test]

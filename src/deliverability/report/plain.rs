@@ -333,16 +333,7 @@ fn jmrp(message: &Message<'_>) -> Option<Report> {
     Some(Report {
         kind: Kind::Complaint,
         format: Format::NonStandard("jmrp"),
-        recipients: addresses
-            .into_iter()
-            .map(|address| Recipient {
-                address,
-                kind: Kind::Complaint,
-                action: None,
-                status: None,
-                diagnostic: None,
-            })
-            .collect(),
+        recipients: addresses.into_iter().map(Recipient::complaint).collect(),
         original_message_id,
         copy_token,
         feedback_type: None,
@@ -354,7 +345,7 @@ fn jmrp(message: &Message<'_>) -> Option<Report> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{assert_clean, original};
+    use super::super::tests::{assert_clean, original, summary};
     use super::super::{read, Format, Kind, Report};
 
     fn one(raw: &[u8], format: &'static str) -> Report {
@@ -383,13 +374,8 @@ mod tests {
     fn qmail_without_a_delivery_status_part() {
         let r = one(sample!("qmail.eml"), "qmail");
         assert_eq!(r.kind, Kind::HardBounce);
-        let got: Vec<_> = r
-            .recipients
-            .iter()
-            .map(|p| (p.address.as_str(), p.kind, p.status.as_deref()))
-            .collect();
         assert_eq!(
-            got,
+            summary(&r),
             [
                 ("dave@old-isp.example", Kind::HardBounce, Some("5.1.1")),
                 ("erin@example.net", Kind::HardBounce, Some("5.1.1"))
