@@ -3,6 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use mailtally::rewrite::token::unsubscribe_token;
 use mailtally::rewrite::{click_token, open_token, verify, TokenKeys, Verified};
 
 fuzz_target!(|data: &[u8]| {
@@ -16,6 +17,9 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(Verified::Open { copy }) => {
             assert!(verify(&keys, &open_token(&keys, copy)).is_ok());
+        }
+        Ok(Verified::Unsubscribe { copy }) => {
+            assert!(verify(&keys, &unsubscribe_token(&keys, copy)).is_ok());
         }
         Err(_) => {}
     }
