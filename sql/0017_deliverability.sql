@@ -34,3 +34,15 @@ CREATE INDEX suppressions_digest_idx ON suppressions (address_digest);
 ALTER TABLE copies DROP CONSTRAINT copies_status_check;
 ALTER TABLE copies ADD CONSTRAINT copies_status_check
     CHECK (status IN ('queued', 'deferred', 'delivered', 'bounced', 'suppressed'));
+
+-- Reports split bounces into hard and soft (a failure on a transient status: not delivered
+-- either) and count complaints and unsubscribes. Until now every bounce was a send-time 5xx,
+-- so no existing copy has a soft bounce, a complaint or an unsubscribe.
+ALTER TABLE insights_copy_state
+    ADD COLUMN soft_bounced  boolean NOT NULL DEFAULT false,
+    ADD COLUMN complained    boolean NOT NULL DEFAULT false,
+    ADD COLUMN unsubscribed  boolean NOT NULL DEFAULT false;
+ALTER TABLE insights_daily
+    ADD COLUMN soft_bounced  bigint NOT NULL DEFAULT 0,
+    ADD COLUMN complaints    bigint NOT NULL DEFAULT 0,
+    ADD COLUMN unsubscribes  bigint NOT NULL DEFAULT 0;

@@ -34,7 +34,8 @@ CREATE TEMP TABLE IF NOT EXISTS fold_events (txid bigint, seq bigint, copy_id uu
 CREATE TEMP TABLE IF NOT EXISTS fold_copies (copy_id uuid PRIMARY KEY) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_classified (
     copy_id uuid, message_id uuid, kind text, occurred_at timestamptz, link_idx integer,
-    client text, device text, final_class text, seq bigint) ON COMMIT DELETE ROWS;
+    client text, device text, final_class text, seq bigint, final_reason text)
+    ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_state (LIKE insights_copy_state) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_links (LIKE insights_copy_links) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_clients (LIKE insights_copy_clients) ON COMMIT DELETE ROWS;
@@ -136,7 +137,7 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
         &format!(
             "INSERT INTO fold_classified
              SELECT c.copy_id, c.message_id, c.kind, c.occurred_at, c.link_idx,
-                    c.client, c.device, c.final_class, c.seq
+                    c.client, c.device, c.final_class, c.seq, c.final_reason
              FROM ({classified}) c"
         ),
         &[],
@@ -161,7 +162,12 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
                min(c.occurred_at) FILTER (WHERE c.kind = 'click'),
                min(c.occurred_at) FILTER (WHERE c.kind = 'click' AND c.final_class IN ('human', 'proxy')),
                max(c.occurred_at),
-               count(*) FILTER (WHERE c.kind = 'reply')
+               count(*) FILTER (WHERE c.kind = 'reply'),
+               -- Soft: every bounce of the copy was on a transient status.
+               bool_or(c.kind = 'bounced')
+                   AND NOT bool_or(c.kind = 'bounced' AND c.final_reason IS DISTINCT FROM 'soft'),
+               bool_or(c.kind = 'complaint'),
+               bool_or(c.kind = 'unsubscribe')
         FROM fold_classified c JOIN messages m ON m.id = c.message_id
         GROUP BY c.copy_id, m.id;
         ANALYZE fold_state;
@@ -194,12 +200,14 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
         "
         INSERT INTO insights_daily AS r ({DIMS}, sent, bounced, opens, human_opens, unique_opens,
             human_unique_opens, clicks, human_clicks, unique_clicks, human_unique_clicks,
-            replies, unique_replies)
+            replies, unique_replies, soft_bounced, complaints, unsubscribes)
         SELECT {DIMS}, sum(sg), sum(sg * bounced::int), sum(sg * opens), sum(sg * human_opens),
                sum(sg * (opens > 0)::int), sum(sg * (human_opens > 0)::int),
                sum(sg * clicks), sum(sg * human_clicks),
                sum(sg * (clicks > 0)::int), sum(sg * (human_clicks > 0)::int),
-               sum(sg * replies), sum(sg * (replies > 0)::int)
+               sum(sg * replies), sum(sg * (replies > 0)::int),
+               sum(sg * soft_bounced::int), sum(sg * complained::int),
+               sum(sg * unsubscribed::int)
         FROM (SELECT 1 AS sg, * FROM fold_state
               UNION ALL
               SELECT -1, s.* FROM insights_copy_state s JOIN fold_copies f USING (copy_id)) d
@@ -213,7 +221,10 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
             unique_clicks = r.unique_clicks + EXCLUDED.unique_clicks,
             human_unique_clicks = r.human_unique_clicks + EXCLUDED.human_unique_clicks,
             replies = r.replies + EXCLUDED.replies,
-            unique_replies = r.unique_replies + EXCLUDED.unique_replies;
+            unique_replies = r.unique_replies + EXCLUDED.unique_replies,
+            soft_bounced = r.soft_bounced + EXCLUDED.soft_bounced,
+            complaints = r.complaints + EXCLUDED.complaints,
+            unsubscribes = r.unsubscribes + EXCLUDED.unsubscribes;
 
         INSERT INTO insights_links AS r ({DIMS}, url, clicks, human_clicks, unique_clicks,
             human_unique_clicks)

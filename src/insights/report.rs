@@ -134,6 +134,22 @@ pub struct Figures {
     pub click_to_open: Option<f64>,
     /// bounced / sent
     pub bounce_rate: Option<f64>,
+    /// Of `bounced`: permanent failures (5.x.x, or the upstream's 5xx at send time)...
+    pub hard_bounced: i64,
+    /// ...and failures on a transient status (4.x.x) reported later by a DSN.
+    pub soft_bounced: i64,
+    /// Copies whose recipient reported them as spam (ARF feedback reports).
+    pub complaints: i64,
+    /// Copies whose recipient unsubscribed (List-Unsubscribe).
+    pub unsubscribes: i64,
+    /// hard_bounced / sent
+    pub hard_bounce_rate: Option<f64>,
+    /// soft_bounced / sent
+    pub soft_bounce_rate: Option<f64>,
+    /// complaints / delivered (Gmail's threshold for bulk senders is 0.3 %)
+    pub complaint_rate: Option<f64>,
+    /// unsubscribes / delivered
+    pub unsubscribe_rate: Option<f64>,
     /// unique repliers / delivered
     pub reply_rate: Option<f64>,
 }
@@ -160,6 +176,10 @@ impl Figures {
             human_unique_clicks: g(9),
             replies: g(10),
             unique_replies: g(11),
+            soft_bounced: g(12),
+            hard_bounced: bounced - g(12),
+            complaints: g(13),
+            unsubscribes: g(14),
             ..Figures::default()
         };
         let (openers, clickers) = match class {
@@ -170,16 +190,21 @@ impl Figures {
         f.click_rate = ratio(clickers, f.delivered);
         f.click_to_open = ratio(clickers, openers);
         f.bounce_rate = ratio(f.bounced, f.sent);
+        f.hard_bounce_rate = ratio(f.hard_bounced, f.sent);
+        f.soft_bounce_rate = ratio(f.soft_bounced, f.sent);
+        f.complaint_rate = ratio(f.complaints, f.delivered);
+        f.unsubscribe_rate = ratio(f.unsubscribes, f.delivered);
         f.reply_rate = ratio(f.unique_replies, f.delivered);
         f
     }
 }
 
-/// The sums of [`Figures`]' counts over a source made by [`figures_source`]; twelve bigints.
+/// The sums of [`Figures`]' counts over a source made by [`figures_source`]; fifteen bigints.
 const SUMS: &str = "sum(sent)::bigint, sum(bounced)::bigint, sum(opens)::bigint,
     sum(human_opens)::bigint, sum(unique_opens)::bigint, sum(human_unique_opens)::bigint,
     sum(clicks)::bigint, sum(human_clicks)::bigint, sum(unique_clicks)::bigint,
-    sum(human_unique_clicks)::bigint, sum(replies)::bigint, sum(unique_replies)::bigint";
+    sum(human_unique_clicks)::bigint, sum(replies)::bigint, sum(unique_replies)::bigint,
+    sum(soft_bounced)::bigint, sum(complaints)::bigint, sum(unsubscribes)::bigint";
 
 /// Conditions common to both sources on a row `alias` with template_key, day, sender_id, team_id.
 fn dims_where(alias: &str, f: &ReportFilter, viewer: Viewer, p: &mut Params) -> String {
@@ -232,7 +257,9 @@ fn figures_source(f: &ReportFilter, viewer: Viewer, p: &mut Params) -> String {
                     (s.human_opens > 0)::int AS human_unique_opens, s.clicks, s.human_clicks,
                     (s.clicks > 0)::int AS unique_clicks,
                     (s.human_clicks > 0)::int AS human_unique_clicks,
-                    s.replies, (s.replies > 0)::int AS unique_replies
+                    s.replies, (s.replies > 0)::int AS unique_replies,
+                    s.soft_bounced::int AS soft_bounced, s.complained::int AS complaints,
+                    s.unsubscribed::int AS unsubscribes
              FROM insights_copy_state s JOIN messages m ON m.id = s.message_id
              WHERE {dims} AND {crm}"
         )
@@ -284,7 +311,7 @@ pub async fn templates(
         .map(|r| TemplateRow {
             template: r.get(0),
             scope: TemplateScope::from_dims(r.get(1), r.get(2)),
-            name: r.get(16),
+            name: r.get(19),
             figures: Figures::from_row(r, 3, filter.class),
         })
         .collect())

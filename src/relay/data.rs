@@ -343,7 +343,8 @@ mod tests {
 
     #[test]
     fn control_headers_are_read_and_stripped() {
-        let raw = b"From: a@example.com\r\nX-Mailtally-Template: welcome\r\nSubject: Hi\r\n there\r\nx-mailtally-visibility: Private\r\nX-Mailtally-Deal: d1\r\nMessage-ID: <1@x>\r\n\r\nbody\r\nX-Mailtally-Template: not a header\r\n";
+        // List-Unsubscribe is off here, so that the copy is the message minus its controls.
+        let raw = b"From: a@example.com\r\nX-Mailtally-Template: welcome\r\nSubject: Hi\r\n there\r\nx-mailtally-visibility: Private\r\nX-Mailtally-Deal: d1\r\nX-Mailtally-List-Unsubscribe: off\r\nMessage-ID: <1@x>\r\n\r\nbody\r\nX-Mailtally-Template: not a header\r\n";
         let h = handoff(raw, &["b@example.com"]);
         assert_eq!(h.facts.template_key, "welcome");
         assert_eq!(h.facts.subject.as_deref(), Some("Hi there"));

@@ -695,7 +695,7 @@ mod tests {
     #[test]
     fn the_table_lists_every_field_of_every_section_once() {
         assert_eq!(fields_of::<Settings>(), SECTIONS);
-        let sections: [(&str, &[&str]); 14] = [
+        let sections: [(&str, &[&str]); 15] = [
             ("store", fields_of::<StoreSection>()),
             ("relay", fields_of::<RelaySection>()),
             ("accounts", fields_of::<AccountsSection>()),
@@ -709,6 +709,7 @@ mod tests {
             ("outbound", fields_of::<OutboundSection>()),
             ("followup", fields_of::<FollowupSection>()),
             ("replies", fields_of::<RepliesSection>()),
+            ("deliverability", fields_of::<DeliverabilitySection>()),
             ("log", fields_of::<LogSection>()),
         ];
         let documented: Vec<(&str, &str)> = SETTINGS.iter().map(|s| (s.section, s.name)).collect();

@@ -133,6 +133,27 @@ fn one_click_unsubscribes_and_every_way_of_sending_respects_it() {
         ["unsubscribe", "bob@example.net", "true", "one-click"]
     );
 
+    // The template's report counts the unsubscribe against what was delivered.
+    let mut row = json!(null);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let (_, report) = call(
+                "GET",
+                &server.url("/api/reports/templates"),
+                &token,
+                None,
+                None,
+            );
+            row = report["templates"][0].clone();
+            row["unsubscribes"] == 1
+        }),
+        "{row}"
+    );
+    assert_eq!(
+        (&row["sent"], &row["unsubscribe_rate"]),
+        (&json!(2), &json!(0.5))
+    );
+
     // SMTP: the RCPT is refused, naming why; carol still goes.
     let mut c = Client::connect(server.smtp);
     c.cmd("EHLO client.example");

@@ -522,6 +522,42 @@ fn bounces_and_complaints_in_the_mailbox_become_events_and_suppressions() {
         db_i64(&db.url, "SELECT count(*) FROM events WHERE kind = 'reply'"),
         0
     );
+    // The report counts them, split, and they add up with the events.
+    let mut row = json!(null);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let (_, report) = call(
+                "GET",
+                &server.url("/api/reports/templates?class=all"),
+                &token,
+                None,
+                None,
+            );
+            row = report["templates"][0].clone();
+            row["complaints"] == 1 && row["bounced"] == 1
+        }),
+        "{row}"
+    );
+    assert_eq!(
+        (
+            &row["sent"],
+            &row["delivered"],
+            &row["hard_bounced"],
+            &row["soft_bounced"],
+            &row["complaints"],
+            &row["unsubscribes"]
+        ),
+        (
+            &json!(3),
+            &json!(2),
+            &json!(1),
+            &json!(0),
+            &json!(1),
+            &json!(0)
+        ),
+        "{row}"
+    );
+    assert_eq!(row["complaint_rate"], json!(0.5));
     // The hard-bounced address is refused from now on.
     let mut c = common::smtp::Client::connect(server.smtp);
     c.cmd("EHLO client.example");

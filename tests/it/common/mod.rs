@@ -341,7 +341,7 @@ pub fn untrack(copy: &str, public_url: &str) -> String {
     let copy: &str = &match copy.find(&added) {
         Some(i) => {
             let after = &copy[i + added.len()..];
-            let end = after.find(">\r\n").expect("the field ends");
+            let end = after.find('>').expect("the field ends");
             assert!(
                 matches!(
                     verify(&keys, &after[..end]),
@@ -349,9 +349,15 @@ pub fn untrack(copy: &str, public_url: &str) -> String {
                 ),
                 "List-Unsubscribe carries an unsubscribe token"
             );
-            let post = "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n";
-            let rest = &after[end + 3..];
-            assert!(rest.starts_with(post), "one-click follows: {rest:.80}");
+            // Line ends as the copy has them (CRLF, or LF in a dump).
+            let eol = if after[end + 1..].starts_with("\r\n") {
+                "\r\n"
+            } else {
+                "\n"
+            };
+            let post = format!("List-Unsubscribe-Post: List-Unsubscribe=One-Click{eol}");
+            let rest = &after[end + 1 + eol.len()..];
+            assert!(rest.starts_with(&post), "one-click follows: {rest:.80}");
             format!("{}{}", &copy[..i], &rest[post.len()..])
         }
         None => copy.to_string(),
