@@ -71,6 +71,9 @@ async fn record(ctx: &Base, transport: &Transport, claimed: &Claimed, outcome: O
                     .attempts_total
                     .with_label_values(&[outcome.status()])
                     .inc();
+                if let Outcome::Bounced { error } = outcome {
+                    suppress_refused(ctx, claimed, error).await;
+                }
                 if matches!(outcome, Outcome::Delivered { .. }) {
                     let latency = (chrono::Utc::now() - claimed.queued_at)
                         .to_std()
@@ -90,6 +93,26 @@ async fn record(ctx: &Base, transport: &Transport, claimed: &Claimed, outcome: O
         }
     }
     tracing::error!(copy = %claimed.copy_id, "delivery outcome not recorded; the copy will be retried");
+}
+
+/// A permanent refusal puts the address on the sender's suppression list; a failure here is
+/// logged, not retried: the bounce itself is recorded.
+async fn suppress_refused(ctx: &Base, claimed: &Claimed, error: &str) {
+    let result = match ctx.pool.get().await {
+        Ok(client) => crate::deliverability::record::refused_at_send(
+            &**client,
+            claimed.message_id,
+            claimed.copy_id,
+            &claimed.recipient,
+            error,
+        )
+        .await
+        .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(copy = %claimed.copy_id, error = %e, "cannot add a bounced address to the suppression list");
+    }
 }
 
 fn outcome_of(ctx: &Base, claimed: &Claimed, attempt: Attempt, via: &'static str) -> Outcome {

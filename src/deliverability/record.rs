@@ -210,3 +210,41 @@ async fn soft_bounces(
         .await?;
     Ok(row.get(0))
 }
+
+/// An upstream's permanent refusal at send time: the address goes on the list of the message's
+/// scope as a hard bounce (the `bounced` event is the queue's, written with the outcome).
+pub async fn refused_at_send(
+    client: &impl GenericClient,
+    message: Uuid,
+    copy: Uuid,
+    recipient: &str,
+    error: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT sender_id, team_id FROM messages WHERE id = $1",
+            &[&message],
+        )
+        .await?
+    else {
+        return Ok(false);
+    };
+    let scope = Scope::for_sender(row.get(0), row.get(1));
+    let added = suppression::add(
+        client,
+        scope,
+        recipient,
+        Reason::HardBounce,
+        Some(copy),
+        Some(error),
+        None,
+    )
+    .await?;
+    if added {
+        super::METRICS
+            .suppressed
+            .with_label_values(&[Reason::HardBounce.as_str()])
+            .inc();
+    }
+    Ok(added)
+}

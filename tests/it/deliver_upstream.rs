@@ -90,4 +90,19 @@ fn a_permanent_refusal_bounces_with_the_upstream_text_and_is_not_retried() {
     assert!(rows[0][1].contains("No such user here"), "{rows:?}");
     assert!(rows[0][2].contains("550"), "{rows:?}");
     assert_eq!(sink.count(), 0);
+    // The refused address is on the sender's suppression list: the next message to it is
+    // refused at RCPT.
+    assert_eq!(
+        db_rows(&db.url, "SELECT address, reason FROM suppressions"),
+        [["nobody@example.net", "hard_bounce"]]
+    );
+    let mut c = common::smtp::Client::connect(server.smtp);
+    c.cmd("EHLO client.example");
+    c.cmd(&format!(
+        "AUTH PLAIN {}",
+        common::smtp::auth_plain("ann@example.com", PASSWORD)
+    ));
+    c.cmd("MAIL FROM:<ann@example.com>");
+    let refused = c.cmd("RCPT TO:<nobody@example.net>");
+    assert!(refused.starts_with("550 5.7.1"), "{refused}");
 }

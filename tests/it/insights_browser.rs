@@ -404,3 +404,94 @@ Content-Type: text/html; charset=utf-8\r\n\r\n\
         &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("insights-message-windows.png"),
     );
 }
+
+/// The README's rules (who counts as a person and why) as a reader sees them: the section
+/// rendered from the README's Markdown (Python-Markdown, as a Git host would) in headless
+/// Chromium, every rule, window and setting on the rendered page, and a screenshot kept.
+#[test]
+fn readme_rules_render_in_headless_chromium() {
+    if !std::path::Path::new("/usr/bin/chromedriver").exists() {
+        panic!("chromium-driver is not installed (see scripts/test-packages)");
+    }
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let start = readme
+        .find("## Who opened and clicked")
+        .expect("the rules section");
+    let end = readme[start + 3..]
+        .find("\n## ")
+        .map(|i| start + 3 + i)
+        .unwrap_or(readme.len());
+    let section = &readme[start..end];
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let markdown = tmp.join("readme-rules.md");
+    let html = tmp.join("readme-rules.html");
+    std::fs::write(&markdown, section).unwrap();
+    // Debian's Python, which has the package scripts/test-packages installs.
+    let run = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import markdown, sys\n\
+         body = markdown.markdown(open(sys.argv[1], encoding='utf-8').read(), extensions=['tables'])\n\
+         style = 'body{font-family:sans-serif;max-width:1200px;margin:1em auto}table{border-collapse:collapse}td,th{border:1px solid #999;padding:4px;vertical-align:top}'\n\
+         open(sys.argv[2], 'w', encoding='utf-8').write('<!DOCTYPE html><html><head><meta charset=\"utf-8\"><style>' + style + '</style></head><body>' + body + '</body></html>')\n",
+        )
+        .arg(&markdown)
+        .arg(&html)
+        .output()
+        .expect("/usr/bin/python3 runs");
+    let (ok, out) = (
+        run.status.success(),
+        String::from_utf8_lossy(&run.stderr).to_string(),
+    );
+    assert!(
+        ok,
+        "python3-markdown renders the README (see scripts/test-packages): {out}"
+    );
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver::start(profile.path());
+    driver.call(
+        "POST",
+        &driver.s("/url"),
+        Some(json!({"url": format!("file://{}", html.display())})),
+    );
+    let text = driver.text("body");
+    for rule in [
+        "HEAD request",
+        "image proxy",
+        "scanner agent",
+        "crawler agent",
+        "no user agent",
+        "bare agent",
+        "Apple address range",
+        "APPLE_MPP_CIDRS",
+        "prefetch window",
+        "PREFETCH_WINDOW",
+        "click-after-delivery window",
+        "CLICK_SCANNER_WINDOW",
+        "sweep",
+        "3 or more clicks of the same copy within 5 seconds",
+        "unknown-delivery window",
+        "Why image proxy opens count as people",
+    ] {
+        assert!(
+            text.contains(rule),
+            "the rendered README lacks {rule:?}:\n{text}"
+        );
+    }
+    // Both rule lists are tables a reader sees as tables, not pipes.
+    assert_eq!(driver.find_all("table").len(), 2, "{}", driver.source());
+    assert!(!text.contains("|---|"));
+    let png = tmp.join("readme-rules.png");
+    driver.screenshot(&png);
+    let image = image::open(&png).unwrap().to_rgb8();
+    let dark = image
+        .pixels()
+        .filter(|p| p.0.iter().all(|c| *c < 100))
+        .count();
+    assert!(
+        dark > 10_000,
+        "the screenshot shows the text ({dark} dark pixels)"
+    );
+}
