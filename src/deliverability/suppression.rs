@@ -147,26 +147,6 @@ pub async fn add(
     Ok(n == 1)
 }
 
-/// Takes `address` off the list of `scope`, keeping the entry as history; `false` when it
-/// was not on it.
-pub async fn remove(
-    client: &impl GenericClient,
-    scope: Scope,
-    address: &str,
-    by: i64,
-) -> Result<bool, tokio_postgres::Error> {
-    let n = client
-        .execute(
-            &format!(
-                "UPDATE suppressions SET removed_at = now(), removed_by = $4
-                 WHERE {IN_SCOPE} AND address_digest = $3 AND removed_at IS NULL"
-            ),
-            &[&scope.team_id, &scope.owner_id, &digest(address), &by],
-        )
-        .await?;
-    Ok(n > 0)
-}
-
 /// Takes entry `id` of `scope` off the list, keeping it as history; `false` when no such
 /// entry is on it.
 pub async fn remove_entry(

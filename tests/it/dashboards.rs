@@ -259,7 +259,17 @@ fn every_metric_the_dashboards_and_alerts_use_has_series_on_a_fresh_server() {
 
 /// The unit of what a query returns, from the metric's own unit suffix.
 fn unit_of(expr: &str) -> &'static str {
-    let name = names_used(expr).into_iter().next().unwrap_or_default();
+    let names = names_used(expr);
+    // One count over another (a complaint rate): a fraction, shown as a percentage.
+    let counts_only = names.iter().all(|n| {
+        !["_bytes", "_seconds", "_sum", "_count", "_bucket"]
+            .iter()
+            .any(|s| n.ends_with(s))
+    });
+    if expr.contains(" / ") && names.len() >= 2 && counts_only {
+        return "percentunit";
+    }
+    let name = names.into_iter().next().unwrap_or_default();
     let base = ["_bucket", "_sum", "_count"]
         .iter()
         .find_map(|s| name.strip_suffix(s))

@@ -96,13 +96,11 @@ fn a_permanent_refusal_bounces_with_the_upstream_text_and_is_not_retried() {
         db_rows(&db.url, "SELECT address, reason FROM suppressions"),
         [["nobody@example.net", "hard_bounce"]]
     );
-    let mut c = common::smtp::Client::connect(server.smtp);
-    c.cmd("EHLO client.example");
-    c.cmd(&format!(
-        "AUTH PLAIN {}",
-        common::smtp::auth_plain("ann@example.com", PASSWORD)
-    ));
-    c.cmd("MAIL FROM:<ann@example.com>");
-    let refused = c.cmd("RCPT TO:<nobody@example.net>");
+    let refused = common::smtp::rcpt_reply(
+        server.smtp,
+        "ann@example.com",
+        PASSWORD,
+        "nobody@example.net",
+    );
     assert!(refused.starts_with("550 5.7.1"), "{refused}");
 }

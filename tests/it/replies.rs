@@ -559,17 +559,14 @@ fn bounces_and_complaints_in_the_mailbox_become_events_and_suppressions() {
     );
     assert_eq!(row["complaint_rate"], json!(0.5));
     // The hard-bounced address is refused from now on.
-    let mut c = common::smtp::Client::connect(server.smtp);
-    c.cmd("EHLO client.example");
-    c.cmd(&format!(
-        "AUTH PLAIN {}",
-        common::smtp::auth_plain("ann@example.com", PASSWORD)
-    ));
-    c.cmd("MAIL FROM:<ann@example.com>");
-    let refused = c.cmd("RCPT TO:<nobody@example.org>");
+    let refused = common::smtp::rcpt_reply(
+        server.smtp,
+        "ann@example.com",
+        PASSWORD,
+        "nobody@example.org",
+    );
     assert!(
         refused.starts_with("550 5.7.1") && refused.contains("bounced permanently"),
         "{refused}"
     );
-    c.cmd("QUIT");
 }

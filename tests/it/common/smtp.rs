@@ -276,6 +276,19 @@ pub fn submit_as(
 }
 
 /// Base64 of AUTH PLAIN's `\0user\0password`.
+/// The reply an authenticated `user`'s `RCPT TO:<rcpt>` gets (the transaction then quits).
+pub fn rcpt_reply(smtp: std::net::SocketAddr, user: &str, password: &str, rcpt: &str) -> String {
+    let mut c = Client::connect(smtp);
+    c.cmd("EHLO client.example");
+    let auth = c.cmd(&format!("AUTH PLAIN {}", auth_plain(user, password)));
+    assert!(auth.starts_with("235"), "{auth}");
+    let from = c.cmd(&format!("MAIL FROM:<{user}>"));
+    assert!(from.starts_with("250"), "{from}");
+    let reply = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+    c.cmd("QUIT");
+    reply
+}
+
 pub fn auth_plain(user: &str, password: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
