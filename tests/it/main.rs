@@ -27,6 +27,7 @@ mod insights_restart;
 mod layers;
 mod notify;
 mod openapi;
+mod postfix_dsn;
 mod relay_submit;
 mod replies;
 mod rewrite_cases;

@@ -6,120 +6,17 @@
 use crate::common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::api::{call, received};
-use common::smtp::{add_user, db_i64, db_rows, delivered, python, wait_until, Sink};
-use common::{free_port, Server, TestDb};
+use common::dovecot::Dovecot;
+use common::smtp::{add_user, db_i64, db_rows, delivered, wait_until, Sink};
+use common::{Server, TestDb};
 use serde_json::json;
 
 const PASSWORD: &str = "correct horse battery";
 const IMAP_PASSWORD: &str = "imap-secret-Zq8";
 const MAILBOX_KEY: &str = "a-mailbox-key-for-tests-0123456789abcdef";
-
-/// A Dovecot serving one user's Maildir on a loopback port, plain IMAP.
-struct Dovecot {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Dovecot {
-    /// `idle: false` hides IDLE from the capabilities, so that clients must poll.
-    fn start(user: &str, password: &str, idle: bool) -> Option<Dovecot> {
-        let binary = ["/usr/sbin/dovecot", "/usr/local/sbin/dovecot"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())?;
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let root = nix::unistd::geteuid().is_root();
-        let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
-            .unwrap()
-            .unwrap()
-            .name;
-        // As root Dovecot drops to its own users and the mail belongs to `nobody`; otherwise
-        // everything runs as the current user.
-        let (internal, login, mail_user, mail_group) = if root {
-            ("dovecot", "dovenull", "nobody", "nogroup")
-        } else {
-            (me.as_str(), me.as_str(), me.as_str(), me.as_str())
-        };
-        std::fs::create_dir_all(d.join("mail")).unwrap();
-        std::fs::create_dir_all(d.join("run")).unwrap();
-        std::fs::create_dir_all(d.join("state")).unwrap();
-        if root {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-            let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
-            nix::unistd::chown(&d.join("mail"), Some(nobody.uid), Some(nobody.gid)).unwrap();
-        }
-        std::fs::write(d.join("passwd"), format!("{user}:{{PLAIN}}{password}\n")).unwrap();
-        let port = free_port();
-        let conf = format!(
-            "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\n\
-             instance_name = mailtally-test-{port}\nprotocols = imap\nlisten = 127.0.0.1\n\
-             ssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\n\
-             mail_location = maildir:{d}/mail/%u\ndefault_internal_user = {internal}\n\
-             default_login_user = {login}\nfirst_valid_uid = 1\n\
-             passdb {{\n driver = passwd-file\n args = scheme=PLAIN username_format=%u {d}/passwd\n}}\n\
-             userdb {{\n driver = static\n args = uid={mail_user} gid={mail_group} home={d}/mail/%u\n}}\n\
-             service imap-login {{\n inet_listener imap {{\n  address = 127.0.0.1\n  port = {port}\n }}\n inet_listener imaps {{\n  port = 0\n }}\n}}\n\
-             service stats {{\n unix_listener stats-reader {{\n  mode = 0666\n }}\n unix_listener stats-writer {{\n  mode = 0666\n }}\n}}\n",
-            d = d.display()
-        );
-        let conf = if idle {
-            conf
-        } else {
-            format!("{conf}imap_capability = IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE UIDPLUS\n")
-        };
-        std::fs::write(d.join("dovecot.conf"), conf).unwrap();
-        let child = Command::new(binary)
-            .args(["-F", "-c"])
-            .arg(d.join("dovecot.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        assert!(
-            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
-            "Dovecot did not start: {}",
-            std::fs::read_to_string(d.join("dovecot.log")).unwrap_or_default()
-        );
-        Some(Dovecot {
-            child,
-            port,
-            _dir: dir,
-        })
-    }
-
-    /// Appends a message to INBOX with a real IMAP client (Python's imaplib).
-    fn append(&self, user: &str, password: &str, message: &str) {
-        let (ok, out) = python(
-            "import imaplib, sys\n\
-             m = imaplib.IMAP4('127.0.0.1', int(sys.argv[1]))\n\
-             m.login(sys.argv[2], sys.argv[3])\n\
-             print(m.append('INBOX', None, None, sys.argv[4].encode()))\n\
-             m.logout()\n",
-            &[&self.port.to_string(), user, password, message],
-        );
-        assert!(ok, "{out}");
-    }
-}
-
-impl Drop for Dovecot {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
 
 fn reply(from: &str, answers: &str, extra: &str, subject: &str) -> String {
     format!(
@@ -376,19 +273,7 @@ fn a_server_without_idle_is_polled() {
     );
     assert_eq!(status, 202, "{body}");
     let sent = db_rows(&db.url, "SELECT header_message_id FROM copies");
-    let mailbox = json!({"host": "127.0.0.1", "port": imap.port, "security": "none",
-                         "username": "ann@example.com", "password": IMAP_PASSWORD});
-    assert_eq!(
-        call(
-            "PUT",
-            &server.url("/api/me/mailbox"),
-            &token,
-            Some(&mailbox),
-            None
-        )
-        .0,
-        200
-    );
+    imap.watched_by(&server, &token, "ann@example.com", IMAP_PASSWORD);
     imap.append(
         "ann@example.com",
         IMAP_PASSWORD,
@@ -470,16 +355,7 @@ fn bounces_and_complaints_in_the_mailbox_become_events_and_suppressions() {
             message.as_bytes(),
         );
     }
-    let mailbox = json!({"host": "127.0.0.1", "port": imap.port, "security": "none",
-                         "username": "ann@example.com", "password": IMAP_PASSWORD});
-    let (status, body) = call(
-        "PUT",
-        &server.url("/api/me/mailbox"),
-        &token,
-        Some(&mailbox),
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
+    imap.watched_by(&server, &token, "ann@example.com", IMAP_PASSWORD);
     let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/deliverability_samples");
     let sample = |name: &str| std::fs::read_to_string(samples.join(name)).unwrap();
     for name in [

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod dovecot;
 pub mod smtp;
 
 use std::io::{BufRead, BufReader};

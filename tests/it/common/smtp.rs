@@ -198,6 +198,11 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Waits until something accepts connections on loopback `port`; returns whether it did.
+pub fn listening(port: u16, timeout: Duration) -> bool {
+    wait_until(timeout, || TcpStream::connect(("127.0.0.1", port)).is_ok())
+}
+
 /// A plain-text SMTP client speaking one command at a time.
 pub struct Client {
     pub reader: BufReader<TcpStream>,
