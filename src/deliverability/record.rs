@@ -139,7 +139,12 @@ pub async fn record(
                     .unwrap_or_else(|| "abuse".into()),
             ),
         };
-        let detail: String = [status, diagnostic]
+        // A bounce read from prose, not from a delivery-status part, says so: `(qmail)`.
+        let shape = match report.format {
+            super::Format::NonStandard(name) => Some(format!("({name})")),
+            _ => None,
+        };
+        let detail: String = [status, diagnostic, shape.as_deref()]
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()

@@ -183,7 +183,7 @@ impl Watch {
                     break;
                 }
                 for f in &batch {
-                    if matches!(detect::classify(&f.header), Verdict::Bounce(_)) {
+                    if may_be_report(&f.header) {
                         let whole = conn.fetch_message(f.uid).await?;
                         self.record_report(m, f, whole.as_deref()).await?;
                     } else {
@@ -310,6 +310,15 @@ impl Watch {
         REPLIES.with_label_values(&["reply"]).inc();
         Ok(())
     }
+}
+
+/// Whether a mailbox message may be a bounce or a complaint, so that it is read whole: what
+/// reply detection calls a bounce (reports, the mail system, a null sender), and Microsoft's
+/// feedback loop (JMRP), which sends its complaints as ordinary mail from one address.
+fn may_be_report(header: &[u8]) -> bool {
+    matches!(detect::classify(header), Verdict::Bounce(_))
+        || header_value(header, "from")
+            .is_some_and(|f| f.to_ascii_lowercase().contains("staff@hotmail.com"))
 }
 
 /// The value of the first `name` field of a raw header block (its first line), trimmed.

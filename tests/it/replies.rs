@@ -446,3 +446,134 @@ fn bounces_and_complaints_in_the_mailbox_become_events_and_suppressions() {
         "{refused}"
     );
 }
+
+/// Every bounce and complaint shape of the samples (Postfix, Exchange 2003 and Office 365,
+/// Gmail, qmail, Exim, one with the whole original attached, one with only its headers, ARF
+/// and JMRP reports) is recognised, matched to the copy it returns and classified once it is in
+/// the sender's real mailbox; the messages that are none of these (an auto-reply, a reply that
+/// quotes a bounce, a newsletter, a read receipt, a forwarded bounce) change nothing.
+#[test]
+fn every_report_shape_is_matched_to_its_copy_and_nothing_else_is() {
+    use std::collections::BTreeMap;
+    let Some(imap) = Dovecot::start("ann@example.com", IMAP_PASSWORD, true) else {
+        eprintln!("skipped: Dovecot is not installed (Debian package dovecot-imapd)");
+        return;
+    };
+    let db = TestDb::migrated();
+    let server = Server::start(
+        &db.url,
+        &[
+            ("MAILBOX_KEY", MAILBOX_KEY),
+            ("MAILBOX_POLL_EVERY", "600"),
+            ("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8"),
+            ("MAILBOX_ALLOW_PLAINTEXT", "true"),
+        ],
+    );
+    let token = add_user(&db.url, "ann@example.com", PASSWORD);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/deliverability_samples");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // What each sample says, by the reader itself: the originals to send, and what to expect.
+    let mut expected = BTreeMap::new();
+    let mut sent = std::collections::BTreeSet::new();
+    let mut negatives = 0;
+    for name in &names {
+        let raw = std::fs::read(dir.join(name)).unwrap();
+        let Some(report) = mailtally::deliverability::read(&raw) else {
+            negatives += 1;
+            continue;
+        };
+        let Some(mid) = report.original_message_id.clone() else {
+            continue;
+        };
+        for r in &report.recipients {
+            let recipient = r.address.to_lowercase();
+            if sent.insert((recipient.clone(), mid.clone())) {
+                let message = format!(
+                    "From: ann@example.com\r\nTo: {recipient}\r\nSubject: {name}\r\nMessage-ID: {mid}\r\nContent-Type: text/html\r\n\r\n<p>Hello</p>\r\n"
+                );
+                common::smtp::submit_as(
+                    server.smtp,
+                    "ann@example.com",
+                    PASSWORD,
+                    &[&recipient],
+                    message.as_bytes(),
+                );
+            }
+            let kind = match (r.kind, r.action.as_deref()) {
+                (mailtally::deliverability::Kind::Complaint, _) => "complaint",
+                (mailtally::deliverability::Kind::SoftBounce, Some("delayed")) => "deferred",
+                _ => "bounced",
+            };
+            expected.insert((recipient, name.clone()), kind);
+        }
+    }
+    assert!(expected.len() >= 8, "{expected:?}");
+    assert!(
+        negatives >= 4,
+        "the samples hold messages that are not reports"
+    );
+    imap.watched_by(&server, &token, "ann@example.com", IMAP_PASSWORD);
+    for name in &names {
+        let raw = std::fs::read_to_string(dir.join(name)).unwrap();
+        imap.append("ann@example.com", IMAP_PASSWORD, &raw);
+    }
+    let total = names.len() as i64;
+    assert!(
+        wait_until(Duration::from_secs(30), || db_i64(
+            &db.url,
+            "SELECT coalesce(max(last_uid), 0) FROM mailboxes"
+        ) == total),
+        "{}",
+        server.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // Each report's events, by recipient and the subject its original was sent with.
+    let rows = db_rows(
+        &db.url,
+        "SELECT c.recipient, m.subject, e.kind FROM events e JOIN copies c ON c.id = e.copy_id
+         JOIN messages m ON m.id = e.message_id
+         WHERE e.kind IN ('bounced', 'deferred', 'complaint') ORDER BY 1, 2, 3",
+    );
+    // A bounce read from prose is marked with its shape.
+    let qmail = db_rows(
+        &db.url,
+        "SELECT e.detail FROM events e JOIN copies c ON c.id = e.copy_id
+         WHERE c.recipient = 'dave@old-isp.example' AND e.kind = 'bounced'",
+    );
+    assert!(qmail[0][0].ends_with("(qmail)"), "{qmail:?}");
+    let mut got: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for r in &rows {
+        got.entry((r[0].clone(), r[1].clone()))
+            .or_default()
+            .push(r[2].clone());
+    }
+    // A copy sent once for several samples (the same original returned twice) gets each
+    // sample's event; every expected event is there, and nothing else.
+    for ((recipient, name), kind) in &expected {
+        let any = got
+            .iter()
+            .filter(|((r, _), _)| r == recipient)
+            .any(|(_, kinds)| kinds.iter().any(|k| k == kind));
+        assert!(
+            any,
+            "{name}: no {kind} event of {recipient}'s copy in {got:?}"
+        );
+    }
+    let recipients: std::collections::BTreeSet<&String> = expected.keys().map(|(r, _)| r).collect();
+    for (recipient, _) in got.keys() {
+        assert!(
+            recipients.contains(recipient),
+            "an event of {recipient}, whom no report names: {got:?}"
+        );
+    }
+    // The reply that quotes a bounce answers one of the originals: a reply, not a bounce; the
+    // auto-reply is neither.
+    assert_eq!(
+        db_rows(&db.url, "SELECT detail FROM events WHERE kind = 'reply'"),
+        [["ken@example.net"]]
+    );
+}
