@@ -8,13 +8,15 @@
 //! The modules follow the flow of a message and of an event, in layers; a module imports only
 //! from its own layer or the layers below (`tests/it/layers.rs` keeps it so):
 //!
-//! 1. base: [`settings`] (typed settings, also reachable as `config`), [`metrics`] (the Prometheus registry), [`store`]
-//!    (PostgreSQL, migrations, the embedded cluster), [`base`] (what every stage shares:
+//! 1. base: [`settings`] (typed settings, also reachable as `config`), [`metrics`] (the
+//!    Prometheus registry), [`store`] (PostgreSQL, migrations, the embedded cluster, the
+//!    installation's own values), [`base`] (what every stage shares:
 //!    settings, pool, shutdown), [`netguard`] (which addresses user-named hosts may reach),
 //!    [`escape`];
 //! 2. domain: [`accounts`] (users, teams, tokens, the one visibility rule, the failure limiter)
 //!    and [`classify`] (human or machine, and why);
-//! 3. data: [`rewrite`] (tracked copies, pure), [`events`] (the only writer of `events`),
+//! 3. data: [`rewrite`] (tracked copies, pure), [`events`] (the writer, the spool, and the text of
+//!    every statement that writes `events`),
 //!    [`queue`] (messages, copies, links, claims, retries);
 //! 4. stages: [`deliver`], [`track`], [`notify`], [`compose`], [`followup`], [`replies`],
 //!    [`deliverability`] (bounces, complaints, unsubscribes, the suppression list), [`insights`],
@@ -44,7 +46,6 @@ pub mod rewrite;
 pub mod serve;
 pub mod settings;
 pub mod store;
-
 pub mod track;
 
 // The path the stages and the tests were written against.
