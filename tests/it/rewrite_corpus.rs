@@ -63,7 +63,7 @@ fn mime_corpus() {
     println!("parts left as they were:\n  {}", skipped.join("\n  "));
 }
 
-/// `REWRITE_SHOW=path cargo test --test rewrite_corpus show -- --ignored --nocapture`
+/// `REWRITE_SHOW=path cargo test --test it rewrite_corpus::show -- --ignored --nocapture`
 #[test]
 #[ignore]
 fn show() {
