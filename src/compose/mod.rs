@@ -2,7 +2,7 @@
 //! group emails and the follow-ups of `followup/`. Each recipient's message is written as MIME,
 //! then goes through the same rewrite and queue as mail submitted over SMTP.
 //!
-//! Owns template content, merge fields and per-recipient composition. It must never send to
+//! Owns merge fields and per-recipient composition (template content is `queue::templates`'s). It must never send to
 //! anyone unless every recipient's message could be composed (a missing field is an error
 //! before anything is queued), never put a recipient's value into a header unescaped, and never
 //! queue the same idempotent request twice.

@@ -1,8 +1,9 @@
 //! Notifications: webhooks and the live event stream.
 //!
 //! Owns telling people about events: webhook endpoints, an outbox in PostgreSQL filled from the
-//! events table, signed deliveries (Standard Webhooks) with retries, and Server-Sent Events. It
-//! must never tell anyone about an event of a message they may not see, and never change an event.
+//! events table, signed deliveries (Standard Webhooks) with retries, and the live stream's
+//! fan-out (the HTTP side is `http::api::stream`). It must never tell anyone about an event of a
+//! message they may not see, and never change an event.
 
 pub mod dispatch;
 pub mod endpoints;

@@ -1,7 +1,8 @@
 //! The durable queue in PostgreSQL: enqueue a message and its copies in one transaction, claim
 //! due copies under a lease, record each attempt's outcome, and the retry schedule.
 //!
-//! Owns the `messages`/`copies` rows and their delivery state. It must never record an outcome
+//! Owns the `messages`, `copies`, `links` and `templates` rows, the copies' delivery state, the
+//! senders' pacing and budgets. It must never record an outcome
 //! for a copy whose lease it no longer holds, and never lose a committed copy.
 
 pub mod budget;

@@ -1,7 +1,8 @@
 //! Reply detection: each user's mailbox, watched over IMAP (IDLE where the server has it,
 //! polling otherwise, with UIDVALIDITY/UID checkpoints). A message whose `In-Reply-To` or
 //! `References` names the Message-ID of a tracked copy becomes a `reply` event of that copy;
-//! auto-replies and bounces are recognised and not counted.
+//! auto-replies are recognised and not counted; bounces and complaints are read whole and
+//! handed to [`crate::deliverability`].
 //!
 //! Owns the `mailboxes` table and the watchers. It must never store or log an IMAP password in
 //! clear, never count one reply twice (event ids derive from the reply), and never attribute a

@@ -1,7 +1,8 @@
 //! The store: PostgreSQL, the one place mailtally keeps state.
 //!
-//! Owns the connection pool, the migrations of `sql/` and the embedded default cluster. It must
-//! never hold business rules: stages own their queries; this module only hands out connections.
+//! Owns the connection pool, the migrations of `sql/`, the embedded default cluster and the
+//! installation's own values (`server_settings`). It must never hold business rules: stages
+//! own their queries.
 
 pub mod embedded;
 pub mod migrate;
