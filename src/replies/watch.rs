@@ -7,6 +7,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use mail_parser::MessageParser;
 use prometheus::IntCounterVec;
 use uuid::Uuid;
 
@@ -183,11 +184,12 @@ impl Watch {
                     break;
                 }
                 for f in &batch {
-                    if may_be_report(&f.header) {
+                    let verdict = detect::classify(&f.header);
+                    if matches!(verdict, Verdict::Bounce(_)) || from_feedback_loop(&f.header) {
                         let whole = conn.fetch_message(f.uid).await?;
                         self.record_report(m, f, whole.as_deref()).await?;
                     } else {
-                        self.record(m, f).await?;
+                        self.record(m, f, verdict).await?;
                     }
                     m.last_uid = i64::from(f.uid);
                 }
@@ -228,7 +230,9 @@ impl Watch {
         };
         // The report's own Message-ID keys its events, so that reading it again after a new
         // UIDVALIDITY records nothing twice; without one, its place in the folder does.
-        let key = header_value(&f.header, "message-id")
+        let key = MessageParser::default()
+            .parse_headers(&f.header)
+            .and_then(|h| h.message_id().map(|id| format!("<{id}>")))
             .unwrap_or_else(|| format!("uid {}/{}", m.uidvalidity.unwrap_or(0), f.uid));
         let at = f.internal_date.unwrap_or_else(chrono::Utc::now);
         let client = self.ctx.pool.get().await?;
@@ -248,8 +252,7 @@ impl Watch {
 
     /// Records a reply to one of the user's tracked copies; auto-replies and bounces are
     /// counted in the metric only.
-    async fn record(&self, m: &Mailbox, f: &Found) -> Result<(), ReplyError> {
-        let verdict = detect::classify(&f.header);
+    async fn record(&self, m: &Mailbox, f: &Found, verdict: Verdict) -> Result<(), ReplyError> {
         let Verdict::Reply {
             answers,
             from,
@@ -312,26 +315,11 @@ impl Watch {
     }
 }
 
-/// Whether a mailbox message may be a bounce or a complaint, so that it is read whole: what
-/// reply detection calls a bounce (reports, the mail system, a null sender), and Microsoft's
-/// feedback loop (JMRP), which sends its complaints as ordinary mail from one address.
-fn may_be_report(header: &[u8]) -> bool {
-    matches!(detect::classify(header), Verdict::Bounce(_))
-        || header_value(header, "from")
-            .is_some_and(|f| f.to_ascii_lowercase().contains("staff@hotmail.com"))
-}
-
-/// The value of the first `name` field of a raw header block (its first line), trimmed.
-fn header_value(header: &[u8], name: &str) -> Option<String> {
-    let text = String::from_utf8_lossy(header);
-    for line in text.split('\n') {
-        let Some((field, value)) = line.split_once(':') else {
-            continue;
-        };
-        if field.trim().eq_ignore_ascii_case(name) {
-            let value = value.trim();
-            return (!value.is_empty() && value.len() <= 256).then(|| value.to_string());
-        }
-    }
-    None
+/// Microsoft's feedback loop (JMRP) sends its complaints as ordinary mail from one address, which
+/// reply detection does not take for a report: such a message is read whole too.
+fn from_feedback_loop(header: &[u8]) -> bool {
+    MessageParser::default()
+        .parse_headers(header)
+        .and_then(|h| h.from()?.first()?.address().map(str::to_ascii_lowercase))
+        .is_some_and(|a| a == "staff@hotmail.com")
 }
