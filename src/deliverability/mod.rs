@@ -50,8 +50,6 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 
 /// The label values of [`Metrics::reports`].
 pub const REPORT_KINDS: [&str; 4] = ["hard_bounce", "soft_bounce", "complaint", "unmatched"];
-/// The label values of [`Metrics::unsubscribes`].
-pub const UNSUBSCRIBE_WAYS: [&str; 2] = ["one-click", "page"];
 
 /// Registers the metrics, every label value at zero.
 pub fn register_metrics() {
@@ -61,8 +59,8 @@ pub fn register_metrics() {
     for reason in suppression::Reason::ALL {
         METRICS.suppressed.with_label_values(&[reason.as_str()]);
     }
-    for how in UNSUBSCRIBE_WAYS {
-        METRICS.unsubscribes.with_label_values(&[how]);
+    for way in unsubscribe::Way::ALL {
+        METRICS.unsubscribes.with_label_values(&[way.as_str()]);
     }
 }
 

@@ -24,11 +24,32 @@ pub enum Unsubscribed {
     UnknownCopy,
 }
 
-/// Unsubscribes the recipient of `copy`; `how` says which way (`one-click`, `page`).
+/// How an unsubscribe came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// RFC 8058: a mail client's POST of `List-Unsubscribe=One-Click`.
+    OneClick,
+    /// The button of the page a GET of the URL shows.
+    Page,
+}
+
+impl Way {
+    pub const ALL: [Way; 2] = [Way::OneClick, Way::Page];
+
+    /// The event's detail and the metric's label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Way::OneClick => "one-click",
+            Way::Page => "page",
+        }
+    }
+}
+
+/// Unsubscribes the recipient of `copy`.
 pub async fn unsubscribe(
     pool: &Pool,
     copy: Uuid,
-    how: &str,
+    way: Way,
 ) -> Result<Unsubscribed, UnsubscribeError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -46,7 +67,7 @@ pub async fn unsubscribe(
         (row.get(0), row.get(1), row.get(2));
     tx.execute(
         crate::events::sql::INSERT_UNSUBSCRIBE,
-        &[&copy, &chrono::Utc::now(), &Uuid::now_v7(), &how],
+        &[&copy, &chrono::Utc::now(), &Uuid::now_v7(), &way.as_str()],
     )
     .await?;
     let added = suppression::add(
@@ -55,18 +76,16 @@ pub async fn unsubscribe(
         &recipient,
         Reason::Unsubscribe,
         Some(copy),
-        Some(how),
+        Some(way.as_str()),
         None,
     )
     .await?;
     crate::followup::cancel_for_recipient(&tx, sender_id, &recipient, "unsubscribed").await?;
     tx.commit().await?;
-    let how = if how == "one-click" {
-        "one-click"
-    } else {
-        "page"
-    };
-    super::METRICS.unsubscribes.with_label_values(&[how]).inc();
+    super::METRICS
+        .unsubscribes
+        .with_label_values(&[way.as_str()])
+        .inc();
     if added {
         super::METRICS
             .suppressed

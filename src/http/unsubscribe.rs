@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use maud::{html, Markup, DOCTYPE};
 
 use crate::base::Base;
-use crate::deliverability::unsubscribe::{unsubscribe, Unsubscribed};
+use crate::deliverability::unsubscribe::{unsubscribe, Unsubscribed, Way};
 use crate::rewrite::{verify, Rewriter, Verified};
 
 /// Nothing but the page's own form: no script, no remote load, no framing.
@@ -78,12 +78,12 @@ async fn one_click(
         return not_found();
     };
     // RFC 8058: the client posts `List-Unsubscribe=One-Click`; the page's form posts nothing.
-    let how = if body.starts_with(b"List-Unsubscribe=One-Click") {
-        "one-click"
+    let way = if body.starts_with(b"List-Unsubscribe=One-Click") {
+        Way::OneClick
     } else {
-        "page"
+        Way::Page
     };
-    match unsubscribe(&ctx.pool, copy, how).await {
+    match unsubscribe(&ctx.pool, copy, way).await {
         // An erased copy answers as a done one: the address is gone or suppressed either way,
         // and the answer must not tell which copies exist.
         Ok(Unsubscribed::Done { .. } | Unsubscribed::UnknownCopy) => page(
