@@ -314,15 +314,12 @@ fn a_server_without_idle_is_polled() {
     );
 }
 
-/// Bounces and complaints appended to the sender's real mailbox (DSNs as Postfix writes them,
-/// a Yahoo feedback report, an auto-reply): each becomes an event of the copy it names, a hard
-/// bounce and a complaint put the address on the suppression list, the same report read twice
-/// counts once, and an auto-reply is none of these.
-#[test]
-fn bounces_and_complaints_in_the_mailbox_become_events_and_suppressions() {
+/// ann's Dovecot mailbox (with IDLE), a server that may watch it, and ann's API token; `None`
+/// (with a message) without Dovecot.
+fn reports_world() -> Option<(Dovecot, TestDb, Server, String)> {
     let Some(imap) = Dovecot::start("ann@example.com", IMAP_PASSWORD, true) else {
         eprintln!("skipped: Dovecot is not installed (Debian package dovecot-imapd)");
-        return;
+        return None;
     };
     let db = TestDb::migrated();
     let server = Server::start(
@@ -335,6 +332,18 @@ fn bounces_and_complaints_in_the_mailbox_become_events_and_suppressions() {
         ],
     );
     let token = add_user(&db.url, "ann@example.com", PASSWORD);
+    Some((imap, db, server, token))
+}
+
+/// Bounces and complaints appended to the sender's real mailbox (DSNs as Postfix writes them,
+/// a Yahoo feedback report, an auto-reply): each becomes an event of the copy it names, a hard
+/// bounce and a complaint put the address on the suppression list, the same report read twice
+/// counts once, and an auto-reply is none of these.
+#[test]
+fn bounces_and_complaints_in_the_mailbox_become_events_and_suppressions() {
+    let Some((imap, db, server, token)) = reports_world() else {
+        return;
+    };
     // The originals the samples return, sent by ann over SMTP.
     for (to, mid) in [
         (
@@ -455,21 +464,9 @@ fn bounces_and_complaints_in_the_mailbox_become_events_and_suppressions() {
 #[test]
 fn every_report_shape_is_matched_to_its_copy_and_nothing_else_is() {
     use std::collections::BTreeMap;
-    let Some(imap) = Dovecot::start("ann@example.com", IMAP_PASSWORD, true) else {
-        eprintln!("skipped: Dovecot is not installed (Debian package dovecot-imapd)");
+    let Some((imap, db, server, token)) = reports_world() else {
         return;
     };
-    let db = TestDb::migrated();
-    let server = Server::start(
-        &db.url,
-        &[
-            ("MAILBOX_KEY", MAILBOX_KEY),
-            ("MAILBOX_POLL_EVERY", "600"),
-            ("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8"),
-            ("MAILBOX_ALLOW_PLAINTEXT", "true"),
-        ],
-    );
-    let token = add_user(&db.url, "ann@example.com", PASSWORD);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/deliverability_samples");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
