@@ -5,6 +5,7 @@
 //! wait: a full channel or a database outage sends events to the spool, never back to the caller,
 //! and never drops them.
 
+pub mod lane;
 pub mod spool;
 pub mod sql;
 pub mod writer;
@@ -57,7 +58,7 @@ impl Kind {
 
 /// One event as the edge saw it. The id (UUIDv7) and time are chosen where the event happens,
 /// so that a batch written twice (spool replay, a timeout after commit) lands once.
-/// `message_id` is not here: the writer resolves it from `copies` in the same statement.
+/// `message_id` is not here: the writer resolves it from the copy (see [`lane`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub id: Uuid,

@@ -47,4 +47,4 @@ pub const INSERT_UNSUBSCRIBE: &str =
 pub const INSERT_REPORTED: &str =
     "INSERT INTO events (id, occurred_at, message_id, copy_id, kind, reason, detail)
      SELECT $1, $2, $3, $4, $5, $6, $7
-     WHERE NOT EXISTS (SELECT 1 FROM events WHERE id = $1)";
+     WHERE NOT EXISTS (SELECT 1 FROM events WHERE copy_id = $4 AND id = $1)";

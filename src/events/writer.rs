@@ -1,24 +1,24 @@
-//! The batch writer: one task that takes events from the channel and writes them to PostgreSQL
-//! with binary COPY, every flush interval or every batch of N events, whichever comes first.
+//! The batch writer: one task that takes events from the channel and hands them, a batch every
+//! flush interval or every N events, whichever comes first, to one of two connections
+//! ([`super::lane`]), so that one batch is written while the other commits.
 //!
 //! A batch PostgreSQL does not take (an error, a timeout) goes to the spool and the writer
 //! retries the database once a second; while it is away, batches go straight to the spool.
-//! Once a write succeeds again the spool is replayed, one segment at a time. Rows are inserted
-//! with `ON CONFLICT DO NOTHING` on the primary key chosen at the edge, so a batch written twice
-//! (a timeout after the commit, a crash during replay) lands once.
+//! Once a write succeeds again the spool is replayed, one segment at a time, with
+//! `ON CONFLICT DO NOTHING` on the key chosen at the edge, so that a batch written twice (a
+//! timeout after the commit, a crash during replay) lands once.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{ClientWrapper, Pool};
+use deadpool_postgres::Pool;
 use thiserror::Error;
 use tokio::sync::{mpsc, Mutex};
-use tokio::task::JoinHandle;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use super::lane::{Lane, MessageOfCopy, Mode};
 use super::spool::{self, Spool, SpoolError};
 use super::{Event, EventSink, Overflow, METRICS};
 
@@ -88,23 +88,33 @@ pub fn start(pool: Pool, config: WriterConfig) -> Result<(EventSink, WriterHandl
     }
     let (sink, rx, overflow) = super::channel(config.channel_capacity);
     let stop = CancellationToken::new();
-    let writer = Writer {
+    let mut writer = Writer {
         pool,
-        client: None,
+        messages: Arc::default(),
+        idle: Vec::with_capacity(LANES),
+        running: JoinSet::new(),
         spool: Arc::new(Mutex::new(spool)),
         overflow,
         config,
         down_until: None,
         depth_of: sink.clone(),
     };
+    for _ in 0..LANES {
+        let lane = writer.new_lane();
+        writer.idle.push(lane);
+    }
     let task = tokio::spawn(writer.run(rx, stop.clone()));
     Ok((sink, WriterHandle { stop, task }))
 }
 
 struct Writer {
     pool: Pool,
-    /// The writer's own connection (with its staging table), taken out of the pool for good.
-    client: Option<ClientWrapper>,
+    /// Shared by the lanes.
+    messages: Arc<std::sync::Mutex<MessageOfCopy>>,
+    /// Connections not writing at the moment.
+    idle: Vec<Lane>,
+    /// Batches being written, each on its lane; at most `LANES`.
+    running: JoinSet<Written>,
     spool: Arc<Mutex<Spool>>,
     overflow: Arc<Overflow>,
     config: WriterConfig,
@@ -113,37 +123,12 @@ struct Writer {
     depth_of: EventSink,
 }
 
-const STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS events_staging (
-    id uuid, occurred_at timestamptz, copy_id uuid, kind text, link_idx int4, class text,
-    reason text, ip inet, user_agent text, method text, client text, device text, os text
-) ON COMMIT DELETE ROWS";
+/// A lane back from writing a batch, with the batch (spooled when the write failed).
+type Written = (Lane, Vec<Event>, Result<(), WriterError>);
 
-const COPY: &str = "COPY events_staging (id, occurred_at, copy_id, kind, link_idx, class, reason, \
-    ip, user_agent, method, client, device, os) FROM STDIN BINARY";
-
-// message_id is resolved here, in one statement per batch, never on the request path.
-const INSERT: &str = "INSERT INTO events (id, occurred_at, message_id, copy_id, kind, link_idx, \
-    class, reason, ip, user_agent, method, client, device, os)
-    SELECT s.id, s.occurred_at, c.message_id, s.copy_id, s.kind, s.link_idx, s.class, s.reason,
-           s.ip, s.user_agent, s.method, s.client, s.device, s.os
-    FROM events_staging s JOIN copies c ON c.id = s.copy_id
-    ON CONFLICT DO NOTHING";
-
-const TYPES: &[Type] = &[
-    Type::UUID,
-    Type::TIMESTAMPTZ,
-    Type::UUID,
-    Type::TEXT,
-    Type::INT4,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INET,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-];
+/// Connections writing at once: one batch's COPY overlaps the previous one's commit, and
+/// PostgreSQL maintains the indexes of two batches on two cores.
+const LANES: usize = 2;
 
 /// Whether an error means "PostgreSQL is away" (retry later) rather than "this batch is bad".
 fn is_outage(e: &WriterError) -> bool {
@@ -157,6 +142,29 @@ fn is_outage(e: &WriterError) -> bool {
         },
         _ => true,
     }
+}
+
+/// Writes a batch; a batch PostgreSQL refuses for its contents (not for an outage) is written
+/// row by row and the refused rows are dropped with an error, so that one bad row can never
+/// stop the pipeline by failing every replay. Only outages are returned.
+async fn write_checked(lane: &mut Lane, batch: &[Event], mode: Mode) -> Result<(), WriterError> {
+    let e = match lane.write(batch, mode).await {
+        Ok(_) => return Ok(()),
+        Err(e) if is_outage(&e) => return Err(e),
+        Err(e) => e,
+    };
+    tracing::error!(error = %e, events = batch.len(), "PostgreSQL refused a batch; writing it row by row");
+    for event in batch {
+        match lane.write(std::slice::from_ref(event), Mode::Again).await {
+            Ok(_) => {}
+            Err(e) if is_outage(&e) => return Err(e),
+            Err(e) => {
+                METRICS.rejected.inc();
+                tracing::error!(error = %e, ?event, "PostgreSQL refused an event; dropped");
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Writer {
@@ -173,6 +181,10 @@ impl Writer {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
                 _ = self.overflow.notify.notified() => {}
+                Some(done) = self.running.join_next(), if !self.running.is_empty() => {
+                    self.finished(done).await;
+                    continue;
+                }
                 got = rx.recv_many(&mut buf, room), if room > 0 => {
                     if got == 0 {
                         break;
@@ -204,6 +216,7 @@ impl Writer {
         if !buf.is_empty() {
             self.write_or_spool(buf).await;
         }
+        self.settle().await;
         self.spool_overflow().await;
         METRICS.channel_depth.set(0);
         tracing::info!("event writer drained");
@@ -220,41 +233,66 @@ impl Writer {
         }
     }
 
+    /// Hands a batch to a free lane (waiting for one when both are busy), or spools it while
+    /// PostgreSQL is away.
     async fn write_or_spool(&mut self, batch: Vec<Event>) {
+        while self.idle.is_empty() {
+            match self.running.join_next().await {
+                Some(done) => self.finished(done).await,
+                None => break,
+            }
+        }
         if !self.is_up() {
             self.spool_events(batch, "database_down").await;
             return;
         }
-        match self.write_checked(&batch).await {
-            Ok(()) => {}
-            Err(e) => {
+        let Some(mut lane) = self.idle.pop() else {
+            self.spool_events(batch, "database_error").await;
+            return;
+        };
+        self.running.spawn(async move {
+            let result = write_checked(&mut lane, &batch, Mode::Fresh).await;
+            (lane, batch, result)
+        });
+    }
+
+    /// Takes back a lane whose batch is done; spools the batch when it failed.
+    async fn finished(&mut self, done: Result<Written, tokio::task::JoinError>) {
+        match done {
+            Ok((lane, _, Ok(()))) => {
+                if self.down_until.take().is_some() {
+                    tracing::info!("PostgreSQL takes events again");
+                }
+                self.idle.push(lane);
+            }
+            Ok((mut lane, batch, Err(e))) => {
                 self.failed(&e);
+                lane.disconnect();
+                self.idle.push(lane);
                 self.spool_events(batch, "database_error").await;
+            }
+            // A panic is a bug; its batch went with it. The lane is replaced so that the writer
+            // keeps its width.
+            Err(e) => {
+                tracing::error!(error = %e, "an event write ended abnormally; its batch is lost");
+                self.idle.push(self.new_lane());
             }
         }
     }
 
-    /// Writes a batch; a batch PostgreSQL refuses for its contents (not for an outage) is
-    /// written row by row and the refused rows are dropped with an error, so that one bad row
-    /// can never stop the pipeline by failing every replay. Only outages are returned.
-    async fn write_checked(&mut self, batch: &[Event]) -> Result<(), WriterError> {
-        let e = match self.write(batch).await {
-            Ok(_) => return Ok(()),
-            Err(e) if is_outage(&e) => return Err(e),
-            Err(e) => e,
-        };
-        tracing::error!(error = %e, events = batch.len(), "PostgreSQL refused a batch; writing it row by row");
-        for event in batch {
-            match self.write(std::slice::from_ref(event)).await {
-                Ok(_) => {}
-                Err(e) if is_outage(&e) => return Err(e),
-                Err(e) => {
-                    METRICS.rejected.inc();
-                    tracing::error!(error = %e, ?event, "PostgreSQL refused an event; dropped");
-                }
-            }
+    /// Waits for every batch being written.
+    async fn settle(&mut self) {
+        while let Some(done) = self.running.join_next().await {
+            self.finished(done).await;
         }
-        Ok(())
+    }
+
+    fn new_lane(&self) -> Lane {
+        Lane::new(
+            self.pool.clone(),
+            self.messages.clone(),
+            self.config.flush_timeout,
+        )
     }
 
     fn failed(&mut self, e: &WriterError) {
@@ -262,69 +300,7 @@ impl Writer {
             tracing::warn!(error = %e, "PostgreSQL does not take events; spooling them to disk until it does");
         }
         METRICS.flush_failures.inc();
-        self.client = None;
         self.down_until = Some(Instant::now() + self.config.retry_after);
-    }
-
-    /// Writes one batch; returns the rows inserted.
-    async fn write(&mut self, batch: &[Event]) -> Result<u64, WriterError> {
-        let started = Instant::now();
-        let limit = self.config.flush_timeout;
-        let inserted = tokio::time::timeout(limit, self.copy_batch(batch))
-            .await
-            .map_err(|_| WriterError::Timeout(limit))??;
-        if self.down_until.take().is_some() {
-            tracing::info!("PostgreSQL takes events again");
-        }
-        METRICS
-            .flush_duration
-            .observe(started.elapsed().as_secs_f64());
-        METRICS.batch_size.observe(batch.len() as f64);
-        METRICS.written.inc_by(inserted);
-        if inserted < batch.len() as u64 {
-            tracing::debug!(
-                batch = batch.len(),
-                inserted,
-                "events already stored or of unknown copies"
-            );
-        }
-        Ok(inserted)
-    }
-
-    async fn copy_batch(&mut self, batch: &[Event]) -> Result<u64, WriterError> {
-        if self.client.is_none() {
-            let client = deadpool_postgres::Object::take(self.pool.get().await?);
-            client.batch_execute(STAGING).await?;
-            self.client = Some(client);
-        }
-        let client = self.client.as_mut().expect("connected just above");
-        let tx = client.transaction().await?;
-        let sink = tx.copy_in(COPY).await?;
-        let writer = BinaryCopyInWriter::new(sink, TYPES);
-        tokio::pin!(writer);
-        for e in batch {
-            let class = e.class.map(|c| c.as_str());
-            let row: [&(dyn ToSql + Sync); 13] = [
-                &e.id,
-                &e.occurred_at,
-                &e.copy_id,
-                &e.kind.as_str(),
-                &e.link_idx,
-                &class,
-                &e.reason,
-                &e.ip,
-                &e.user_agent,
-                &e.method,
-                &e.client,
-                &e.device,
-                &e.os,
-            ];
-            writer.as_mut().write(&row).await?;
-        }
-        writer.finish().await?;
-        let inserted = tx.execute(INSERT, &[]).await?;
-        tx.commit().await?;
-        Ok(inserted)
     }
 
     async fn spool_events(&mut self, events: Vec<Event>, cause: &'static str) {
@@ -379,13 +355,20 @@ impl Writer {
             METRICS
                 .spool_corrupt
                 .inc_by(read.corrupt as u64 + u64::from(read.torn));
+            self.settle().await;
+            let Some(mut lane) = self.idle.pop() else {
+                return;
+            };
             for chunk in read.events.chunks(self.config.batch_size.max(1)) {
-                if let Err(e) = self.write_checked(chunk).await {
+                if let Err(e) = write_checked(&mut lane, chunk, Mode::Again).await {
                     self.failed(&e);
+                    lane.disconnect();
+                    self.idle.push(lane);
                     return;
                 }
                 METRICS.replayed.inc_by(chunk.len() as u64);
             }
+            self.idle.push(lane);
             let spool = self.spool.clone();
             let removed = tokio::task::spawn_blocking(move || {
                 let mut spool = spool.blocking_lock();

@@ -195,26 +195,65 @@ pub async fn copies_sent_to(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Deletes a message; its copies and links go with it (foreign keys).
+/// Deletes a message; its copies and links go with it (foreign keys). Like [`delete_copies`],
+/// it counts a removal in `copies_removed`, which the event writer reads (see
+/// [`copies_removed`]).
 pub async fn delete_message(
     client: &impl tokio_postgres::GenericClient,
     message_id: Uuid,
 ) -> Result<(), tokio_postgres::Error> {
     client
-        .execute("DELETE FROM messages WHERE id = $1", &[&message_id])
+        .execute(
+            "WITH gone AS (DELETE FROM messages WHERE id = $1 RETURNING id)
+             UPDATE copies_removed SET generation = generation + 1
+             WHERE id = 1 AND EXISTS (SELECT 1 FROM gone)",
+            &[&message_id],
+        )
         .await?;
     Ok(())
 }
 
-/// Deletes copies, whatever their state.
+/// Deletes copies, whatever their state, and counts a removal in `copies_removed` in the same
+/// statement, so that the count changes exactly when the copies are gone.
 pub async fn delete_copies(
     client: &impl tokio_postgres::GenericClient,
     copies: &[Uuid],
 ) -> Result<(), tokio_postgres::Error> {
     client
-        .execute("DELETE FROM copies WHERE id = ANY($1)", &[&copies])
+        .execute(
+            "WITH gone AS (DELETE FROM copies WHERE id = ANY($1) RETURNING id)
+             UPDATE copies_removed SET generation = generation + 1
+             WHERE id = 1 AND EXISTS (SELECT 1 FROM gone)",
+            &[&copies],
+        )
         .await?;
     Ok(())
+}
+
+/// How many times copies have been removed (erasure, message deletion). Whoever keeps which
+/// message a copy belongs to in memory reads this in the transaction that uses what it keeps,
+/// and forgets everything when it changed.
+pub async fn copies_removed(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT generation FROM copies_removed WHERE id = 1", &[])
+        .await?
+        .get(0))
+}
+
+/// The message of each of `copies` that exists: (copy, message) pairs; unknown ones are absent.
+pub async fn messages_of_copies(
+    client: &impl tokio_postgres::GenericClient,
+    copies: &[Uuid],
+) -> Result<Vec<(Uuid, Uuid)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id, message_id FROM copies WHERE id = ANY($1)",
+            &[&copies],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Records the size and the untouched reason of a message whose copies were added in parts

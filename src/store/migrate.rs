@@ -42,6 +42,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(15, "0015_sender_budget.sql"),
     migration!(16, "0016_mailbox_failures.sql"),
     migration!(17, "0017_deliverability.sql"),
+    migration!(18, "0018_event_writes.sql"),
 ];
 
 /// Arbitrary constant naming mailtally's migration lock among advisory locks.
