@@ -1,7 +1,8 @@
 //! The durable queue in PostgreSQL: enqueue a message and its copies in one transaction, claim
 //! due copies under a lease, record each attempt's outcome, and the retry schedule.
 //!
-//! Owns the `messages`, `copies`, `links` and `templates` rows, the copies' delivery state, the
+//! Owns the `messages`, `copies`, `link_lists` (a message's tracked links, stored once per
+//! distinct list; `links` is their view per message) and `templates` rows, the copies' delivery state, the
 //! senders' pacing and budgets. It must never record an outcome
 //! for a copy whose lease it no longer holds, and never lose a committed copy.
 
@@ -195,7 +196,8 @@ pub async fn copies_sent_to(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Deletes a message; its copies and links go with it (foreign keys). Like [`delete_copies`],
+/// Deletes a message; its copies go with it (foreign keys), and its link list when no other
+/// message shares it. Like [`delete_copies`],
 /// it counts a removal in `copies_removed`, which the event writer reads (see
 /// [`copies_removed`]).
 pub async fn delete_message(
@@ -204,7 +206,12 @@ pub async fn delete_message(
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "WITH gone AS (DELETE FROM messages WHERE id = $1 RETURNING id)
+            "WITH gone AS (DELETE FROM messages WHERE id = $1 RETURNING id, link_list),
+             list AS (
+                 DELETE FROM link_lists l USING gone WHERE l.digest = gone.link_list
+                 AND NOT EXISTS (SELECT 1 FROM messages m
+                                 WHERE m.link_list = l.digest AND m.id <> gone.id)
+             )
              UPDATE copies_removed SET generation = generation + 1
              WHERE id = 1 AND EXISTS (SELECT 1 FROM gone)",
             &[&message_id],
@@ -301,10 +308,18 @@ pub async fn insert_copies(
 ) -> Result<(), QueueError> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "WITH link AS (
-                 INSERT INTO links (message_id, idx, url)
-                 SELECT $1, l.idx, l.url FROM unnest($2::int4[], $3::text[]) AS l (idx, url)
-                 ON CONFLICT (message_id, idx) DO NOTHING
+            // The message's list so far, with the links it did not list yet.
+            "WITH merged AS (
+                 SELECT array_agg(idx ORDER BY idx) AS idx, array_agg(url ORDER BY idx) AS urls
+                 FROM (SELECT DISTINCT ON (idx) idx, url FROM (
+                     SELECT l.idx, l.url, 0 AS first FROM links l WHERE l.message_id = $1
+                     UNION ALL
+                     SELECT n.idx, n.url, 1 FROM unnest($2::int4[], $3::text[]) AS n (idx, url)
+                 ) AS both_lists ORDER BY idx, first) AS one_each
+             ), link AS ({}), relink AS (
+                 UPDATE messages SET link_list = (
+                     SELECT mailtally_link_list_digest(idx, urls) FROM merged)
+                 WHERE id = $1 AND (SELECT idx FROM merged) IS NOT NULL
              ), copy AS (
                  INSERT INTO copies (id, message_id, recipient, body, header_message_id, fields,
                      next_attempt_at, status)
@@ -315,11 +330,16 @@ pub async fn insert_copies(
                       AS c (id, recipient, body, mid, fields, not_before, status)
              )
              {}",
+            store_link_list("(SELECT idx FROM merged)", "(SELECT urls FROM merged)"),
             crate::events::sql::insert_accepted("$1", "$10", "$12")
         )
     });
     let statement = client.prepare_cached(&SQL).await?;
     let c = Columns::of(m);
+    let before: Option<Vec<u8>> = client
+        .query_one("SELECT link_list FROM messages WHERE id = $1", &[&m.id])
+        .await?
+        .get(0);
     client
         .execute(
             &statement,
@@ -337,6 +357,35 @@ pub async fn insert_copies(
                 &c.statuses,
                 &c.accepted,
             ],
+        )
+        .await?;
+    if let Some(before) = before {
+        forget_link_list(client, &before).await?;
+    }
+    Ok(())
+}
+
+/// Stores the link list of `idx` and `urls` (SQL expressions of two arrays in index order)
+/// unless it is there already or empty: the statement a message's insert splices in.
+fn store_link_list(idx: &str, urls: &str) -> String {
+    format!(
+        "INSERT INTO link_lists (digest, idx, urls)
+         SELECT mailtally_link_list_digest(i, u), i, u FROM (SELECT {idx} AS i, {urls} AS u) l
+         WHERE cardinality(i) > 0
+         ON CONFLICT (digest) DO NOTHING"
+    )
+}
+
+/// Deletes a link list no message refers to any more.
+async fn forget_link_list(
+    client: &impl deadpool_postgres::GenericClient,
+    digest: &[u8],
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM link_lists l WHERE l.digest = $1
+             AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.link_list = l.digest)",
+            &[&digest],
         )
         .await?;
     Ok(())
@@ -358,12 +407,11 @@ pub async fn insert(
             "WITH template AS ({}), message AS (
                  INSERT INTO messages (id, sender_id, team_id, visibility, template_key, subject,
                      header_message_id, envelope_from, deal, lead, project, track, size_bytes,
-                     untouched)
-                 VALUES ($3, $4, $5, $6, $1, $2, $7, $8, $9, $10, $11, $12, $13, $20)
-             ), link AS (
-                 INSERT INTO links (message_id, idx, url)
-                 SELECT $3, l.idx, l.url FROM unnest($18::int4[], $19::text[]) AS l (idx, url)
-             ), copy AS (
+                     untouched, link_list)
+                 VALUES ($3, $4, $5, $6, $1, $2, $7, $8, $9, $10, $11, $12, $13, $20,
+                         CASE WHEN cardinality($18::int4[]) > 0
+                              THEN mailtally_link_list_digest($18, $19) END)
+             ), link AS ({}), copy AS (
                  INSERT INTO copies (id, message_id, recipient, body, header_message_id, fields,
                      next_attempt_at, status)
                  SELECT c.id, $3, c.recipient, c.body, c.mid, c.fields, coalesce(c.not_before, now()),
@@ -374,6 +422,7 @@ pub async fn insert(
              )
              {}",
             templates::register_key_sql("$1", "$2", "$5", "$4"),
+            store_link_list("$18::int4[]", "$19::text[]"),
             crate::events::sql::insert_accepted("$3", "$17", "$25")
         )
     });

@@ -43,6 +43,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(16, "0016_mailbox_failures.sql"),
     migration!(17, "0017_deliverability.sql"),
     migration!(18, "0018_event_writes.sql"),
+    migration!(22, "0022_link_lists.sql"),
 ];
 
 /// Arbitrary constant naming mailtally's migration lock among advisory locks.

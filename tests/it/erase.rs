@@ -137,3 +137,103 @@ Content-Type: text/html\r\n\r\n<html><body><a href=\"https://example.com/\">x</a
         0
     );
 }
+
+/// Links are stored once per distinct list: two messages of one template share a row, a
+/// third with its own links has its own. Erasing a message takes its list with it unless
+/// another message still refers to it; erasing the last one leaves no link of them anywhere.
+#[tokio::test]
+async fn erased_messages_take_their_link_lists_once_nobody_shares_them() {
+    use mailtally::queue::{enqueue, MessageFacts, NewCopy, NewMessage};
+    let db = TestDb::migrated();
+    let pool = db.pool();
+    let client = db.client().await;
+    let sender: i64 = client
+        .query_one(
+            "INSERT INTO users (email, password_hash) VALUES ('ann@a.test', 'x') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let message = |links: &[(i32, &str)], to: &str| NewMessage {
+        id: uuid::Uuid::now_v7(),
+        sender_id: sender,
+        team_id: None,
+        visibility: "team".into(),
+        track: "opens,clicks".into(),
+        envelope_from: "ann@a.test".into(),
+        size_bytes: 10,
+        facts: MessageFacts {
+            template_key: "offer".into(),
+            ..MessageFacts::default()
+        },
+        links: links.iter().map(|(i, u)| (*i, u.to_string())).collect(),
+        untouched: None,
+        copies: vec![NewCopy {
+            id: uuid::Uuid::now_v7(),
+            recipient: to.into(),
+            body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+            ..NewCopy::default()
+        }],
+    };
+    let shared = [
+        (0, "https://a.test/pricing"),
+        (1, "https://a.test/ünï?x=1&y=2"),
+    ];
+    let own = [
+        (0, "https://b.test/?for=carol%40c.test"),
+        (3, "https://b.test/3"),
+    ];
+    let (m1, m2, m3) = (
+        message(&shared, "bob@b.test"),
+        message(&shared, "dan@d.test"),
+        message(&own, "carol@c.test"),
+    );
+    for m in [&m1, &m2, &m3] {
+        enqueue(&pool, m).await.unwrap();
+    }
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM link_lists").await, 2);
+    let links_of = |id: uuid::Uuid| {
+        let client = &client;
+        async move {
+            client
+                .query(
+                    "SELECT idx, url FROM links WHERE message_id = $1 ORDER BY idx",
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1)))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(links_of(m2.id).await, m2.links);
+    assert_eq!(links_of(m3.id).await, m3.links);
+
+    let erase = |id: uuid::Uuid| {
+        let db = &db;
+        async move {
+            let mut c = db.client().await;
+            let tx = c.transaction().await.unwrap();
+            mailtally::erasure::erase_message(&tx, id).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    erase(m3.id).await;
+    erase(m1.id).await;
+    assert_eq!(count("SELECT count(*) FROM link_lists").await, 1);
+    assert_eq!(links_of(m2.id).await, m2.links, "m2 keeps the shared list");
+    assert_eq!(
+        count("SELECT count(*) FROM link_lists WHERE array_to_string(urls, ' ') LIKE '%carol%'")
+            .await,
+        0
+    );
+    erase(m2.id).await;
+    assert_eq!(count("SELECT count(*) FROM link_lists").await, 0);
+    assert_eq!(count("SELECT count(*) FROM links").await, 0);
+}

@@ -194,9 +194,7 @@ impl World {
             )
             .await
             .unwrap();
-            c.execute("INSERT INTO links (message_id, idx, url) VALUES ($1, 0, 'https://example.com/offer?a=1&b=2')", &[&message])
-                .await
-                .unwrap();
+            crate::common::set_links(&c, message, &["https://example.com/offer?a=1&b=2"]).await;
         });
         (message, copy)
     }

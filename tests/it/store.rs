@@ -278,6 +278,17 @@ async fn retention_drops_old_event_partitions_and_keeps_recent_events() {
     assert_eq!(partitions_after, partitions_before - dropped.len() as i64);
 }
 
+/// A fresh database with every migration before `name` applied.
+async fn migrated_before(name: &str) -> (TestDb, tokio_postgres::Client) {
+    let db = TestDb::new();
+    let mut client = db.client().await;
+    let at = MIGRATIONS.iter().position(|m| m.name == name).unwrap();
+    migrate::apply(&mut client, &MIGRATIONS[..at])
+        .await
+        .unwrap();
+    (db, client)
+}
+
 /// Template keys become per team (or per sender without one) and unsubscribes per user: the
 /// migration keeps every message, names a template only in the scope that named it, leaves the
 /// rollups as they were, and so the report figures of each team's template stay identical.
@@ -286,15 +297,7 @@ async fn the_tenant_scope_migration_keeps_data_and_report_figures() {
     use mailtally::accounts::visibility::Viewer;
     use mailtally::insights::report::{self, ReportFilter, TemplateScope};
 
-    let db = TestDb::new();
-    let mut client = db.client().await;
-    let at = MIGRATIONS
-        .iter()
-        .position(|m| m.name == "0014_tenant_scopes.sql")
-        .unwrap();
-    migrate::apply(&mut client, &MIGRATIONS[..at])
-        .await
-        .unwrap();
+    let (_db, mut client) = migrated_before("0014_tenant_scopes.sql").await;
     // `offer` was first sent by alpha, then claimed through the API by beta (owner, name,
     // content); `solo` is known from nina's mail only; `mine` is nina's, with content.
     client
@@ -434,4 +437,78 @@ async fn the_tenant_scope_migration_keeps_data_and_report_figures() {
             ),
         ]
     );
+}
+
+/// Links become one row per distinct list: the migration stores a list shared by several
+/// messages once, `links` reads as before for every message, and folding the same events
+/// again after it gives the same per-link report figures as before it.
+#[tokio::test]
+async fn the_link_list_migration_keeps_every_link_and_report_figure() {
+    let (db, mut client) = migrated_before("0022_link_lists.sql").await;
+    // m1 and m2: one template, the same two links; m3 another list (with a gap in its
+    // indexes, as a text link not tracked leaves); m4 none.
+    client
+        .batch_execute(
+            "INSERT INTO users (id, email, password_hash) VALUES (1, 'ann@a.test', 'x');
+             INSERT INTO messages (id, sender_id, visibility, template_key, envelope_from,
+                                   size_bytes)
+             SELECT ('00000000-0000-7000-8000-00000000000' || m)::uuid, 1, 'team',
+                    CASE WHEN m < 3 THEN 'offer' ELSE 'other' END, 'ann@a.test', 10
+             FROM generate_series(1, 4) m;
+             INSERT INTO links (message_id, idx, url) VALUES
+                 ('00000000-0000-7000-8000-000000000001', 0, 'https://a.test/pricing?x=1&y=2'),
+                 ('00000000-0000-7000-8000-000000000001', 1, 'https://a.test/ünï'),
+                 ('00000000-0000-7000-8000-000000000002', 0, 'https://a.test/pricing?x=1&y=2'),
+                 ('00000000-0000-7000-8000-000000000002', 1, 'https://a.test/ünï'),
+                 ('00000000-0000-7000-8000-000000000003', 0, 'https://b.test/'),
+                 ('00000000-0000-7000-8000-000000000003', 2, 'https://b.test/two');
+             INSERT INTO copies (id, message_id, recipient, status, delivered_at)
+             SELECT ('00000000-0000-7000-9000-0000000000' || m || c)::uuid,
+                    ('00000000-0000-7000-8000-00000000000' || m)::uuid,
+                    'r' || c || '@x.test', 'delivered', now() - interval '1 hour'
+             FROM generate_series(1, 4) m, generate_series(1, 3) c;
+             INSERT INTO events (id, occurred_at, message_id, copy_id, kind, link_idx, class,
+                                 user_agent)
+             SELECT gen_random_uuid(), now() - interval '30 minutes' + k * interval '1 minute',
+                    c.message_id, c.id, 'click', k % 3, 'human', 'Mozilla/5.0'
+             FROM copies c, generate_series(0, 4) k
+             WHERE c.message_id <> '00000000-0000-7000-8000-000000000004';",
+        )
+        .await
+        .unwrap();
+    let links = "SELECT string_agg(x::text, ';' ORDER BY x::text) FROM (
+                     SELECT message_id, idx, url FROM links) x";
+    let rollup = "SELECT string_agg(x::text, ';' ORDER BY x::text) FROM (
+                      SELECT template_key, day, sender_id, team_id, visibility, url, clicks,
+                             human_clicks, unique_clicks, human_unique_clicks
+                      FROM insights_links) x";
+    crate::insights_support::aggregate(&db.url, 1000).await;
+    let links_before: String = client.query_one(links, &[]).await.unwrap().get(0);
+    let rollup_before: String = client.query_one(rollup, &[]).await.unwrap().get(0);
+    assert!(rollup_before.contains("pricing"), "{rollup_before}");
+
+    migrate::apply(&mut client, MIGRATIONS).await.unwrap();
+
+    let links_after: String = client.query_one(links, &[]).await.unwrap().get(0);
+    assert_eq!(links_after, links_before);
+    let lists: i64 = client
+        .query_one("SELECT count(*) FROM link_lists", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(lists, 2, "m1 and m2 share one list; m4 has none");
+    // The rollups as they were, and as a fold of the same events computes them now.
+    let rollup_after: String = client.query_one(rollup, &[]).await.unwrap().get(0);
+    assert_eq!(rollup_after, rollup_before);
+    client
+        .batch_execute(
+            "TRUNCATE insights_copy_state, insights_copy_links, insights_copy_clients,
+                      insights_daily, insights_links, insights_clients;
+             UPDATE insights_watermark SET txid = 0, seq = 0, folded_events = 0;",
+        )
+        .await
+        .unwrap();
+    crate::insights_support::aggregate(&db.url, 1000).await;
+    let refolded: String = client.query_one(rollup, &[]).await.unwrap().get(0);
+    assert_eq!(refolded, rollup_before);
 }

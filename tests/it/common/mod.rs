@@ -161,6 +161,22 @@ impl Drop for TestDb {
 }
 
 /// A free loopback TCP port (the listener is closed before the port is used).
+/// Gives `message` the tracked links `urls` (indexes 0, 1, ...), stored as the queue stores
+/// them: one shared list per distinct set of links.
+pub async fn set_links(client: &tokio_postgres::Client, message: uuid::Uuid, urls: &[&str]) {
+    let idx: Vec<i32> = (0..urls.len() as i32).collect();
+    client
+        .execute(
+            "WITH list AS (
+                 INSERT INTO link_lists (digest, idx, urls)
+                 VALUES (mailtally_link_list_digest($2, $3), $2, $3) ON CONFLICT DO NOTHING)
+             UPDATE messages SET link_list = mailtally_link_list_digest($2, $3) WHERE id = $1",
+            &[&message, &idx, &urls],
+        )
+        .await
+        .unwrap();
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

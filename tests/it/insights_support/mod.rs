@@ -230,15 +230,8 @@ pub async fn insert(
                 )
                 .await
                 .unwrap();
-            for (i, l) in m.links.iter().enumerate() {
-                client
-                    .execute(
-                        "INSERT INTO links (message_id, idx, url) VALUES ($1, $2, $3)",
-                        &[&m.id, &(i as i32), l],
-                    )
-                    .await
-                    .unwrap();
-            }
+            let urls: Vec<&str> = m.links.iter().map(String::as_str).collect();
+            crate::common::set_links(client, m.id, &urls).await;
             for c in &m.copies {
                 let delivered_at = c
                     .events

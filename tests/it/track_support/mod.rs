@@ -60,15 +60,7 @@ pub async fn seed(client: &tokio_postgres::Client, messages: usize, copies: usiz
             )
             .await
             .unwrap();
-        for (i, url) in LINKS.iter().enumerate() {
-            client
-                .execute(
-                    "INSERT INTO links (message_id, idx, url) VALUES ($1, $2, $3)",
-                    &[&message, &(i as i32), url],
-                )
-                .await
-                .unwrap();
-        }
+        crate::common::set_links(client, message, LINKS).await;
         let mut ids = Vec::new();
         for c in 0..copies {
             // Made two hours ago, like its delivery an hour ago: the timing rules do not apply.
