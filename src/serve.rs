@@ -127,6 +127,7 @@ async fn first_user(ctx: &Base) -> Result<(), ServeError> {
 fn register_metrics() {
     crate::metrics::init();
     crate::relay::register_metrics();
+    crate::queue::register_metrics();
     crate::deliver::register_metrics();
     crate::events::register_metrics();
     crate::track::register_metrics();

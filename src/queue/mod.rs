@@ -8,6 +8,7 @@
 
 pub mod budget;
 pub mod claim;
+pub mod commit;
 pub mod pacing;
 pub mod retry;
 pub mod templates;
@@ -19,6 +20,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 pub use claim::{claim, record, release_own_leases, Claimed, Outcome};
+pub use commit::{CommitShape, GroupCommit};
 
 /// What is known of a message from its control headers (or the API request that made it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,6 +50,11 @@ pub enum QueueError {
     TooLarge(usize),
     #[error("{0}")]
     OverBudget(budget::OverBudget),
+    #[error(transparent)]
+    Commit(#[from] commit::CommitError),
+    /// The failure of a whole group commit, shared by each of its messages.
+    #[error("group commit failed: {0}")]
+    Group(std::sync::Arc<QueueError>),
 }
 
 /// A message accepted by the relay, ready to be stored.
@@ -139,6 +146,11 @@ impl<'a> Columns<'a> {
             link_urls: m.links.iter().map(|l| l.1.as_str()).collect(),
         }
     }
+}
+
+/// Registers the queue's metrics, so that they are exported before the first commit.
+pub fn register_metrics() {
+    std::sync::LazyLock::force(&commit::METRICS);
 }
 
 /// Wakes this process's delivery workers when mail is queued (other nodes poll).

@@ -219,21 +219,22 @@ pub(super) async fn finish(s: &mut Session) -> Next {
             })
             .collect(),
     };
+    let (id, sender) = (message.id, message.sender_id);
     let queued = if message.facts.separate {
+        // Paced copies take the sender's next slots in their own transaction.
         let rate = s.ctx().settings.queue.sender_rate_per_minute;
         queue::enqueue_paced(&s.ctx().pool, &mut message, rate).await
     } else {
-        queue::enqueue(&s.ctx().pool, &message).await
+        s.enqueuer().enqueue(message).await
     };
     match queued {
         Ok(()) => {
             METRICS.messages_accepted_total.inc();
-            s.reply(250, "2.0.0", &format!("Ok: queued as {}", message.id));
+            s.reply(250, "2.0.0", &format!("Ok: queued as {id}"));
         }
         Err(e) => {
             RejectReason::Database.count();
             tracing::error!(error = %e, "cannot queue a message");
-            let sender = message.sender_id;
             if let Err(e) = queue::budget::refund(&s.ctx().pool, sender, copy_bytes, per_hour).await
             {
                 tracing::warn!(error = %e, "cannot give back a sending budget charge");

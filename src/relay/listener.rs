@@ -47,7 +47,17 @@ pub async fn start(ctx: Base, rewriter: crate::rewrite::Rewriter) -> Result<Rela
     let local_addr = listener
         .local_addr()
         .map_err(|source| RelayError::Bind { addr, source })?;
+    let queue = &ctx.settings.queue;
+    let enqueuer = crate::queue::GroupCommit::start(
+        ctx.pool.clone(),
+        crate::queue::CommitShape {
+            window: queue.commit_window,
+            max_messages: queue.commit_max_messages,
+            committers: queue.committers,
+        },
+    );
     let shared = Arc::new(Shared {
+        enqueuer,
         hostname: crate::base::host_name(),
         tls,
         ctx: ctx.clone(),

@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub rewriter: crate::rewrite::Rewriter,
     /// Failed AUTH attempts per client IP, across sessions.
     pub auth_limiter: crate::accounts::limiter::FailureLimiter,
+    /// Where accepted messages are committed, in groups.
+    pub enqueuer: crate::queue::GroupCommit,
 }
 
 /// Unrecognised or malformed commands tolerated before the session is closed.
@@ -192,6 +194,10 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stream: TcpStream, peer: Socket
 impl Session {
     pub fn ctx(&self) -> &Base {
         &self.shared.ctx
+    }
+
+    pub fn enqueuer(&self) -> &crate::queue::GroupCommit {
+        &self.shared.enqueuer
     }
 
     pub fn rewriter(&self) -> &crate::rewrite::Rewriter {

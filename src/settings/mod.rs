@@ -258,6 +258,12 @@ pub struct DeliverSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSection {
+    #[serde(deserialize_with = "parse::seconds")]
+    pub commit_window: Duration,
+    #[serde(deserialize_with = "parse::positive")]
+    pub commit_max_messages: usize,
+    #[serde(deserialize_with = "parse::positive")]
+    pub committers: usize,
     #[serde(deserialize_with = "parse::number")]
     pub sender_rate_per_minute: u32,
     #[serde(deserialize_with = "parse::number")]

@@ -320,6 +320,27 @@ pub const SETTINGS: &[SettingDoc] = &[
     ),
     setting(
         "queue",
+        "commit_window",
+        "QUEUE_COMMIT_WINDOW",
+        Some("0.001"),
+        "seconds the relay waits for other sessions' messages to share one commit; 0: only those already waiting (each still answered 250 after its commit)",
+    ),
+    setting(
+        "queue",
+        "commit_max_messages",
+        "QUEUE_COMMIT_MAX_MESSAGES",
+        Some("64"),
+        "most messages in one group commit",
+    ),
+    setting(
+        "queue",
+        "committers",
+        "QUEUE_COMMITTERS",
+        Some("2"),
+        "group commits in flight at once, each on its own connection",
+    ),
+    setting(
+        "queue",
         "sender_rate_per_minute",
         "SENDER_RATE_PER_MINUTE",
         Some("600"),

@@ -491,3 +491,109 @@ print("ok")
     }
     assert!(done.0, "{}", done.1);
 }
+
+/// One value of a Prometheus sample in `/metrics` text (`name` with its labels, if any).
+fn metric(server: &Server, name: &str) -> f64 {
+    let text = ureq::get(&server.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("/metrics has no {name}"))
+}
+
+/// Sessions whose messages share one group commit are answered each for its own message: the
+/// one whose insert fails gets 451 and leaves nothing behind, the others get 250 and are stored.
+#[test]
+fn a_group_commit_answers_each_session_for_its_own_message() {
+    const SESSIONS: usize = 12;
+    const REFUSED: usize = 5;
+    let db = TestDb::migrated();
+    // A failure of one message's statement alone, as a constraint or a full disk would give.
+    db_rows(
+        &db.url,
+        "CREATE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.subject = 'refuse me' THEN RAISE EXCEPTION 'refused for the test'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_marked BEFORE INSERT ON messages
+             FOR EACH ROW EXECUTE FUNCTION refuse_marked();
+         SELECT 1",
+    );
+    // A window wide enough that every session's message joins the first one's group.
+    let server = Server::start(
+        &db.url,
+        &[("QUEUE_COMMIT_WINDOW", "2"), ("QUEUE_COMMITTERS", "1")],
+    );
+    add_user(&db.url, "ann@example.com", PASSWORD);
+    let smtp = server.smtp;
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(SESSIONS));
+    let sessions: Vec<_> = (0..SESSIONS)
+        .map(|i| {
+            let ready = ready.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(smtp);
+                c.cmd("EHLO client.example");
+                let auth = c.cmd(&format!("AUTH PLAIN {}", auth_plain("ann@example.com", PASSWORD)));
+                assert!(auth.starts_with("235"), "{auth}");
+                assert!(c.cmd("MAIL FROM:<ann@example.com>").starts_with("250"));
+                assert!(c.cmd(&format!("RCPT TO:<r{i}@example.net>")).starts_with("250"));
+                assert!(c.cmd("DATA").starts_with("354"));
+                let subject = if i == REFUSED { "refuse me".to_string() } else { format!("offer {i}") };
+                let body = format!(
+                    "From: ann@example.com\r\nTo: r{i}@example.net\r\nSubject: {subject}\r\n\
+                     Content-Type: text/html\r\n\r\n<p><a href=\"https://example.com/{i}\">go</a></p>\r\n"
+                );
+                c.send_raw(body.as_bytes());
+                // Every message ends at once, so that they meet in one group.
+                ready.wait();
+                c.send_raw(b".\r\n");
+                let reply = c.read();
+                c.cmd("QUIT");
+                reply
+            })
+        })
+        .collect();
+    let replies: Vec<String> = sessions.into_iter().map(|t| t.join().unwrap()).collect();
+
+    for (i, reply) in replies.iter().enumerate() {
+        if i == REFUSED {
+            assert!(reply.starts_with("451 4.3.0"), "session {i}: {reply}");
+        } else {
+            assert!(reply.starts_with("250 2.0.0"), "session {i}: {reply}");
+        }
+    }
+    let stored = (SESSIONS - 1) as i64;
+    assert_eq!(db_i64(&db.url, "SELECT count(*) FROM messages"), stored);
+    assert_eq!(
+        db_i64(
+            &db.url,
+            "SELECT count(*) FROM messages WHERE subject LIKE 'offer %'"
+        ),
+        stored
+    );
+    assert_eq!(db_i64(&db.url, "SELECT count(*) FROM copies"), stored);
+    assert_eq!(
+        db_i64(
+            &db.url,
+            &format!("SELECT count(*) FROM copies WHERE recipient = 'r{REFUSED}@example.net'")
+        ),
+        0
+    );
+    assert_eq!(
+        db_i64(
+            &db.url,
+            "SELECT count(*) FROM events WHERE kind = 'accepted'"
+        ),
+        stored
+    );
+    // They were one group, written again message by message once the refused insert failed.
+    assert_eq!(metric(&server, "mailtally_queue_commit_groups_total"), 1.0);
+    assert_eq!(
+        metric(&server, "mailtally_queue_commit_retried_groups_total"),
+        1.0
+    );
+}
