@@ -215,6 +215,7 @@ pub async fn fold_batch(client: &mut Client, limit: i64) -> Result<Option<Batch>
     tx.commit().await?;
     METRICS.folded_events.inc_by(n_events);
     METRICS.folded_copies.inc_by(copies.len() as u64);
+    METRICS.recomputed_copies.inc_by(recompute.len() as u64);
     let mut by_class: HashMap<(String, String), u64> = HashMap::new();
     for c in classes {
         *by_class.entry(c).or_default() += 1;

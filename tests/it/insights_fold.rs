@@ -287,7 +287,16 @@ async fn incremental_fold_equals_a_recompute_from_scratch() {
             .unwrap();
         (row.get(0), row.get(1))
     };
-    eprintln!("{total} events generated, {recomputed} kept, {copies} copies, {erased} erasures");
+    let metrics = &mailtally::insights::metrics::METRICS;
+    let (moved, recomputes) = (metrics.folded_copies.get(), metrics.recomputed_copies.get());
+    eprintln!(
+        "{total} events generated, {recomputed} kept, {copies} copies, {erased} erasures; \
+         copy states moved {moved} times, {recomputes} of them by a recompute"
+    );
+    assert!(
+        recomputes > 0 && moved > 2 * recomputes,
+        "both ways of folding must be exercised, mostly the incremental one"
+    );
     let incremental = snapshot(&client).await;
     assert!(copies > 50, "too few copies to mean anything");
     let scratch = recompute_from_scratch(&db.url).await;
