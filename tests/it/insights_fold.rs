@@ -208,29 +208,33 @@ fn arrival_order(r: &mut Rng, msgs: &[Msg]) -> Vec<Pending> {
     all
 }
 
+/// Writes `events` in one transaction, one multi-row insert.
 async fn write_events(client: &mut tokio_postgres::Client, events: &[Pending]) {
+    let col = |f: &dyn Fn(&Pending) -> Option<String>| -> Vec<Option<String>> {
+        events.iter().map(f).collect()
+    };
+    let ids: Vec<Uuid> = events.iter().map(|p| p.ev.id).collect();
+    let ats: Vec<DateTime<Utc>> = events.iter().map(|p| p.ev.at).collect();
+    let messages: Vec<Uuid> = events.iter().map(|p| p.message).collect();
+    let copies: Vec<Uuid> = events.iter().map(|p| p.copy).collect();
+    let kinds = col(&|p| Some(p.ev.kind.to_string()));
+    let links: Vec<Option<i32>> = events.iter().map(|p| p.ev.link_idx).collect();
+    let classes = col(&|p| p.ev.class.map(str::to_string));
+    let reasons = col(&|p| p.ev.reason.clone());
+    let clients = col(&|p| p.ev.client.map(str::to_string));
+    let devices = col(&|p| p.ev.device.map(str::to_string));
     let tx = client.transaction().await.unwrap();
-    for p in events {
-        let e = &p.ev;
-        tx.execute(
-            "INSERT INTO events (id, occurred_at, message_id, copy_id, kind, link_idx,
-             class, reason, client, device) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
-            &[
-                &e.id,
-                &e.at,
-                &p.message,
-                &p.copy,
-                &e.kind,
-                &e.link_idx,
-                &e.class,
-                &e.reason,
-                &e.client,
-                &e.device,
-            ],
-        )
-        .await
-        .unwrap();
-    }
+    tx.execute(
+        "INSERT INTO events (id, occurred_at, message_id, copy_id, kind, link_idx,
+         class, reason, client, device)
+         SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::text[],
+                              $6::int[], $7::text[], $8::text[], $9::text[], $10::text[])",
+        &[
+            &ids, &ats, &messages, &copies, &kinds, &links, &classes, &reasons, &clients, &devices,
+        ],
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -356,13 +360,18 @@ async fn two_serve_nodes_folding_at_once_give_the_rollups_of_one() {
     let db = TestDb::migrated();
     let users = users(&db.pool()).await;
     let mut client = db.client().await;
-    let msgs = dataset(&mut r, 30);
+    let msgs = dataset(&mut r, 600);
     insert(&client, &users, &msgs, &|_| false, true).await;
     let mut pending = arrival_order(&mut r, &msgs);
-    let a = Server::start(&db.url, &[]);
+    // A backlog that both nodes start folding at once, then events while both run.
+    let backlog: Vec<Pending> = pending.drain(..pending.len() / 2).collect();
+    write_events(&mut client, &backlog).await;
+    let url = db.url.clone();
+    let starting = std::thread::spawn(move || Server::start(&url, &[]));
     let b = Server::start(&db.url, &[]);
+    let a = starting.join().unwrap();
     while !pending.is_empty() {
-        let n = (1 + r.next(80) as usize).min(pending.len());
+        let n = (1 + r.next(2000) as usize).min(pending.len());
         let chunk: Vec<Pending> = pending.drain(..n).collect();
         write_events(&mut client, &chunk).await;
         tokio::time::sleep(Duration::from_millis(r.next(300))).await;
@@ -385,19 +394,21 @@ async fn a_serve_killed_while_folding_and_restarted_gives_the_rollups_of_one_run
     let db = TestDb::migrated();
     let users = users(&db.pool()).await;
     let mut client = db.client().await;
-    let msgs = dataset(&mut r, 60);
+    let msgs = dataset(&mut r, 600);
     insert(&client, &users, &msgs, &|_| false, true).await;
     let mut pending = arrival_order(&mut r, &msgs);
     let mut server = Server::start(&db.url, &[]);
+    server.kill();
     let mut kills = 0;
     let mut short = 0;
     while !pending.is_empty() {
-        let n = (1 + r.next(200) as usize).min(pending.len());
+        // Written while the node is down: a backlog it starts folding as soon as it is up,
+        // then killed after a random while, before, inside or after its batches.
+        let n = (1 + r.next(4000) as usize).min(pending.len());
         let chunk: Vec<Pending> = pending.drain(..n).collect();
         write_events(&mut client, &chunk).await;
-        // The job folds at once after a start and every 2 s after: kills land before, inside
-        // and after its batches.
-        tokio::time::sleep(Duration::from_millis(r.next(600))).await;
+        server.restart();
+        tokio::time::sleep(Duration::from_millis(r.next(800))).await;
         server.kill();
         kills += 1;
         let row = client
@@ -408,8 +419,8 @@ async fn a_serve_killed_while_folding_and_restarted_gives_the_rollups_of_one_run
             .await
             .unwrap();
         short += row.get::<_, bool>(0) as u32;
-        server.restart();
     }
+    server.restart();
     wait_caught_up(&client, &[&server]).await;
     drop(server);
     eprintln!("killed {kills} times, {short} of them before the job had caught up");
