@@ -105,7 +105,7 @@ fn add_to_rollup(table: &str, keys: &str, counts: &[&str], source: &str) -> Stri
 
 /// Statement timeout of the job's statements: a batch never waits forever on a database that
 /// went away or on a lock.
-const STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '120s'";
+const STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '600s'";
 
 /// Folds at most `limit` events. `None` when another node holds the watermark.
 pub async fn fold_batch(client: &mut Client, limit: i64) -> Result<Option<Batch>, InsightsError> {
