@@ -44,7 +44,7 @@ CREATE TEMP TABLE IF NOT EXISTS fold_copies (copy_id uuid PRIMARY KEY) ON COMMIT
 CREATE TEMP TABLE IF NOT EXISTS fold_recompute (copy_id uuid PRIMARY KEY) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_classified (
     copy_id uuid, message_id uuid, kind text, occurred_at timestamptz, link_idx integer,
-    client text, device text, final_class text, seq bigint, final_reason text)
+    client text, device text, final_class text, seq bigint, final_reason text, url text)
     ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_state (LIKE insights_copy_state) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_links (LIKE insights_copy_links) ON COMMIT DELETE ROWS;
@@ -502,8 +502,12 @@ async fn recompute_into_new_state(
         &format!(
             "INSERT INTO fold_classified
              SELECT c.copy_id, c.message_id, c.kind, c.occurred_at, c.link_idx,
-                    c.client, c.device, c.final_class, c.seq, c.final_reason
-             FROM ({classified}) c"
+                    c.client, c.device, c.final_class, c.seq, c.final_reason,
+                    CASE WHEN c.kind = 'click'
+                         THEN coalesce(l.url, '#' || c.link_idx::text, '#') END
+             FROM ({classified}) c
+             LEFT JOIN links l ON c.kind = 'click' AND l.message_id = c.message_id
+                              AND l.idx = c.link_idx"
         ),
         &[],
     )
@@ -538,16 +542,11 @@ async fn recompute_into_new_state(
         GROUP BY c.copy_id, m.id;
         ANALYZE fold_state;
 
-        CREATE TEMP VIEW fold_classified_urls AS
-        SELECT c.*, coalesce(l.url, '#' || c.link_idx::text, '#') AS url
-        FROM fold_classified c
-        JOIN fold_state s ON s.copy_id = c.copy_id
-        LEFT JOIN links l ON l.message_id = c.message_id AND l.idx = c.link_idx
-        WHERE c.kind = 'click';
-
         INSERT INTO fold_links
         SELECT c.copy_id, c.url, count(*), count(*) FILTER (WHERE c.final_class IN ('human', 'proxy'))
-        FROM fold_classified_urls c
+        FROM fold_classified c
+        JOIN fold_state s ON s.copy_id = c.copy_id
+        WHERE c.kind = 'click'
         GROUP BY 1, 2;
 
         -- The clicks a later click may still put in a sweep.
@@ -555,11 +554,10 @@ async fn recompute_into_new_state(
         SELECT s.copy_id, coalesce(r.recent, '[]'::jsonb)
         FROM fold_state s LEFT JOIN (
             SELECT c.copy_id, {recent} AS recent
-            FROM (SELECT u.*, max(u.occurred_at) OVER (PARTITION BY u.copy_id) AS last_click
-                  FROM fold_classified_urls u) c
+            FROM (SELECT k.*, max(k.occurred_at) OVER (PARTITION BY k.copy_id) AS last_click
+                  FROM fold_classified k WHERE k.kind = 'click') c
             WHERE c.occurred_at >= c.last_click - interval '{} seconds'
             GROUP BY c.copy_id) r USING (copy_id);
-        DROP VIEW fold_classified_urls;
 
         INSERT INTO fold_clients
         SELECT c.copy_id, coalesce(c.client, ''), coalesce(c.device, ''),
