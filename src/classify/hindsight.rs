@@ -185,4 +185,38 @@ mod tests {
             format!("within {PREFETCH_SECONDS} s of delivery")
         );
     }
+
+    fn click(at_ms: i64, human: bool) -> RecentClick {
+        RecentClick {
+            at_micros: at_ms * 1000,
+            url: format!("u{at_ms}"),
+            human,
+        }
+    }
+
+    #[test]
+    fn a_third_click_within_the_window_re_classes_the_run() {
+        let mut recent = Vec::new();
+        assert!(add_click(&mut recent, click(0, true)).is_empty());
+        assert!(add_click(&mut recent, click(4_000, true)).is_empty());
+        // 5 s after the first, inclusive: all three are a sweep, the scanner click included.
+        let reclassed = add_click(&mut recent, click(5_000, false));
+        assert_eq!(reclassed, vec![click(0, false), click(4_000, false)]);
+        assert!(recent.iter().all(|c| !c.human));
+    }
+
+    #[test]
+    fn clicks_older_than_the_window_are_dropped_and_never_re_classed() {
+        let mut recent = Vec::new();
+        add_click(&mut recent, click(0, true));
+        add_click(&mut recent, click(5_001, true));
+        assert_eq!(recent, vec![click(5_001, true)]);
+        let reclassed = add_click(&mut recent, click(6_000, true));
+        assert!(
+            reclassed.is_empty(),
+            "two clicks in the window are no sweep"
+        );
+        let reclassed = add_click(&mut recent, click(6_000, true));
+        assert_eq!(reclassed.len(), 3);
+    }
 }
