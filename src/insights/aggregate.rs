@@ -111,8 +111,8 @@ const STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '600s'";
 pub async fn fold_batch(client: &mut Client, limit: i64) -> Result<Option<Batch>, InsightsError> {
     let started = Instant::now();
     let tx = client.transaction().await?;
-    tx.batch_execute(STATEMENT_TIMEOUT).await?;
-    tx.batch_execute(TEMP_TABLES).await?;
+    tx.batch_execute(&format!("{STATEMENT_TIMEOUT}; {TEMP_TABLES}"))
+        .await?;
     let Some(mark) = tx
         .query_opt(
             "SELECT txid, seq FROM insights_watermark WHERE id = 1 FOR UPDATE SKIP LOCKED",
@@ -184,12 +184,14 @@ pub async fn fold_batch(client: &mut Client, limit: i64) -> Result<Option<Batch>
         &[&copies],
     )
     .await?;
-    tx.execute(
-        "INSERT INTO fold_recompute SELECT unnest($1::uuid[])",
-        &[&recompute],
-    )
-    .await?;
+    // Without statistics the planner would guess many rows and scan the state tables.
+    tx.batch_execute("ANALYZE fold_copies").await?;
     if !recompute.is_empty() {
+        tx.execute(
+            "INSERT INTO fold_recompute SELECT unnest($1::uuid[])",
+            &[&recompute],
+        )
+        .await?;
         recompute_into_new_state(&tx, Some(end)).await?;
         for row in tx
             .query(
@@ -443,39 +445,45 @@ async fn write_new_state(tx: &Transaction<'_>, folded: &[CopyFold]) -> Result<()
     }
     w.finish().await?;
 
-    let sink = tx
-        .copy_in("COPY fold_links (copy_id, url, clicks, human_clicks) FROM STDIN (FORMAT binary)")
-        .await?;
-    let w = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::TEXT, Type::INT4, Type::INT4]);
-    pin_mut!(w);
-    for f in folded {
-        for (url, (clicks, human)) in &f.links {
-            w.as_mut()
-                .write(&[&f.state.copy_id, url, clicks, human])
-                .await?;
+    if folded.iter().any(|f| !f.links.is_empty()) {
+        let sink = tx
+            .copy_in(
+                "COPY fold_links (copy_id, url, clicks, human_clicks) FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        let w = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::TEXT, Type::INT4, Type::INT4]);
+        pin_mut!(w);
+        for f in folded {
+            for (url, (clicks, human)) in &f.links {
+                w.as_mut()
+                    .write(&[&f.state.copy_id, url, clicks, human])
+                    .await?;
+            }
         }
+        w.finish().await?;
     }
-    w.finish().await?;
 
-    let sink = tx
-        .copy_in(
-            "COPY fold_clients (copy_id, client, device, opens, human_opens)
-             FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    let w = BinaryCopyInWriter::new(
-        sink,
-        &[Type::UUID, Type::TEXT, Type::TEXT, Type::INT4, Type::INT4],
-    );
-    pin_mut!(w);
-    for f in folded {
-        for ((client, device), (opens, human)) in &f.clients {
-            w.as_mut()
-                .write(&[&f.state.copy_id, client, device, opens, human])
-                .await?;
+    if folded.iter().any(|f| !f.clients.is_empty()) {
+        let sink = tx
+            .copy_in(
+                "COPY fold_clients (copy_id, client, device, opens, human_opens)
+                 FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        let w = BinaryCopyInWriter::new(
+            sink,
+            &[Type::UUID, Type::TEXT, Type::TEXT, Type::INT4, Type::INT4],
+        );
+        pin_mut!(w);
+        for f in folded {
+            for ((client, device), (opens, human)) in &f.clients {
+                w.as_mut()
+                    .write(&[&f.state.copy_id, client, device, opens, human])
+                    .await?;
+            }
         }
+        w.finish().await?;
     }
-    w.finish().await?;
 
     let sink = tx
         .copy_in("COPY fold_recent (copy_id, recent_clicks) FROM STDIN (FORMAT binary)")
@@ -674,9 +682,11 @@ async fn replace_states(tx: &Transaction<'_>) -> Result<(), InsightsError> {
         INSERT INTO insights_copy_clients SELECT * FROM fold_clients;
         INSERT INTO insights_copy_fold SELECT * FROM fold_recent;
         -- The work tables are emptied at commit; emptied now too, for a caller that folds
-        -- again in the same transaction.
-        TRUNCATE fold_copies, fold_recompute, fold_classified, fold_state, fold_links,
-            fold_clients, fold_recent, fold_delta_daily, fold_delta_links, fold_delta_clients;
+        -- again in the same transaction (DELETE: a TRUNCATE makes new files for each table).
+        DELETE FROM fold_copies; DELETE FROM fold_recompute; DELETE FROM fold_classified;
+        DELETE FROM fold_state; DELETE FROM fold_links; DELETE FROM fold_clients;
+        DELETE FROM fold_recent; DELETE FROM fold_delta_daily; DELETE FROM fold_delta_links;
+        DELETE FROM fold_delta_clients;
         ",
     );
     tx.batch_execute(&sql).await?;
