@@ -17,6 +17,8 @@
 //!
 //! Human = `human` + `proxy`, as in DESIGN.md.
 
+use chrono::{DateTime, Utc};
+
 /// A run of this many clicks of one copy...
 pub const SWEEP_CLICKS: i64 = 3;
 /// ...within this many seconds is a scanner's sweep.
@@ -36,6 +38,16 @@ pub const UNKNOWN_DELIVERY_WINDOW_REASON: &str = "within 10 s of delivery";
 /// with `final_class` and `final_reason` after hindsight. Columns: id, copy_id, message_id, kind,
 /// occurred_at, link_idx, client, device, os, seq, final_class, final_reason.
 pub fn classified_events_sql(copies_sql: &str) -> String {
+    classified_events_until_sql(copies_sql, None)
+}
+
+/// [`classified_events_sql`] over the events up to `until` (txid, seq) only: what the aggregation
+/// job has folded when its watermark is there.
+pub fn classified_events_until_sql(copies_sql: &str, until: Option<(i64, i64)>) -> String {
+    let until = match until {
+        Some((txid, seq)) => format!("AND (e.txid, e.seq) <= ({txid}::bigint, {seq}::bigint)"),
+        None => String::new(),
+    };
     format!(
         "WITH ev AS (
             SELECT e.id, e.copy_id, e.message_id, e.kind, e.occurred_at, e.link_idx, e.class,
@@ -43,7 +55,7 @@ pub fn classified_events_sql(copies_sql: &str) -> String {
                    min(e.occurred_at) FILTER (WHERE e.kind = 'delivered')
                        OVER (PARTITION BY e.copy_id) AS delivered_at
             FROM events e
-            WHERE e.copy_id IN ({copies_sql})
+            WHERE e.copy_id IN ({copies_sql}) {until}
          ), runs AS (
             SELECT id, copy_id, occurred_at,
                    count(*) OVER w AS n_ahead, max(occurred_at) OVER w AS ahead_end
@@ -86,6 +98,73 @@ pub fn classified_events_sql(copies_sql: &str) -> String {
     )
 }
 
+/// The class an open or click ends with before the sweep rule: the ingest class, or `prefetch`
+/// by the unknown-delivery window. Same rules as [`classified_events_sql`].
+pub fn class_before_sweeps(
+    ingest_class: Option<&str>,
+    reason: Option<&str>,
+    at: DateTime<Utc>,
+    delivered_at: Option<DateTime<Utc>>,
+) -> String {
+    let class = ingest_class.unwrap_or("human");
+    if !is_human(class) {
+        return class.to_string();
+    }
+    let window = chrono::Duration::seconds(PREFETCH_SECONDS);
+    match delivered_at {
+        Some(d)
+            if reason.is_some_and(|r| r.starts_with(DELIVERY_UNKNOWN_REASON))
+                && at >= d - window
+                && at <= d + window =>
+        {
+            "prefetch".to_string()
+        }
+        _ => class.to_string(),
+    }
+}
+
+/// Whether a final class counts as a person.
+pub fn is_human(class: &str) -> bool {
+    class == "human" || class == "proxy"
+}
+
+/// A click of a copy that a later click may still put in a sweep: one no older than
+/// [`SWEEP_SECONDS`] before the copy's latest click.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RecentClick {
+    /// Microseconds since the Unix epoch.
+    pub at_micros: i64,
+    pub url: String,
+    /// Counted as a person now.
+    pub human: bool,
+}
+
+/// Microseconds of [`SWEEP_SECONDS`].
+const SWEEP_MICROS: i64 = SWEEP_SECONDS * 1_000_000;
+
+/// Adds `click`, which is no earlier than any click of `recent`, to the copy's recent clicks and
+/// applies the sweep rule as [`classified_events_sql`] does over all of the copy's clicks. A
+/// sweep that takes in the new click is a run of [`SWEEP_CLICKS`] or more clicks within the
+/// window that ends at it, so it is enough to count the clicks of that window: when they are
+/// enough, every one of them is a scanner's. Returns the clicks that were counted as a person and
+/// no longer are (the new one included when it is one of them, so that the caller may count it
+/// first and take it back); drops the clicks that have left the window for good.
+pub fn add_click(recent: &mut Vec<RecentClick>, click: RecentClick) -> Vec<RecentClick> {
+    let start = click.at_micros - SWEEP_MICROS;
+    recent.retain(|c| c.at_micros >= start);
+    recent.push(click);
+    recent.sort();
+    let mut reclassed = Vec::new();
+    if recent.len() as i64 >= SWEEP_CLICKS {
+        for c in recent.iter_mut().filter(|c| c.human) {
+            c.human = false;
+            reclassed.push(c.clone());
+        }
+        recent.sort();
+    }
+    reclassed
+}
+
 /// SQL condition on a class column: true for the classes that count as a person.
 pub fn is_human_sql(class_column: &str) -> String {
     format!("{class_column} IN ('human', 'proxy')")
@@ -105,5 +184,39 @@ mod tests {
             UNKNOWN_DELIVERY_WINDOW_REASON,
             format!("within {PREFETCH_SECONDS} s of delivery")
         );
+    }
+
+    fn click(at_ms: i64, human: bool) -> RecentClick {
+        RecentClick {
+            at_micros: at_ms * 1000,
+            url: format!("u{at_ms}"),
+            human,
+        }
+    }
+
+    #[test]
+    fn a_third_click_within_the_window_re_classes_the_run() {
+        let mut recent = Vec::new();
+        assert!(add_click(&mut recent, click(0, true)).is_empty());
+        assert!(add_click(&mut recent, click(4_000, true)).is_empty());
+        // 5 s after the first, inclusive: all three are a sweep, the scanner click included.
+        let reclassed = add_click(&mut recent, click(5_000, false));
+        assert_eq!(reclassed, vec![click(0, false), click(4_000, false)]);
+        assert!(recent.iter().all(|c| !c.human));
+    }
+
+    #[test]
+    fn clicks_older_than_the_window_are_dropped_and_never_re_classed() {
+        let mut recent = Vec::new();
+        add_click(&mut recent, click(0, true));
+        add_click(&mut recent, click(5_001, true));
+        assert_eq!(recent, vec![click(5_001, true)]);
+        let reclassed = add_click(&mut recent, click(6_000, true));
+        assert!(
+            reclassed.is_empty(),
+            "two clicks in the window are no sweep"
+        );
+        let reclassed = add_click(&mut recent, click(6_000, true));
+        assert_eq!(reclassed.len(), 3);
     }
 }

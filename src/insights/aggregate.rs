@@ -1,20 +1,28 @@
 //! The aggregation job: folds events past the watermark into per-copy state and rollups.
 //!
 //! Each batch is one transaction that (1) locks the watermark row (SKIP LOCKED: a second node
-//! finds it taken and waits for the next tick, so no event is folded twice), (2) takes the next
-//! events in (txid, seq) order among settled transactions (see `sql/0004_insights.sql`),
-//! (3) recomputes the whole state of every copy those events touch from all of the copy's events,
-//! (4) adds (new state - old state) to the rollups, replaces the state, and (5) advances the
-//! watermark. Killing it anywhere rolls the batch back; since state is a pure function of the
-//! events, any sequence of batches ends with the same rollups as one clean run.
+//! finds it taken and waits for the next tick, so no event is folded twice), (2) reads the next
+//! events in (txid, seq) order among settled transactions (see `sql/0004_insights.sql`) with
+//! one binary COPY, (3) moves the state of every copy they touch forward in Rust
+//! ([`super::fold`]), or recomputes it from the copy's folded events when the state cannot judge
+//! them (no state yet, an event earlier than one already folded), (4) adds (new state - old
+//! state) to the rollups, replaces the state, and (5) advances the watermark. Killing it anywhere
+//! rolls the batch back; since state is a pure function of the events up to the watermark, any
+//! sequence of batches ends with the same rollups as one clean run.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
-use tokio_postgres::Client;
+use futures_util::{pin_mut, TryStreamExt};
+use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Transaction};
+use uuid::Uuid;
 
+use super::fold::{self, CopyFold, CopyState, NewEvent, STATE_COLUMNS};
 use super::metrics::{CLASSES, METRICS};
 use super::InsightsError;
-use crate::classify::hindsight::classified_events_sql;
+use crate::classify::hindsight::classified_events_until_sql;
 
 /// Events per batch when nothing else is asked for.
 pub const DEFAULT_BATCH: i64 = 50_000;
@@ -27,28 +35,84 @@ pub struct Batch {
 }
 
 /// Work tables of one batch; emptied at commit, kept by the connection for the next batch.
+/// `fold_copies` are the copies whose state the batch replaces, `fold_recompute` those of them
+/// recomputed from their events; `fold_state`, `fold_links`, `fold_clients` and `fold_recent`
+/// hold the new state of every one of `fold_copies`.
 const TEMP_TABLES: &str = "
 SET LOCAL client_min_messages = warning;
-CREATE TEMP TABLE IF NOT EXISTS fold_events (txid bigint, seq bigint, copy_id uuid)
-    ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_copies (copy_id uuid PRIMARY KEY) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS fold_recompute (copy_id uuid PRIMARY KEY) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_classified (
     copy_id uuid, message_id uuid, kind text, occurred_at timestamptz, link_idx integer,
-    client text, device text, final_class text, seq bigint, final_reason text)
+    client text, device text, final_class text, seq bigint, final_reason text, url text)
     ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_state (LIKE insights_copy_state) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_links (LIKE insights_copy_links) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_clients (LIKE insights_copy_clients) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS fold_recent (LIKE insights_copy_fold) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS fold_delta_daily (LIKE insights_daily) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS fold_delta_links (LIKE insights_links) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS fold_delta_clients (LIKE insights_clients) ON COMMIT DELETE ROWS;
 ";
 
 /// The dimension columns shared by every rollup.
 const DIMS: &str = "template_key, day, sender_id, team_id, visibility";
+/// The same without the day: the dimensions of the all-time rollups.
+const TOTAL_DIMS: &str = "template_key, sender_id, team_id, visibility";
+
+/// The counts of `insights_daily` (and `insights_totals`).
+const DAILY_COUNTS: &[&str] = &[
+    "sent",
+    "bounced",
+    "opens",
+    "human_opens",
+    "unique_opens",
+    "human_unique_opens",
+    "clicks",
+    "human_clicks",
+    "unique_clicks",
+    "human_unique_clicks",
+    "replies",
+    "unique_replies",
+    "soft_bounced",
+    "complaints",
+    "unsubscribes",
+];
+const LINK_COUNTS: &[&str] = &[
+    "clicks",
+    "human_clicks",
+    "unique_clicks",
+    "human_unique_clicks",
+];
+const CLIENT_COUNTS: &[&str] = &["opens", "human_opens", "unique_opens", "human_unique_opens"];
+
+/// Adds the rows of `source` (grouped by `keys`) to `table`, one multi-row upsert.
+fn add_to_rollup(table: &str, keys: &str, counts: &[&str], source: &str) -> String {
+    let cols = counts.join(", ");
+    let sums: Vec<String> = counts.iter().map(|c| format!("sum({c})")).collect();
+    let sets: Vec<String> = counts
+        .iter()
+        .map(|c| format!("{c} = r.{c} + EXCLUDED.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO {table} AS r ({keys}, {cols})
+         SELECT {keys}, {} FROM {source} GROUP BY {keys}
+         ON CONFLICT ({keys}) DO UPDATE SET {};\n",
+        sums.join(", "),
+        sets.join(", ")
+    )
+}
+
+/// Statement timeout of the job's statements: a batch never waits forever on a database that
+/// went away or on a lock.
+const STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '600s'";
 
 /// Folds at most `limit` events. `None` when another node holds the watermark.
 pub async fn fold_batch(client: &mut Client, limit: i64) -> Result<Option<Batch>, InsightsError> {
     let started = Instant::now();
     let tx = client.transaction().await?;
-    tx.batch_execute(TEMP_TABLES).await?;
+    tx.batch_execute(&format!("{STATEMENT_TIMEOUT}; {TEMP_TABLES}"))
+        .await?;
     let Some(mark) = tx
         .query_opt(
             "SELECT txid, seq FROM insights_watermark WHERE id = 1 FOR UPDATE SKIP LOCKED",
@@ -68,77 +132,390 @@ pub async fn fold_batch(client: &mut Client, limit: i64) -> Result<Option<Batch>
         )
         .await?
         .get(0);
-    let events = tx
-        .execute(
-            "INSERT INTO fold_events (txid, seq, copy_id)
-             SELECT txid, seq, copy_id FROM events
-             WHERE (txid, seq) > ($1, $2) AND txid < $3
-             ORDER BY txid, seq LIMIT $4",
-            &[&mark_txid, &mark_seq, &settled, &limit.max(1)],
-        )
-        .await?;
-    if events == 0 {
+    let events = read_events(&tx, (mark_txid, mark_seq), settled, limit.max(1)).await?;
+    let Some(last) = events.last() else {
         tx.commit().await?;
         return Ok(Some(Batch::default()));
+    };
+    let end = (last.txid, last.seq);
+    let n_events = events.len() as u64;
+
+    let mut by_copy: HashMap<Uuid, Vec<NewEvent>> = HashMap::new();
+    for e in events {
+        by_copy.entry(e.copy_id).or_default().push(e);
     }
-    let copies = tx
-        .execute(
-            "INSERT INTO fold_copies SELECT DISTINCT copy_id FROM fold_events",
-            &[],
-        )
-        .await?;
-    tx.batch_execute("ANALYZE fold_copies").await?;
-    fold_copies(&tx).await?;
-    // The batch's own opens and clicks, with the class the rollups now count them with.
-    let by_class = tx
-        .query(
-            "SELECT c.kind, c.final_class, count(*)
-             FROM fold_classified c JOIN fold_events f ON f.seq = c.seq
-             WHERE c.kind IN ('open', 'click')
-             GROUP BY 1, 2",
-            &[],
-        )
-        .await?;
+    for evs in by_copy.values_mut() {
+        evs.sort_by_key(|e| (e.occurred_at, e.seq));
+    }
+    let copies: Vec<Uuid> = by_copy.keys().copied().collect();
+    let mut folds = load_folds(&tx, &copies).await?;
+    let urls = load_urls(&tx, &folds).await?;
+
+    let mut classes: Vec<(String, String)> = Vec::new();
+    let mut recompute: Vec<Uuid> = Vec::new();
+    let mut recompute_seqs: Vec<i64> = Vec::new();
+    let mut folded: Vec<CopyFold> = Vec::new();
+    for (copy, evs) in &by_copy {
+        let done = folds.remove(copy).and_then(|mut f| {
+            let message = f.state.message_id;
+            let url_of = |idx: Option<i32>| match idx {
+                Some(i) => urls
+                    .get(&(message, i))
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{i}")),
+                None => "#".to_string(),
+            };
+            let mut own = Vec::new();
+            f.fold(evs, &url_of, &mut own).ok()?;
+            classes.append(&mut own);
+            Some(f)
+        });
+        match done {
+            Some(f) => folded.push(f),
+            None => {
+                recompute.push(*copy);
+                recompute_seqs.extend(evs.iter().map(|e| e.seq));
+            }
+        }
+    }
+
     tx.execute(
-        "UPDATE insights_watermark w SET txid = last.txid, seq = last.seq,
-                folded_events = w.folded_events + $1, updated_at = now()
-         FROM (SELECT txid, seq FROM fold_events ORDER BY txid DESC, seq DESC LIMIT 1) last
-         WHERE w.id = 1",
-        &[&(events as i64)],
+        "INSERT INTO fold_copies SELECT unnest($1::uuid[])",
+        &[&copies],
+    )
+    .await?;
+    // Without statistics the planner would guess many rows and scan the state tables.
+    tx.batch_execute("ANALYZE fold_copies").await?;
+    if !recompute.is_empty() {
+        tx.execute(
+            "INSERT INTO fold_recompute SELECT unnest($1::uuid[])",
+            &[&recompute],
+        )
+        .await?;
+        recompute_into_new_state(&tx, Some(end)).await?;
+        for row in tx
+            .query(
+                "SELECT kind, final_class FROM fold_classified
+                 WHERE kind IN ('open', 'click') AND seq = ANY($1)",
+                &[&recompute_seqs],
+            )
+            .await?
+        {
+            let class: Option<String> = row.get(1);
+            classes.push((row.get(0), class.unwrap_or_default()));
+        }
+    }
+    write_new_state(&tx, &folded).await?;
+    replace_states(&tx).await?;
+    tx.execute(
+        "UPDATE insights_watermark SET txid = $1, seq = $2,
+                folded_events = folded_events + $3, updated_at = now()
+         WHERE id = 1",
+        &[&end.0, &end.1, &(n_events as i64)],
     )
     .await?;
     tx.commit().await?;
-    METRICS.folded_events.inc_by(events);
-    METRICS.folded_copies.inc_by(copies);
-    for row in &by_class {
-        let (kind, class, n): (String, Option<String>, i64) = (row.get(0), row.get(1), row.get(2));
+    METRICS.folded_events.inc_by(n_events);
+    METRICS.folded_copies.inc_by(copies.len() as u64);
+    METRICS.recomputed_copies.inc_by(recompute.len() as u64);
+    let mut by_class: HashMap<(String, String), u64> = HashMap::new();
+    for c in classes {
+        *by_class.entry(c).or_default() += 1;
+    }
+    for ((kind, class), n) in by_class {
         // Labels stay a bounded set: a class this version does not know is left out.
-        if let Some(class) = CLASSES
-            .iter()
-            .find(|c| class.as_deref() == Some(c.as_str()))
-        {
+        if let Some(class) = CLASSES.iter().find(|c| class == c.as_str()) {
             METRICS
                 .events_by_final_class
                 .with_label_values(&[&kind, class.as_str()])
-                .inc_by(n.max(0) as u64);
+                .inc_by(n);
         }
     }
     METRICS
         .batch_duration
         .observe(started.elapsed().as_secs_f64());
-    Ok(Some(Batch { events, copies }))
+    Ok(Some(Batch {
+        events: n_events,
+        copies: copies.len() as u64,
+    }))
 }
 
-/// Recomputes the state of the copies in `fold_copies` and moves the rollups by the difference.
-/// Also used by message deletion with an empty event set (the copies then have no new state).
-pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<(), InsightsError> {
-    let classified = classified_events_sql("SELECT copy_id FROM fold_copies");
+/// The next at most `limit` settled events after `mark`, in (txid, seq) order, in one binary COPY.
+async fn read_events(
+    tx: &Transaction<'_>,
+    mark: (i64, i64),
+    settled: i64,
+    limit: i64,
+) -> Result<Vec<NewEvent>, InsightsError> {
+    // COPY takes no parameters; these are numbers.
+    let sql = format!(
+        "COPY (SELECT copy_id, message_id, kind, occurred_at, link_idx, class, reason, client,
+                      device, txid, seq
+               FROM events
+               WHERE (txid, seq) > ({}::bigint, {}::bigint) AND txid < {}::bigint
+               ORDER BY txid, seq LIMIT {}) TO STDOUT (FORMAT binary)",
+        mark.0, mark.1, settled, limit
+    );
+    let stream = tx.copy_out(&sql).await?;
+    let rows = BinaryCopyOutStream::new(
+        stream,
+        &[
+            Type::UUID,
+            Type::UUID,
+            Type::TEXT,
+            Type::TIMESTAMPTZ,
+            Type::INT4,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+        ],
+    );
+    pin_mut!(rows);
+    let mut out = Vec::new();
+    while let Some(r) = rows.try_next().await? {
+        out.push(NewEvent {
+            copy_id: r.try_get(0)?,
+            message_id: r.try_get(1)?,
+            kind: r.try_get(2)?,
+            occurred_at: r.try_get(3)?,
+            link_idx: r.try_get(4)?,
+            class: r.try_get(5)?,
+            reason: r.try_get(6)?,
+            client: r.try_get(7)?,
+            device: r.try_get(8)?,
+            txid: r.try_get(9)?,
+            seq: r.try_get(10)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The stored fold of each of `copies` that has one (state and recent clicks both).
+async fn load_folds(
+    tx: &Transaction<'_>,
+    copies: &[Uuid],
+) -> Result<HashMap<Uuid, CopyFold>, InsightsError> {
+    let cols: Vec<String> = STATE_COLUMNS
+        .split(',')
+        .map(|c| format!("s.{}", c.trim()))
+        .collect();
+    let mut out = HashMap::new();
+    for r in tx
+        .query(
+            &format!(
+                "SELECT {}, f.recent_clicks FROM insights_copy_state s
+                 JOIN insights_copy_fold f USING (copy_id) WHERE s.copy_id = ANY($1)",
+                cols.join(", ")
+            ),
+            &[&copies],
+        )
+        .await?
+    {
+        let state = CopyState::from_row(&r);
+        let recent: serde_json::Value = r.get(22);
+        // A state this version cannot read is recomputed.
+        if let Some(recent_clicks) = fold::recent_clicks_from_json(&recent) {
+            out.insert(
+                state.copy_id,
+                CopyFold {
+                    state,
+                    links: Default::default(),
+                    clients: Default::default(),
+                    recent_clicks,
+                },
+            );
+        }
+    }
+    let loaded: Vec<Uuid> = out.keys().copied().collect();
+    for r in tx
+        .query(
+            "SELECT copy_id, url, clicks, human_clicks FROM insights_copy_links
+             WHERE copy_id = ANY($1)",
+            &[&loaded],
+        )
+        .await?
+    {
+        if let Some(f) = out.get_mut(&r.get::<_, Uuid>(0)) {
+            f.links.insert(r.get(1), (r.get(2), r.get(3)));
+        }
+    }
+    for r in tx
+        .query(
+            "SELECT copy_id, client, device, opens, human_opens FROM insights_copy_clients
+             WHERE copy_id = ANY($1)",
+            &[&loaded],
+        )
+        .await?
+    {
+        if let Some(f) = out.get_mut(&r.get::<_, Uuid>(0)) {
+            f.clients.insert((r.get(1), r.get(2)), (r.get(3), r.get(4)));
+        }
+    }
+    Ok(out)
+}
+
+/// The URL of every link of the messages of `folds`, by (message, index).
+async fn load_urls(
+    tx: &Transaction<'_>,
+    folds: &HashMap<Uuid, CopyFold>,
+) -> Result<HashMap<(Uuid, i32), String>, InsightsError> {
+    let mut messages: Vec<Uuid> = folds.values().map(|f| f.state.message_id).collect();
+    messages.sort();
+    messages.dedup();
+    Ok(tx
+        .query(
+            "SELECT message_id, idx, url FROM links WHERE message_id = ANY($1)",
+            &[&messages],
+        )
+        .await?
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect())
+}
+
+/// COPYs the folded copies' new state into the batch's work tables.
+async fn write_new_state(tx: &Transaction<'_>, folded: &[CopyFold]) -> Result<(), InsightsError> {
+    if folded.is_empty() {
+        return Ok(());
+    }
+    let sink = tx
+        .copy_in(&format!(
+            "COPY fold_state ({STATE_COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    let ts = Type::TIMESTAMPTZ;
+    let w = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::UUID,
+            Type::UUID,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::TEXT,
+            Type::DATE,
+            Type::BOOL,
+            ts.clone(),
+            Type::INT4,
+            Type::INT4,
+            Type::INT4,
+            Type::INT4,
+            ts.clone(),
+            ts.clone(),
+            ts.clone(),
+            ts.clone(),
+            ts,
+            Type::INT4,
+            Type::BOOL,
+            Type::BOOL,
+            Type::BOOL,
+        ],
+    );
+    pin_mut!(w);
+    for f in folded {
+        let s = &f.state;
+        let row: [&(dyn ToSql + Sync); 22] = [
+            &s.copy_id,
+            &s.message_id,
+            &s.dims.template_key,
+            &s.dims.sender_id,
+            &s.dims.team_id,
+            &s.dims.visibility,
+            &s.dims.day,
+            &s.bounced,
+            &s.delivered_at,
+            &s.opens,
+            &s.human_opens,
+            &s.clicks,
+            &s.human_clicks,
+            &s.first_open_at,
+            &s.first_human_open_at,
+            &s.first_click_at,
+            &s.first_human_click_at,
+            &s.last_event_at,
+            &s.replies,
+            &s.soft_bounced,
+            &s.complained,
+            &s.unsubscribed,
+        ];
+        w.as_mut().write(&row).await?;
+    }
+    w.finish().await?;
+
+    if folded.iter().any(|f| !f.links.is_empty()) {
+        let sink = tx
+            .copy_in(
+                "COPY fold_links (copy_id, url, clicks, human_clicks) FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        let w = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::TEXT, Type::INT4, Type::INT4]);
+        pin_mut!(w);
+        for f in folded {
+            for (url, (clicks, human)) in &f.links {
+                w.as_mut()
+                    .write(&[&f.state.copy_id, url, clicks, human])
+                    .await?;
+            }
+        }
+        w.finish().await?;
+    }
+
+    if folded.iter().any(|f| !f.clients.is_empty()) {
+        let sink = tx
+            .copy_in(
+                "COPY fold_clients (copy_id, client, device, opens, human_opens)
+                 FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        let w = BinaryCopyInWriter::new(
+            sink,
+            &[Type::UUID, Type::TEXT, Type::TEXT, Type::INT4, Type::INT4],
+        );
+        pin_mut!(w);
+        for f in folded {
+            for ((client, device), (opens, human)) in &f.clients {
+                w.as_mut()
+                    .write(&[&f.state.copy_id, client, device, opens, human])
+                    .await?;
+            }
+        }
+        w.finish().await?;
+    }
+
+    let sink = tx
+        .copy_in("COPY fold_recent (copy_id, recent_clicks) FROM STDIN (FORMAT binary)")
+        .await?;
+    let w = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::JSONB]);
+    pin_mut!(w);
+    for f in folded {
+        let recent = fold::recent_clicks_json(&f.recent_clicks);
+        w.as_mut().write(&[&f.state.copy_id, &recent]).await?;
+    }
+    w.finish().await?;
+    Ok(())
+}
+
+/// Recomputes the new state of the copies in `fold_recompute` from their events up to `until`
+/// (every event when `None`) into the work tables. A copy without events gets no new state.
+async fn recompute_into_new_state(
+    tx: &Transaction<'_>,
+    until: Option<(i64, i64)>,
+) -> Result<(), InsightsError> {
+    tx.batch_execute("ANALYZE fold_recompute").await?;
+    let classified = classified_events_until_sql("SELECT copy_id FROM fold_recompute", until);
     tx.execute(
         &format!(
             "INSERT INTO fold_classified
              SELECT c.copy_id, c.message_id, c.kind, c.occurred_at, c.link_idx,
-                    c.client, c.device, c.final_class, c.seq, c.final_reason
-             FROM ({classified}) c"
+                    c.client, c.device, c.final_class, c.seq, c.final_reason,
+                    CASE WHEN c.kind = 'click'
+                         THEN coalesce(l.url, '#' || c.link_idx::text, '#') END
+             FROM ({classified}) c
+             LEFT JOIN links l ON c.kind = 'click' AND l.message_id = c.message_id
+                              AND l.idx = c.link_idx"
         ),
         &[],
     )
@@ -146,7 +523,8 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
     // Temp tables have no statistics: without them the planner guesses a few rows and joins
     // them with nested loops.
     tx.batch_execute("ANALYZE fold_classified").await?;
-    tx.batch_execute(
+    let recent = fold::RECENT_CLICKS_SQL;
+    tx.batch_execute(&format!(
         "
         INSERT INTO fold_state
         SELECT c.copy_id, m.id, m.template_key, m.sender_id, coalesce(m.team_id, 0), m.visibility,
@@ -173,13 +551,21 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
         ANALYZE fold_state;
 
         INSERT INTO fold_links
-        SELECT c.copy_id, coalesce(l.url, '#' || c.link_idx::text, '#'),
-               count(*), count(*) FILTER (WHERE c.final_class IN ('human', 'proxy'))
+        SELECT c.copy_id, c.url, count(*), count(*) FILTER (WHERE c.final_class IN ('human', 'proxy'))
         FROM fold_classified c
         JOIN fold_state s ON s.copy_id = c.copy_id
-        LEFT JOIN links l ON l.message_id = c.message_id AND l.idx = c.link_idx
         WHERE c.kind = 'click'
         GROUP BY 1, 2;
+
+        -- The clicks a later click may still put in a sweep.
+        INSERT INTO fold_recent
+        SELECT s.copy_id, coalesce(r.recent, '[]'::jsonb)
+        FROM fold_state s LEFT JOIN (
+            SELECT c.copy_id, {recent} AS recent
+            FROM (SELECT k.*, max(k.occurred_at) OVER (PARTITION BY k.copy_id) AS last_click
+                  FROM fold_classified k WHERE k.kind = 'click') c
+            WHERE c.occurred_at >= c.last_click - interval '{} seconds'
+            GROUP BY c.copy_id) r USING (copy_id);
 
         INSERT INTO fold_clients
         SELECT c.copy_id, coalesce(c.client, ''), coalesce(c.device, ''),
@@ -191,14 +577,21 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
         ANALYZE fold_links;
         ANALYZE fold_clients;
         ",
-    )
+        crate::classify::hindsight::SWEEP_SECONDS
+    ))
     .await?;
+    Ok(())
+}
 
+/// Moves every rollup by (new state - old state) of the copies in `fold_copies`, whose new state
+/// is in the work tables (none for a copy that is gone), and replaces their state.
+async fn replace_states(tx: &Transaction<'_>) -> Result<(), InsightsError> {
+    let mut sql = String::new();
     // Rollup deltas: new contributions count +1, old ones -1. Dimensions come from the copy
     // state (new, or old for copies whose message is gone).
-    tx.batch_execute(&format!(
+    sql.push_str(&format!(
         "
-        INSERT INTO insights_daily AS r ({DIMS}, sent, bounced, opens, human_opens, unique_opens,
+        INSERT INTO fold_delta_daily ({DIMS}, sent, bounced, opens, human_opens, unique_opens,
             human_unique_opens, clicks, human_clicks, unique_clicks, human_unique_clicks,
             replies, unique_replies, soft_bounced, complaints, unsubscribes)
         SELECT {DIMS}, sum(sg), sum(sg * bounced::int), sum(sg * opens), sum(sg * human_opens),
@@ -211,22 +604,9 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
         FROM (SELECT 1 AS sg, * FROM fold_state
               UNION ALL
               SELECT -1, s.* FROM insights_copy_state s JOIN fold_copies f USING (copy_id)) d
-        GROUP BY {DIMS}
-        ON CONFLICT ({DIMS}) DO UPDATE SET
-            sent = r.sent + EXCLUDED.sent, bounced = r.bounced + EXCLUDED.bounced,
-            opens = r.opens + EXCLUDED.opens, human_opens = r.human_opens + EXCLUDED.human_opens,
-            unique_opens = r.unique_opens + EXCLUDED.unique_opens,
-            human_unique_opens = r.human_unique_opens + EXCLUDED.human_unique_opens,
-            clicks = r.clicks + EXCLUDED.clicks, human_clicks = r.human_clicks + EXCLUDED.human_clicks,
-            unique_clicks = r.unique_clicks + EXCLUDED.unique_clicks,
-            human_unique_clicks = r.human_unique_clicks + EXCLUDED.human_unique_clicks,
-            replies = r.replies + EXCLUDED.replies,
-            unique_replies = r.unique_replies + EXCLUDED.unique_replies,
-            soft_bounced = r.soft_bounced + EXCLUDED.soft_bounced,
-            complaints = r.complaints + EXCLUDED.complaints,
-            unsubscribes = r.unsubscribes + EXCLUDED.unsubscribes;
+        GROUP BY {DIMS};
 
-        INSERT INTO insights_links AS r ({DIMS}, url, clicks, human_clicks, unique_clicks,
+        INSERT INTO fold_delta_links ({DIMS}, url, clicks, human_clicks, unique_clicks,
             human_unique_clicks)
         SELECT {DIMS}, url, sum(sg * clicks), sum(sg * human_clicks),
                sum(sg * (clicks > 0)::int), sum(sg * (human_clicks > 0)::int)
@@ -238,13 +618,9 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
                      l.url, l.clicks, l.human_clicks
               FROM insights_copy_links l JOIN fold_copies f USING (copy_id)
               JOIN insights_copy_state s USING (copy_id)) d
-        GROUP BY {DIMS}, url
-        ON CONFLICT ({DIMS}, url) DO UPDATE SET
-            clicks = r.clicks + EXCLUDED.clicks, human_clicks = r.human_clicks + EXCLUDED.human_clicks,
-            unique_clicks = r.unique_clicks + EXCLUDED.unique_clicks,
-            human_unique_clicks = r.human_unique_clicks + EXCLUDED.human_unique_clicks;
+        GROUP BY {DIMS}, url;
 
-        INSERT INTO insights_clients AS r ({DIMS}, client, device, opens, human_opens,
+        INSERT INTO fold_delta_clients ({DIMS}, client, device, opens, human_opens,
             unique_opens, human_unique_opens)
         SELECT {DIMS}, client, device, sum(sg * opens), sum(sg * human_opens),
                sum(sg * (opens > 0)::int), sum(sg * (human_opens > 0)::int)
@@ -256,22 +632,77 @@ pub(crate) async fn fold_copies(tx: &tokio_postgres::Transaction<'_>) -> Result<
                      c.client, c.device, c.opens, c.human_opens
               FROM insights_copy_clients c JOIN fold_copies f USING (copy_id)
               JOIN insights_copy_state s USING (copy_id)) d
-        GROUP BY {DIMS}, client, device
-        ON CONFLICT ({DIMS}, client, device) DO UPDATE SET
-            opens = r.opens + EXCLUDED.opens, human_opens = r.human_opens + EXCLUDED.human_opens,
-            unique_opens = r.unique_opens + EXCLUDED.unique_opens,
-            human_unique_opens = r.human_unique_opens + EXCLUDED.human_unique_opens;
-
+        GROUP BY {DIMS}, client, device;
+        "
+    ));
+    sql.push_str(&add_to_rollup(
+        "insights_daily",
+        DIMS,
+        DAILY_COUNTS,
+        "fold_delta_daily",
+    ));
+    sql.push_str(&add_to_rollup(
+        "insights_totals",
+        TOTAL_DIMS,
+        DAILY_COUNTS,
+        "fold_delta_daily",
+    ));
+    sql.push_str(&add_to_rollup(
+        "insights_links",
+        &format!("{DIMS}, url"),
+        LINK_COUNTS,
+        "fold_delta_links",
+    ));
+    sql.push_str(&add_to_rollup(
+        "insights_links_totals",
+        &format!("{TOTAL_DIMS}, url"),
+        LINK_COUNTS,
+        "fold_delta_links",
+    ));
+    sql.push_str(&add_to_rollup(
+        "insights_clients",
+        &format!("{DIMS}, client, device"),
+        CLIENT_COUNTS,
+        "fold_delta_clients",
+    ));
+    sql.push_str(&add_to_rollup(
+        "insights_clients_totals",
+        &format!("{TOTAL_DIMS}, client, device"),
+        CLIENT_COUNTS,
+        "fold_delta_clients",
+    ));
+    sql.push_str(
+        "
         DELETE FROM insights_copy_links l USING fold_copies f WHERE l.copy_id = f.copy_id;
         DELETE FROM insights_copy_clients c USING fold_copies f WHERE c.copy_id = f.copy_id;
         DELETE FROM insights_copy_state s USING fold_copies f WHERE s.copy_id = f.copy_id;
+        DELETE FROM insights_copy_fold s USING fold_copies f WHERE s.copy_id = f.copy_id;
         INSERT INTO insights_copy_state SELECT * FROM fold_state;
         INSERT INTO insights_copy_links SELECT * FROM fold_links;
         INSERT INTO insights_copy_clients SELECT * FROM fold_clients;
-        "
-    ))
-    .await?;
+        INSERT INTO insights_copy_fold SELECT * FROM fold_recent;
+        -- The work tables are emptied at commit; emptied now too, for a caller that folds
+        -- again in the same transaction (DELETE: a TRUNCATE makes new files for each table).
+        DELETE FROM fold_copies; DELETE FROM fold_recompute; DELETE FROM fold_classified;
+        DELETE FROM fold_state; DELETE FROM fold_links; DELETE FROM fold_clients;
+        DELETE FROM fold_recent; DELETE FROM fold_delta_daily; DELETE FROM fold_delta_links;
+        DELETE FROM fold_delta_clients;
+        ",
+    );
+    tx.batch_execute(&sql).await?;
     Ok(())
+}
+
+/// Recomputes the copies in `fold_copies` from all their events and moves the rollups by the
+/// difference (copies whose events are gone leave the rollups).
+pub(crate) async fn fold_copies(tx: &Transaction<'_>) -> Result<(), InsightsError> {
+    tx.execute(
+        "INSERT INTO fold_recompute SELECT copy_id FROM fold_copies ON CONFLICT DO NOTHING",
+        &[],
+    )
+    .await?;
+    recompute_into_new_state(tx, None).await?;
+    replace_states(tx).await
 }
 
 /// Events not folded yet (settled or not) and the age in seconds of the oldest of them.

@@ -15,6 +15,8 @@ pub struct InsightsMetrics {
     pub run_duration: Histogram,
     pub folded_events: IntCounter,
     pub folded_copies: IntCounter,
+    /// Of `folded_copies`, those recomputed from all their events instead of moved forward.
+    pub recomputed_copies: IntCounter,
     pub errors: IntCounter,
     /// Labels `kind` (open, click) and `final_class` (a [`Class`]).
     pub events_by_final_class: IntCounterVec,
@@ -63,7 +65,12 @@ pub static METRICS: LazyLock<InsightsMetrics> = LazyLock::new(|| {
         ),
         folded_copies: counter(
             "aggregation_copies_folded_total",
-            "per-copy state rows recomputed",
+            "per-copy state rows moved forward by a batch (recomputed or folded incrementally)",
+        ),
+        recomputed_copies: counter(
+            "aggregation_copies_recomputed_total",
+            "per-copy state rows recomputed from all of the copy's events: no state yet, or an \
+             event earlier than one already folded",
         ),
         errors: counter("aggregation_errors_total", "aggregation runs that failed"),
         events_by_final_class: counter_vec(

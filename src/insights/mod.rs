@@ -1,6 +1,8 @@
 //! Insights: what the tracked events mean. The aggregation job turns classified events into
 //! per-copy state and rollups (applying the hindsight rules of [`crate::classify::hindsight`]),
-//! and the report queries read those rollups. The pages that show them live in
+//! moving each copy's state forward by its new events ([`fold`]) and recomputing it from all of
+//! its events only when the state cannot judge them, and the report queries read those rollups
+//! (all-time rollups when a report covers every day). The pages that show them live in
 //! [`crate::http::ui`].
 //!
 //! Owns the watermark and every `insights_*` table. It must never do I/O on a tracking request's
@@ -9,6 +11,7 @@
 //! [`crate::accounts::visibility::Viewer`] and the rule comes from [`crate::accounts::visibility`]. No HTTP inside.
 
 pub mod aggregate;
+pub mod fold;
 pub mod metrics;
 pub mod report;
 

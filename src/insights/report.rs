@@ -107,6 +107,11 @@ impl ReportFilter {
     fn by_crm(&self) -> bool {
         self.deal.is_some() || self.lead.is_some() || self.project.is_some()
     }
+
+    /// Over every day: the all-time rollups hold the same sums in fewer rows.
+    fn all_time(&self) -> bool {
+        self.from.is_none() && self.to.is_none()
+    }
 }
 
 /// The counts every report row is made of.
@@ -245,9 +250,10 @@ fn crm_where(f: &ReportFilter, p: &mut Params) -> String {
     w.join(" AND ")
 }
 
-/// Rows with template_key, day, sender_id, team_id and the counts: the daily rollup, or (with CRM filters,
-/// which rollups do not carry) the per-copy state of the matching messages.
-fn figures_source(f: &ReportFilter, viewer: Viewer, p: &mut Params) -> String {
+/// Rows with template_key, sender_id, team_id, the counts and (with `by_day`) day: the all-time
+/// or daily rollup, or (with CRM filters, which rollups do not carry) the per-copy state of the
+/// matching messages.
+fn figures_source(f: &ReportFilter, viewer: Viewer, p: &mut Params, by_day: bool) -> String {
     if f.by_crm() {
         let dims = dims_where("s", f, viewer, p);
         let crm = crm_where(f, p);
@@ -265,7 +271,23 @@ fn figures_source(f: &ReportFilter, viewer: Viewer, p: &mut Params) -> String {
         )
     } else {
         let dims = dims_where("r", f, viewer, p);
-        format!("SELECT r.* FROM insights_daily r WHERE {dims}")
+        let table = rollup(f, by_day, "insights_daily", "insights_totals");
+        format!("SELECT r.* FROM {table} r WHERE {dims}")
+    }
+}
+
+/// The rollup a report reads: `all_time` when the filter covers every day and the report needs
+/// no day, else `daily`.
+fn rollup(
+    f: &ReportFilter,
+    by_day: bool,
+    daily: &'static str,
+    all_time: &'static str,
+) -> &'static str {
+    if f.all_time() && !by_day {
+        all_time
+    } else {
+        daily
     }
 }
 
@@ -289,7 +311,7 @@ pub async fn templates(
     filter: &ReportFilter,
 ) -> Result<Vec<TemplateRow>, InsightsError> {
     let mut p = Params::default();
-    let source = figures_source(filter, viewer, &mut p);
+    let source = figures_source(filter, viewer, &mut p, false);
     // Grouped by scope first, then named from that scope's row only: a name given in one
     // team never shows in another's report.
     let sql = format!(
@@ -381,7 +403,7 @@ pub async fn template(
     filter.scope = Some(row.scope);
 
     let mut p = Params::default();
-    let source = figures_source(&filter, viewer, &mut p);
+    let source = figures_source(&filter, viewer, &mut p, true);
     let sql = format!("SELECT x.day, {SUMS} FROM ({source}) x GROUP BY x.day ORDER BY x.day");
     let daily = client
         .query(&sql, &p.refs())
@@ -409,7 +431,8 @@ pub async fn template(
         )
     } else {
         let dims = dims_where("r", &filter, viewer, &mut p);
-        format!("SELECT r.* FROM insights_links r WHERE {dims}")
+        let table = rollup(&filter, false, "insights_links", "insights_links_totals");
+        format!("SELECT r.* FROM {table} r WHERE {dims}")
     };
     let limit = p.push(TOP);
     let sql = format!(
@@ -443,7 +466,13 @@ pub async fn template(
         )
     } else {
         let dims = dims_where("r", &filter, viewer, &mut p);
-        format!("SELECT r.* FROM insights_clients r WHERE {dims}")
+        let table = rollup(
+            &filter,
+            false,
+            "insights_clients",
+            "insights_clients_totals",
+        );
+        format!("SELECT r.* FROM {table} r WHERE {dims}")
     };
     let limit = p.push(TOP);
     let sql = format!(

@@ -44,6 +44,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(17, "0017_deliverability.sql"),
     migration!(18, "0018_event_writes.sql"),
     migration!(22, "0022_link_lists.sql"),
+    migration!(23, "0023_insights_fold.sql"),
 ];
 
 /// Arbitrary constant naming mailtally's migration lock among advisory locks.

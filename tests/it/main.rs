@@ -21,6 +21,7 @@ mod erase;
 mod faults;
 mod followup;
 mod insights_browser;
+mod insights_fold;
 mod insights_pages;
 mod insights_report;
 mod insights_restart;

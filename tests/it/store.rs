@@ -445,6 +445,14 @@ async fn the_tenant_scope_migration_keeps_data_and_report_figures() {
 #[tokio::test]
 async fn the_link_list_migration_keeps_every_link_and_report_figure() {
     let (db, mut client) = migrated_before("0022_link_lists.sql").await;
+    // The job of this build folds into tables of later migrations, which do not depend on
+    // this one: every migration but this one is there when it folds before it.
+    let all_but_links: Vec<_> = MIGRATIONS
+        .iter()
+        .filter(|m| m.name != "0022_link_lists.sql")
+        .copied()
+        .collect();
+    migrate::apply(&mut client, &all_but_links).await.unwrap();
     // m1 and m2: one template, the same two links; m3 another list (with a gap in its
     // indexes, as a text link not tracked leaves); m4 none.
     client

@@ -1,0 +1,290 @@
+//! The incremental fold of one copy: its state as the rollups count it (`insights_copy_state`,
+//! `insights_copy_links`, `insights_copy_clients`) and what the hindsight rules need to judge its
+//! next events (`insights_copy_fold`), moved forward by new events without reading the copy's
+//! earlier ones. Pure: the job in [`super::aggregate`] loads and stores it.
+//!
+//! New events are folded in time order. One that happened before the latest event the state
+//! has folded (`last_event_at`) cannot be judged from the state: the copy is then recomputed
+//! from all of its events, and so is a copy whose first `delivered` event comes after opens or
+//! clicks (the unknown-delivery window looks both ways from delivery).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use uuid::Uuid;
+
+use crate::classify::hindsight::{add_click, class_before_sweeps, is_human, RecentClick};
+
+/// Columns of `insights_copy_state`, in table order.
+pub const STATE_COLUMNS: &str = "copy_id, message_id, template_key, sender_id, team_id, visibility,
+    day, bounced, delivered_at, opens, human_opens, clicks, human_clicks, first_open_at,
+    first_human_open_at, first_click_at, first_human_click_at, last_event_at, replies,
+    soft_bounced, complained, unsubscribed";
+
+/// The rollup dimensions of a copy (its message's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Dims {
+    pub template_key: String,
+    pub day: NaiveDate,
+    pub sender_id: i64,
+    pub team_id: i64,
+    pub visibility: String,
+}
+
+/// One row of `insights_copy_state`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyState {
+    pub copy_id: Uuid,
+    pub message_id: Uuid,
+    pub dims: Dims,
+    pub bounced: bool,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub opens: i32,
+    pub human_opens: i32,
+    pub clicks: i32,
+    pub human_clicks: i32,
+    pub first_open_at: Option<DateTime<Utc>>,
+    pub first_human_open_at: Option<DateTime<Utc>>,
+    pub first_click_at: Option<DateTime<Utc>>,
+    pub first_human_click_at: Option<DateTime<Utc>>,
+    pub last_event_at: Option<DateTime<Utc>>,
+    pub replies: i32,
+    pub soft_bounced: bool,
+    pub complained: bool,
+    pub unsubscribed: bool,
+}
+
+impl CopyState {
+    /// From a row selected with [`STATE_COLUMNS`].
+    pub fn from_row(r: &tokio_postgres::Row) -> CopyState {
+        CopyState {
+            copy_id: r.get(0),
+            message_id: r.get(1),
+            dims: Dims {
+                template_key: r.get(2),
+                sender_id: r.get(3),
+                team_id: r.get(4),
+                visibility: r.get(5),
+                day: r.get(6),
+            },
+            bounced: r.get(7),
+            delivered_at: r.get(8),
+            opens: r.get(9),
+            human_opens: r.get(10),
+            clicks: r.get(11),
+            human_clicks: r.get(12),
+            first_open_at: r.get(13),
+            first_human_open_at: r.get(14),
+            first_click_at: r.get(15),
+            first_human_click_at: r.get(16),
+            last_event_at: r.get(17),
+            replies: r.get(18),
+            soft_bounced: r.get(19),
+            complained: r.get(20),
+            unsubscribed: r.get(21),
+        }
+    }
+
+    /// The copy's row of `insights_daily` counts: sent, bounced, opens, human_opens,
+    /// unique_opens, human_unique_opens, clicks, human_clicks, unique_clicks,
+    /// human_unique_clicks, replies, unique_replies, soft_bounced, complaints, unsubscribes.
+    pub fn daily(&self) -> [i64; 15] {
+        let b = |v: bool| v as i64;
+        [
+            1,
+            b(self.bounced),
+            self.opens.into(),
+            self.human_opens.into(),
+            b(self.opens > 0),
+            b(self.human_opens > 0),
+            self.clicks.into(),
+            self.human_clicks.into(),
+            b(self.clicks > 0),
+            b(self.human_clicks > 0),
+            self.replies.into(),
+            b(self.replies > 0),
+            b(self.soft_bounced),
+            b(self.complained),
+            b(self.unsubscribed),
+        ]
+    }
+}
+
+/// A new event of a copy, as the fold reads it.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub copy_id: Uuid,
+    pub message_id: Uuid,
+    pub kind: String,
+    pub occurred_at: DateTime<Utc>,
+    pub link_idx: Option<i32>,
+    pub class: Option<String>,
+    pub reason: Option<String>,
+    pub client: Option<String>,
+    pub device: Option<String>,
+    pub txid: i64,
+    pub seq: i64,
+}
+
+/// Everything the fold keeps of one copy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyFold {
+    pub state: CopyState,
+    /// url -> (clicks, human clicks)
+    pub links: BTreeMap<String, (i32, i32)>,
+    /// (client, device) -> (opens, human opens)
+    pub clients: BTreeMap<(String, String), (i32, i32)>,
+    pub recent_clicks: Vec<RecentClick>,
+}
+
+/// The events cannot be folded into the state: recompute the copy from all its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeedsRecompute;
+
+impl CopyFold {
+    /// Folds `events` (of this copy, sorted by time) into the state. `url_of` names a link
+    /// index of the copy's message as the rollups do. Pushes the final class of each new open and
+    /// click to `classes`. On `Err` the fold is left half-done and must be dropped.
+    pub fn fold(
+        &mut self,
+        events: &[NewEvent],
+        url_of: &dyn Fn(Option<i32>) -> String,
+        classes: &mut Vec<(String, String)>,
+    ) -> Result<(), NeedsRecompute> {
+        for e in events {
+            let s = &mut self.state;
+            let t = e.occurred_at;
+            if s.last_event_at.is_some_and(|last| t < last) {
+                return Err(NeedsRecompute);
+            }
+            s.last_event_at = Some(t);
+            match e.kind.as_str() {
+                "delivered" if s.delivered_at.is_none() => {
+                    if s.opens > 0 || s.clicks > 0 {
+                        return Err(NeedsRecompute);
+                    }
+                    s.delivered_at = Some(t);
+                }
+                "bounced" => {
+                    let soft = e.reason.as_deref() == Some("soft");
+                    s.soft_bounced = if s.bounced {
+                        s.soft_bounced && soft
+                    } else {
+                        soft
+                    };
+                    s.bounced = true;
+                }
+                "open" => {
+                    let class = class_before_sweeps(
+                        e.class.as_deref(),
+                        e.reason.as_deref(),
+                        t,
+                        s.delivered_at,
+                    );
+                    let human = is_human(&class);
+                    s.opens += 1;
+                    s.first_open_at.get_or_insert(t);
+                    if human {
+                        s.human_opens += 1;
+                        s.first_human_open_at.get_or_insert(t);
+                    }
+                    let key = (
+                        e.client.clone().unwrap_or_default(),
+                        e.device.clone().unwrap_or_default(),
+                    );
+                    let entry = self.clients.entry(key).or_default();
+                    entry.0 += 1;
+                    entry.1 += human as i32;
+                    classes.push(("open".into(), class));
+                }
+                "click" => {
+                    let mut class = class_before_sweeps(
+                        e.class.as_deref(),
+                        e.reason.as_deref(),
+                        t,
+                        s.delivered_at,
+                    );
+                    let human = is_human(&class);
+                    let url = url_of(e.link_idx);
+                    s.clicks += 1;
+                    s.first_click_at.get_or_insert(t);
+                    let entry = self.links.entry(url.clone()).or_default();
+                    entry.0 += 1;
+                    if human {
+                        s.human_clicks += 1;
+                        entry.1 += 1;
+                    }
+                    let at_micros = t.timestamp_micros();
+                    let click = RecentClick {
+                        at_micros,
+                        url,
+                        human,
+                    };
+                    for c in add_click(&mut self.recent_clicks, click) {
+                        s.human_clicks -= 1;
+                        if let Some(l) = self.links.get_mut(&c.url) {
+                            l.1 -= 1;
+                        }
+                        if c.at_micros == at_micros && human {
+                            class = "scanner".into();
+                        }
+                    }
+                    // The first click counted as a person is re-classed only when it is still
+                    // among the recent clicks, and then every later click is there too.
+                    let window_start =
+                        at_micros - crate::classify::hindsight::SWEEP_SECONDS * 1_000_000;
+                    if s.first_human_click_at
+                        .is_none_or(|f| f.timestamp_micros() >= window_start)
+                    {
+                        s.first_human_click_at = self
+                            .recent_clicks
+                            .iter()
+                            .filter(|c| c.human)
+                            .map(|c| c.at_micros)
+                            .min()
+                            .and_then(DateTime::from_timestamp_micros);
+                    }
+                    classes.push(("click".into(), class));
+                }
+                "reply" => s.replies += 1,
+                "complaint" => s.complained = true,
+                "unsubscribe" => s.unsubscribed = true,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `recent_clicks` as stored: a sorted JSON array of [microseconds, url, human].
+pub fn recent_clicks_json(clicks: &[RecentClick]) -> serde_json::Value {
+    let mut sorted = clicks.to_vec();
+    sorted.sort();
+    serde_json::Value::Array(
+        sorted
+            .into_iter()
+            .map(|c| serde_json::json!([c.at_micros, c.url, c.human]))
+            .collect(),
+    )
+}
+
+/// The inverse of [`recent_clicks_json`]; `None` for anything else.
+pub fn recent_clicks_from_json(v: &serde_json::Value) -> Option<Vec<RecentClick>> {
+    v.as_array()?
+        .iter()
+        .map(|c| {
+            Some(RecentClick {
+                at_micros: c.get(0)?.as_i64()?,
+                url: c.get(1)?.as_str()?.to_string(),
+                human: c.get(2)?.as_bool()?,
+            })
+        })
+        .collect()
+}
+
+/// The SQL expression `recent_clicks` of one copy from classified events `c` (with `url`) whose
+/// copy's latest click is `last_click`: same layout as [`recent_clicks_json`].
+pub const RECENT_CLICKS_SQL: &str = "jsonb_agg(jsonb_build_array(
+        (extract(epoch FROM c.occurred_at) * 1000000)::bigint, c.url,
+        coalesce(c.final_class IN ('human', 'proxy'), false))
+    ORDER BY c.occurred_at, c.url COLLATE \"C\", coalesce(c.final_class IN ('human', 'proxy'), false))";
