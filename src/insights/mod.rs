@@ -9,6 +9,7 @@
 //! [`crate::accounts::visibility::Viewer`] and the rule comes from [`crate::accounts::visibility`]. No HTTP inside.
 
 pub mod aggregate;
+pub mod clickmap;
 pub mod metrics;
 pub mod report;
 
