@@ -24,6 +24,7 @@ mod insights_browser;
 mod insights_pages;
 mod insights_report;
 mod insights_restart;
+mod insights_views;
 mod layers;
 mod notify;
 mod openapi;

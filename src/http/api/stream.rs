@@ -63,6 +63,7 @@ const LIVE_JS: &str = r#"(function () {
   }
   function connect() {
     var source = new EventSource('/api/events/stream');
+    source.onopen = function () { feed.setAttribute('data-live', 'open'); };
     source.addEventListener('notice', function (m) {
       try { show(JSON.parse(m.data)); } catch (err) {}
     });
