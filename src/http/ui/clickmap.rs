@@ -145,7 +145,7 @@ pub async fn page(
             (match class { ClassFilter::Human => "people's clicks", ClassFilter::All => "all clicks" })
             " and its count, by its place in the message." }
         iframe id="clickmap" title="the message with its links' clicks"
-            sandbox="" referrerpolicy="no-referrer" loading="lazy"
+            sandbox="" referrerpolicy="no-referrer"
             style="width:100%;height:32rem;border:1px solid #e2e8f0;background:#fff"
             src={ (base.replace("/clickmap?", "/clickmap/frame?")) "&class=" (class_name(class)) } {}
         h2 { "Links by place in the message" }
