@@ -366,6 +366,31 @@ fn views_fit_the_screen_keep_to_one_mode_and_show_the_click_map_and_comparison()
     );
     check_page(&driver, "compare", true);
 
+    // Two periods of one template: today against yesterday, each with its figures and series.
+    let team = db_i64(
+        &w.db.url,
+        "SELECT team_id FROM users WHERE email = 'ann@north.test'",
+    );
+    let today = chrono::Utc::now().date_naive();
+    let yesterday = today - chrono::Duration::days(1);
+    driver.go(&w.server.url(&format!(
+        "/insights/compare?t=team%3A{team}%3Aviews-welcome&from={today}&to={today}&from2={yesterday}&to2={yesterday}"
+    )));
+    let table = driver.text("#comparison");
+    assert!(
+        table.contains(&format!("views-welcome {today} to {today}"))
+            && table.contains(&format!("views-welcome {yesterday} to {yesterday}")),
+        "{table}"
+    );
+    assert!(titles("bar-series-0").iter().any(|t| t
+        == "day 1: 2 views-welcome"
+            .replace(
+                "views-welcome",
+                &format!("views-welcome {today} to {today}")
+            )
+            .as_str()));
+    check_page(&driver, "compare-periods", true);
+
     // A message's page fits too.
     driver.go(&w.server.url("/insights/messages"));
     driver.click("a.message");

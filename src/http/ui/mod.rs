@@ -1,4 +1,6 @@
-//! The Insights page at `/insights`: server-rendered HTML, no script, no external asset.
+//! The Insights page at `/insights`: server-rendered HTML, no external asset. Every table, chart
+//! and form works without script; the one script (`/insights/live.js`) only adds the live
+//! notices. Views: templates, a template, every message, a message, the click map, comparisons.
 //! Signing in posts an API token that is kept in an HttpOnly, SameSite=Strict cookie (Secure
 //! when `PUBLIC_URL` is https). Sign-in and sign-out refuse posts from another site (Origin /
 //! Sec-Fetch-Site), and a cookie that holds no valid token is answered 401, so that guessing
