@@ -22,6 +22,8 @@ const MAX: usize = 5;
 /// One column of the comparison.
 struct Column {
     label: String,
+    /// The first day of its period, when it is one.
+    start: Option<NaiveDate>,
     figures: Figures,
     daily: Vec<(NaiveDate, Figures)>,
 }
@@ -143,16 +145,41 @@ fn chart(columns: &[Column], class: ClassFilter, by_offset: bool) -> Markup {
         ClassFilter::All => f.opens,
     };
     let (days, series): (Vec<String>, Vec<Series>) = if by_offset {
-        let n = columns.iter().map(|c| c.daily.len()).max().unwrap_or(0);
+        // Day 1 is each period's first day (or its first day with mail).
+        let offsets: Vec<Vec<(usize, i64)>> = columns
+            .iter()
+            .map(|c| {
+                let start = c.start.or(c.daily.first().map(|(d, _)| *d));
+                c.daily
+                    .iter()
+                    .filter_map(|(d, f)| {
+                        let i = (*d - start?).num_days();
+                        usize::try_from(i).ok().map(|i| (i, opens(f)))
+                    })
+                    .collect()
+            })
+            .collect();
+        let n = offsets
+            .iter()
+            .flat_map(|o| o.iter().map(|(i, _)| i + 1))
+            .max()
+            .unwrap_or(1);
         let days = (1..=n).map(|d| format!("day {d}")).collect();
         let series = columns
             .iter()
+            .zip(&offsets)
             .enumerate()
-            .map(|(i, c)| Series {
-                name: c.label.clone(),
-                color: chart::COLORS[i % chart::COLORS.len()],
-                class: format!("bar-series-{i}"),
-                values: c.daily.iter().map(|(_, f)| opens(f)).collect(),
+            .map(|(i, (c, o))| {
+                let mut values = vec![0; n];
+                for (at, v) in o {
+                    values[*at] = *v;
+                }
+                Series {
+                    name: c.label.clone(),
+                    color: chart::COLORS[i % chart::COLORS.len()],
+                    class: format!("bar-series-{i}"),
+                    values,
+                }
             })
             .collect();
         (days, series)
@@ -202,9 +229,7 @@ async fn column(
         to,
         ..ReportFilter::default()
     };
-    let Some(detail) = report::template(client, viewer, key, &filter).await? else {
-        return Ok(None);
-    };
+    let detail = report::template(client, viewer, key, &filter).await?;
     let label = match period {
         Some((f, t)) => format!(
             "{key} {} to {}",
@@ -213,15 +238,26 @@ async fn column(
         ),
         None => key.clone(),
     };
-    Ok(Some(Column {
-        label,
-        figures: detail.row.figures,
-        daily: detail
-            .daily
-            .into_iter()
-            .map(|d| (d.day, d.figures))
-            .collect(),
-    }))
+    Ok(match detail {
+        Some(detail) => Some(Column {
+            label,
+            start: from,
+            figures: detail.row.figures,
+            daily: detail
+                .daily
+                .into_iter()
+                .map(|d| (d.day, d.figures))
+                .collect(),
+        }),
+        // A period with nothing sent is a column of zeros; a template not seen is none.
+        None if period.is_some() => Some(Column {
+            label,
+            start: from,
+            figures: Figures::default(),
+            daily: Vec::new(),
+        }),
+        None => None,
+    })
 }
 
 pub async fn page(
