@@ -1,7 +1,7 @@
 //! Insights: what the tracked events mean. The aggregation job turns classified events into
 //! per-copy state and rollups (applying the hindsight rules of [`crate::classify::hindsight`]),
 //! and the report queries read those rollups. The pages that show them live in
-//! [`crate::http::ui`].
+//! [`crate::http::ui`]; [`clickmap`] makes the click map's document from a stored copy (pure).
 //!
 //! Owns the watermark and every `insights_*` table. It must never do I/O on a tracking request's
 //! path (what the handlers call, `classify`, is pure and quick), never let a report read the raw
