@@ -3,7 +3,7 @@
 //! moving each copy's state forward by its new events ([`fold`]) and recomputing it from all of
 //! its events only when the state cannot judge them, and the report queries read those rollups
 //! (all-time rollups when a report covers every day). The pages that show them live in
-//! [`crate::http::ui`].
+//! [`crate::http::ui`]; [`clickmap`] makes the click map's document from a stored copy (pure).
 //!
 //! Owns the watermark and every `insights_*` table. It must never do I/O on a tracking request's
 //! path (what the handlers call, `classify`, is pure and quick), never let a report read the raw
@@ -11,6 +11,7 @@
 //! [`crate::accounts::visibility::Viewer`] and the rule comes from [`crate::accounts::visibility`]. No HTTP inside.
 
 pub mod aggregate;
+pub mod clickmap;
 pub mod fold;
 pub mod metrics;
 pub mod report;

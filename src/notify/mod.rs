@@ -1,4 +1,4 @@
-//! Notifications: webhooks and the live event stream.
+//! Notifications: webhooks, the live event stream and the Insights page's notices.
 //!
 //! Owns telling people about events: webhook endpoints, an outbox in PostgreSQL filled from the
 //! events table, signed deliveries (Standard Webhooks) with retries, and the live stream's
@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod endpoints;
 pub mod metrics;
 pub mod outbox;
+pub mod page;
 pub mod signing;
 pub mod stream;
 
@@ -35,5 +36,6 @@ pub fn start(ctx: &Base, hub: &stream::Hub) -> Vec<tokio::task::JoinHandle<()>> 
         tokio::spawn(outbox::run(ctx.clone())),
         tokio::spawn(dispatch::run(ctx.clone())),
         tokio::spawn(stream::listen(ctx.clone(), hub.clone())),
+        tokio::spawn(page::run(ctx.clone(), hub.clone())),
     ]
 }

@@ -33,12 +33,15 @@ pub struct StreamEvent {
 #[derive(Clone)]
 pub struct Hub {
     tx: broadcast::Sender<Arc<StreamEvent>>,
+    /// The Insights page's notices made from these events ([`super::page`]).
+    pub notices: super::page::Notices,
 }
 
 impl Default for Hub {
     fn default() -> Self {
         Hub {
             tx: broadcast::channel(4096).0,
+            notices: super::page::Notices::default(),
         }
     }
 }

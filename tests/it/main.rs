@@ -25,6 +25,7 @@ mod insights_fold;
 mod insights_pages;
 mod insights_report;
 mod insights_restart;
+mod insights_views;
 mod layers;
 mod notify;
 mod openapi;

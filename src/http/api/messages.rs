@@ -28,6 +28,8 @@ pub struct ListQuery {
     pub recipient: Option<String>,
     /// Template key.
     pub template: Option<String>,
+    /// Text found in the subject, a recipient's address or the template key (case-insensitive).
+    pub q: Option<String>,
     /// `true`: archived messages too; `only`: archived ones only. Default: not archived.
     pub archived: Option<String>,
     /// At most this many (1-1000, default 100).
@@ -96,6 +98,18 @@ fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
+/// `text` with LIKE's wildcards and escape character taken literally.
+fn like_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The messages `viewer` may see, newest first.
 pub async fn list(
     client: &impl GenericClient,
@@ -119,6 +133,14 @@ pub async fn list(
             "EXISTS (SELECT 1 FROM copies c WHERE c.message_id = m.id
                      AND lower(c.recipient) = lower({}))",
             p.push(r.to_string())
+        ));
+    }
+    if let Some(text) = given(&q.q) {
+        let like = p.push(format!("%{}%", like_escaped(text)));
+        w.push(format!(
+            "(m.subject ILIKE {like} OR m.template_key ILIKE {like}
+              OR EXISTS (SELECT 1 FROM copies c WHERE c.message_id = m.id
+                         AND c.recipient ILIKE {like}))"
         ));
     }
     match given(&q.archived) {

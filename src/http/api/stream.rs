@@ -1,5 +1,6 @@
 //! `GET /api/events/stream`: Server-Sent Events of the caller's visible events, live, fed by
-//! the node's [`Hub`].
+//! the node's [`Hub`]; for the Insights page also its notices (`event: notice`, see
+//! [`crate::notify::page`]).
 
 use std::time::Duration;
 
@@ -24,22 +25,54 @@ async fn stream_caller(req: &HttpRequest, ctx: &Base) -> Result<User, ApiError> 
         .ok_or(ApiError::Unauthorized)
 }
 
-/// The Insights page's live notice: "opened just now", from the stream. Text only (textContent),
-/// so nothing in an event can become markup.
+/// The Insights page's notices: an entry in the page's feed and a browser notification (once
+/// the person allowed them, with the button this adds) for each `notice` of the stream. Text
+/// only (textContent), so nothing in an event can become markup. The page works without it.
 const LIVE_JS: &str = r#"(function () {
-  var box = document.getElementById('mt-live');
-  if (!box || !window.EventSource) return;
-  var hide;
-  new EventSource('/api/events/stream').addEventListener('event', function (m) {
-    try {
-      var e = JSON.parse(m.data);
-      if (e.kind !== 'open' || (e.class && e.class !== 'human' && e.class !== 'proxy')) return;
-      box.textContent = 'Opened just now: ' + (e.subject || e.template) + ' by ' + e.recipient;
-      box.hidden = false;
-      clearTimeout(hide);
-      hide = setTimeout(function () { box.hidden = true; }, 10000);
-    } catch (err) {}
-  });
+  var feed = document.getElementById('mt-feed');
+  if (!feed || !window.EventSource) return;
+  function allowed() { return window.Notification && Notification.permission === 'granted'; }
+  if (window.Notification && Notification.permission === 'default') {
+    var ask = document.createElement('li');
+    var button = document.createElement('button');
+    button.type = 'button';
+    button.id = 'mt-allow';
+    button.textContent = 'Notify me when people open or click';
+    button.addEventListener('click', function () {
+      Notification.requestPermission().then(function () { ask.remove(); });
+    });
+    ask.appendChild(button);
+    feed.appendChild(ask);
+  }
+  function show(n) {
+    var title = (n.recipient || 'Someone') + (n.kind === 'click' ? ' clicked ' : ' opened ') +
+      (n.subject || n.template || 'your message');
+    var entry = document.createElement('li');
+    entry.className = 'mt-notice kind-' + n.kind;
+    entry.setAttribute('data-copy', n.copy_id);
+    var link = document.createElement('a');
+    link.href = '/insights/messages/' + encodeURIComponent(n.message_id);
+    link.style.color = '#fff';
+    link.textContent = title;
+    entry.appendChild(link);
+    feed.insertBefore(entry, feed.firstChild);
+    while (feed.children.length > 5) feed.removeChild(feed.lastChild);
+    if (allowed()) {
+      try { new Notification(title, { body: n.template || '', tag: n.copy_id + ':' + n.kind }); } catch (e) {}
+    }
+  }
+  function connect() {
+    var source = new EventSource('/api/events/stream');
+    source.onopen = function () { feed.setAttribute('data-live', 'open'); };
+    source.addEventListener('notice', function (m) {
+      try { show(JSON.parse(m.data)); } catch (err) {}
+    });
+    // Refused (signed out, the database away): try again later, not in a loop.
+    source.onerror = function () {
+      if (source.readyState === EventSource.CLOSED) setTimeout(connect, 15000);
+    };
+  }
+  connect();
 })();
 "#;
 
@@ -53,7 +86,7 @@ async fn live_js() -> HttpResponse {
 /// Server-Sent Events of the caller's visible events, live (bearer token or the Insights cookie).
 #[utoipa::path(get, path = "/api/events/stream", tag = "events", operation_id = "event_stream",
     security(("bearer" = []), ("cookie" = [])),
-    responses((status = 200, description = "one `event` (or `click`) a visible event, JSON in `data`; comments keep the connection alive",
+    responses((status = 200, description = "one `event` (or `click`) a visible event, JSON in `data`; with the Insights cookie also `notice`, a person's open or click to show; comments keep the connection alive",
         content_type = "text/event-stream", body = String)))]
 pub async fn stream(req: HttpRequest, ctx: web::Data<Base>, hub: web::Data<Hub>) -> HttpResponse {
     let user = match stream_caller(&req, &ctx).await {
@@ -61,6 +94,9 @@ pub async fn stream(req: HttpRequest, ctx: web::Data<Base>, hub: web::Data<Hub>)
         Err(e) => return actix_web::ResponseError::error_response(&e),
     };
     let mut rx = hub.subscribe();
+    // The Insights page (its cookie, no bearer token) also gets the page's notices.
+    let page = crate::http::auth::bearer(&req).is_none();
+    let mut notices = hub.notices.subscribe();
     let viewer = Viewer::from(&user);
     let shutdown = ctx.shutdown.clone();
     let body = async_stream(move |tx| async move {
@@ -83,6 +119,13 @@ pub async fn stream(req: HttpRequest, ctx: web::Data<Base>, hub: web::Data<Hub>)
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         web::Bytes::from(format!(": {n} events skipped (client too slow)\n\n"))
                     }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                notice = notices.recv(), if page => match notice {
+                    Ok(n) if n.seen_by(viewer) => {
+                        web::Bytes::from(format!("event: notice\ndata: {}\n\n", n.json))
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
             };

@@ -1,4 +1,6 @@
-//! The Insights page at `/insights`: server-rendered HTML, no script, no external asset.
+//! The Insights page at `/insights`: server-rendered HTML, no external asset. Every table, chart
+//! and form works without script; the one script (`/insights/live.js`) only adds the live
+//! notices. Views: templates, a template, every message, a message, the click map, comparisons.
 //! Signing in posts an API token that is kept in an HttpOnly, SameSite=Strict cookie (Secure
 //! when `PUBLIC_URL` is https). Sign-in and sign-out refuse posts from another site (Origin /
 //! Sec-Fetch-Site), and a cookie that holds no valid token is answered 401, so that guessing
@@ -7,6 +9,10 @@
 //! fixed stylesheet is spliced raw.
 
 pub mod chart;
+pub mod clickmap;
+pub mod compare;
+pub mod message_list;
+pub mod overview;
 
 use std::fmt::Write;
 
@@ -113,13 +119,6 @@ fn icon(kind: Option<&str>) -> Markup {
     }
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
-table{border-collapse:collapse;margin:.5rem 0 1.5rem}th,td{padding:.3rem .6rem;border-bottom:1px solid #ddd;text-align:right}
-th:first-child,td:first-child{text-align:left}td.l,th.l{text-align:left}
-.machine{color:#999}.machine .icon{opacity:.5}.human .icon{color:#2b6cb0}
-.notice{background:#fff8e1;border-left:4px solid #f0b400;padding:.5rem .8rem;max-width:60rem}
-nav a{margin-right:1rem}.switch a.on{font-weight:bold;text-decoration:none;color:#222}.err{color:#b00}";
-
 fn layout(title: &str, user: Option<&User>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
@@ -128,25 +127,29 @@ fn layout(title: &str, user: Option<&User>, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " - mailtally Insights" }
+                link rel="icon" type="image/svg+xml" href="/favicon.svg";
                 // A fixed stylesheet: escaping would only garble it.
-                style { (PreEscaped(STYLE)) }
+                style { (PreEscaped(overview::STYLE)) }
             }
             body {
                 @if let Some(u) = user {
-                    nav {
-                        a href="/insights" { "Templates" }
-                        span { (u.email) }
-                        " "
+                    header class="top" {
+                        nav {
+                            a href="/insights" { "Templates" }
+                            a href="/insights/messages" id="nav-messages" { "Messages" }
+                            a href="/insights/compare" id="nav-compare" { "Compare" }
+                        }
+                        span class="who" { (u.email) }
                         form method="post" action="/insights/logout" style="display:inline" {
                             button type="submit" { "Sign out" }
                         }
                     }
-                    // The live notice: a small script (served by the stream) shows "opened just now".
-                    div id="mt-live" role="status" hidden
-                        style="position:fixed;bottom:1rem;right:1rem;background:#2b6cb0;color:#fff;padding:.6rem 1rem;border-radius:6px" {}
+                    // The live feed: a small script (served by this server) adds an entry and a
+                    // browser notification when a person opens or clicks a visible message.
+                    ul id="mt-feed" role="status" aria-live="polite" {}
                     script src="/insights/live.js" defer {}
                 }
-                (body)
+                main { (body) }
             }
         }
     }
@@ -159,7 +162,7 @@ fn html(status: StatusCode, page: Markup) -> HttpResponse {
         .insert_header((
             "Content-Security-Policy",
             "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; \
-             script-src 'self'; connect-src 'self'",
+             script-src 'self'; connect-src 'self'; frame-src 'self'",
         ))
         .insert_header(("X-Frame-Options", "DENY"))
         .insert_header(("X-Content-Type-Options", "nosniff"))
@@ -347,23 +350,20 @@ fn table(id: &str, headers: Markup, rows: Markup) -> Markup {
     }
 }
 
-/// The figures' column headers, in the order of [`figure_cells`].
-const FIGURE_HEADERS: [&str; 16] = [
+/// The figures' column headers, in the order of [`figure_cells`]. The counts are of the page's
+/// one mode (people only, or all events); each appears once.
+const FIGURE_HEADERS: [&str; 12] = [
     "Sent",
     "Delivered",
-    "Bounced",
     "Opens",
     "Unique opens",
-    "Human unique opens",
     "Clicks",
     "Unique clicks",
-    "Human unique clicks",
     "Open rate",
     "Click rate",
     "Click-to-open",
     "Bounce rate",
     "Replies",
-    "Unique replies",
     "Reply rate",
 ];
 
@@ -378,7 +378,7 @@ fn figure_headers() -> Markup {
 }
 
 fn figure_cells(f: &report::Figures, class: ClassFilter) -> Markup {
-    // With "people only" the opens and clicks columns show human figures too.
+    // With "people only" the opens and clicks columns show people's figures.
     let (opens, uopens, clicks, uclicks) = match class {
         ClassFilter::Human => (
             f.human_opens,
@@ -391,25 +391,33 @@ fn figure_cells(f: &report::Figures, class: ClassFilter) -> Markup {
     let cells = [
         ("sent", f.sent.to_string()),
         ("delivered", f.delivered.to_string()),
-        ("bounced", f.bounced.to_string()),
         ("opens", opens.to_string()),
         ("unique-opens", uopens.to_string()),
-        ("human-unique-opens", f.human_unique_opens.to_string()),
         ("clicks", clicks.to_string()),
         ("unique-clicks", uclicks.to_string()),
-        ("human-unique-clicks", f.human_unique_clicks.to_string()),
         ("open-rate", pct(f.open_rate)),
         ("click-rate", pct(f.click_rate)),
         ("click-to-open", pct(f.click_to_open)),
         ("bounce-rate", pct(f.bounce_rate)),
         ("replies", f.replies.to_string()),
-        ("unique-replies", f.unique_replies.to_string()),
         ("reply-rate", pct(f.reply_rate)),
     ];
     html! {
         @for (name, value) in &cells {
-            td class=(name) { (value) }
+            @if name == &"bounce-rate" {
+                td class=(name) title={ (f.bounced) " bounced" } { (value) }
+            } @else {
+                td class=(name) { (value) }
+            }
         }
+    }
+}
+
+/// A count of the page's mode: people's or all events'.
+fn of_mode(class: ClassFilter, human: i64, all: i64) -> i64 {
+    match class {
+        ClassFilter::Human => human,
+        ClassFilter::All => all,
     }
 }
 
@@ -435,14 +443,18 @@ pub async fn index(
     };
     let client = ctx.pool.get().await?;
     let rows = report::templates(&**client, Viewer::from(&user), &filter).await?;
+    let total = overview::total(&rows.iter().map(|r| &r.figures).collect::<Vec<_>>());
     let body = html! {
         h1 { "Templates" }
         (switch("/insights", class))
-        (table("templates", figure_headers(), html! {
+        @if !rows.is_empty() {
+            (overview::tiles(&total))
+        }
+        (overview::boxed(table("templates", figure_headers(), html! {
             @for r in &rows {
                 @let scope = r.scope.to_string();
                 tr data-template=(r.template) data-scope=(scope) {
-                    td {
+                    td class="key" {
                         a href={
                             "/insights/templates/" (url_part(&r.template))
                             "?scope=" (url_part(&scope)) "&class=" (class_name(class))
@@ -452,9 +464,9 @@ pub async fn index(
                 }
             }
             @if rows.is_empty() {
-                tr { td colspan="14" { "Nothing sent yet." } }
+                tr { td colspan="13" { "Nothing sent yet." } }
             }
-        }))
+        })))
     };
     Ok(html(StatusCode::OK, layout("Templates", Some(&user), body)))
 }
@@ -500,14 +512,8 @@ pub async fn template(
         .iter()
         .map(|d| Point {
             day: d.day.to_string(),
-            opens: match class {
-                ClassFilter::Human => d.figures.human_opens,
-                ClassFilter::All => d.figures.opens,
-            },
-            clicks: match class {
-                ClassFilter::Human => d.figures.human_clicks,
-                ClassFilter::All => d.figures.clicks,
-            },
+            opens: of_mode(class, d.figures.human_opens, d.figures.opens),
+            clicks: of_mode(class, d.figures.human_clicks, d.figures.clicks),
         })
         .collect();
     let recent = messages::list(
@@ -520,62 +526,73 @@ pub async fn template(
         },
     )
     .await?;
+    let scope_text = detail.row.scope.to_string();
     let base = format!(
         "/insights/templates/{}?scope={}",
         url_part(&key),
-        url_part(&detail.row.scope.to_string())
+        url_part(&scope_text)
     );
+    let clickmap = format!(
+        "/insights/templates/{}/clickmap?scope={}&class={}",
+        url_part(&key),
+        url_part(&scope_text),
+        class_name(class)
+    );
+    // People only: a client seen only by machines is no row of it.
+    let clients: Vec<_> = detail
+        .clients
+        .iter()
+        .filter(|c| class == ClassFilter::All || c.human_opens > 0)
+        .collect();
+    let links: Vec<_> = detail
+        .top_links
+        .iter()
+        .filter(|l| class == ClassFilter::All || l.human_clicks > 0)
+        .collect();
     let body = html! {
         h1 { "Template " span id="template-key" { (detail.row.template) } }
+        p class="views" {
+            a id="view-clickmap" href=(clickmap) { "Click map" }
+            a id="view-compare" href={
+                "/insights/compare?t=" (url_part(&format!("{scope_text}:{}", detail.row.template)))
+                "&class=" (class_name(class))
+            } { "Compare" }
+            a id="view-messages" href={ "/insights/messages?q=" (url_part(&detail.row.template)) } { "All its messages" }
+        }
         (switch(&base, class))
-        (table("figures", figure_headers(), html! {
-            tr { td { (detail.row.template) } (figure_cells(&detail.row.figures, class)) }
-        }))
+        (overview::tiles(&detail.row.figures))
+        (overview::boxed(table("figures", figure_headers(), html! {
+            tr { td class="key" { (detail.row.template) } (figure_cells(&detail.row.figures, class)) }
+        })))
         h2 { "Opens and clicks per day of sending" }
         (chart::daily_svg(&points))
         h2 { "Top links" }
-        (table("links", html! {
-            th { "Link" } th { "Clicks" } th { "Human clicks" } th { "Unique clicks" }
-            th { "Human unique clicks" }
+        (overview::boxed(table("links", html! {
+            th { "Link" } th { "Clicks" } th { "Unique clicks" }
         }, html! {
-            @for l in &detail.top_links {
+            @for l in &links {
                 tr {
-                    td class="l" { (l.url) } td { (l.clicks) } td { (l.human_clicks) }
-                    td { (l.unique_clicks) } td { (l.human_unique_clicks) }
+                    td class="l url" { (l.url) }
+                    td class="clicks" { (of_mode(class, l.human_clicks, l.clicks)) }
+                    td class="unique-clicks" { (of_mode(class, l.human_unique_clicks, l.unique_clicks)) }
                 }
             }
-        }))
+        })))
         h2 { "Mail clients and devices" }
-        (table("clients", html! {
-            th { "Client" } th class="l" { "Device" } th { "Opens" } th { "Human opens" }
-            th { "Unique opens" } th { "Human unique opens" }
+        (overview::boxed(table("clients", html! {
+            th { "Client" } th class="l" { "Device" } th { "Opens" } th { "Unique opens" }
         }, html! {
-            @for c in &detail.clients {
+            @for c in &clients {
                 tr {
                     td { (if c.client.is_empty() { "unknown" } else { &c.client }) }
-                    td class="l" { (c.device) } td { (c.opens) } td { (c.human_opens) }
-                    td { (c.unique_opens) } td { (c.human_unique_opens) }
+                    td class="l" { (c.device) }
+                    td class="opens" { (of_mode(class, c.human_opens, c.opens)) }
+                    td class="unique-opens" { (of_mode(class, c.human_unique_opens, c.unique_opens)) }
                 }
             }
-        }))
+        })))
         h2 { "Messages" }
-        (table("messages", html! {
-            th { "Subject" } th class="l" { "Sender" } th class="l" { "Sent at" }
-            th { "Copies" } th { "Opens" } th { "Clicks" }
-        }, html! {
-            @for m in &recent {
-                tr {
-                    td {
-                        a class="message" href={ "/insights/messages/" (m.id) } {
-                            (m.subject.as_deref().unwrap_or("(no subject)"))
-                        }
-                    }
-                    td class="l" { (m.sender) }
-                    td class="l" { (m.created_at.format("%Y-%m-%d %H:%M")) }
-                    td { (m.copies) } td { (m.opens) } td { (m.clicks) }
-                }
-            }
-        }))
+        (message_list::table(&recent, class))
     };
     Ok(html(
         StatusCode::OK,
@@ -813,7 +830,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/insights/login", web::post().to(login))
         .route("/insights/logout", web::post().to(logout))
         .route("/insights/templates/{key}", web::get().to(template))
-        .route("/insights/messages/{id}", web::get().to(message));
+        .route(
+            "/insights/templates/{key}/clickmap",
+            web::get().to(clickmap::page),
+        )
+        .route(
+            "/insights/templates/{key}/clickmap/frame",
+            web::get().to(clickmap::frame),
+        )
+        .route("/insights/compare", web::get().to(compare::page))
+        .route("/insights/messages", web::get().to(message_list::page))
+        .route("/insights/messages/{id}", web::get().to(message))
+        .route("/favicon.svg", web::get().to(overview::favicon))
+        .route("/favicon.ico", web::get().to(overview::favicon));
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! that dataset (the end-to-end test through relay and tracking will reuse [`expected_templates`]).
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
