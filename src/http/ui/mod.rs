@@ -7,6 +7,7 @@
 //! fixed stylesheet is spliced raw.
 
 pub mod chart;
+pub mod people;
 
 use std::fmt::Write;
 
@@ -528,6 +529,7 @@ pub async fn template(
     let body = html! {
         h1 { "Template " span id="template-key" { (detail.row.template) } }
         (switch(&base, class))
+        (template_views(&key, &detail.row.scope.to_string(), class))
         (table("figures", figure_headers(), html! {
             tr { td { (detail.row.template) } (figure_cells(&detail.row.figures, class)) }
         }))
@@ -540,7 +542,14 @@ pub async fn template(
         }, html! {
             @for l in &detail.top_links {
                 tr {
-                    td class="l" { (l.url) } td { (l.clicks) } td { (l.human_clicks) }
+                    td class="l" {
+                        (l.url) " "
+                        a class="link-people" href={
+                            "/insights/templates/" (url_part(&key)) "/people?scope="
+                            (url_part(&detail.row.scope.to_string())) "&class=" (class_name(class))
+                            "&kind=click&url=" (url_part(&l.url))
+                        } { "who clicked" }
+                    } td { (l.clicks) } td { (l.human_clicks) }
                     td { (l.unique_clicks) } td { (l.human_unique_clicks) }
                 }
             }
@@ -620,6 +629,11 @@ pub async fn message(
             " \u{b7} from " (s.sender) " \u{b7} " (s.visibility) " \u{b7} "
             (s.created_at.format("%Y-%m-%d %H:%M:%S UTC"))
         }
+        p class="views" {
+            a id="view-people" href={ "/insights/messages/" (s.id) "/people" } { "People who engaged" }
+            " \u{b7} "
+            a id="export-events" download href={ "/api/exports/messages/" (s.id) "/events?class=all" } { "Export events (CSV)" }
+        }
         (window_notice(&rules, &ctx.settings))
         @for c in &m.copies {
             section class="copy" {
@@ -646,6 +660,26 @@ pub async fn message(
         StatusCode::OK,
         layout(s.subject.as_deref().unwrap_or("Message"), Some(&user), body),
     ))
+}
+
+/// The views of one template beside its report: who engaged, where, and the CSV exports of
+/// the report, the people and the events, in the page's mode.
+fn template_views(key: &str, scope: &str, class: ClassFilter) -> Markup {
+    let q = format!("scope={}&class={}", url_part(scope), class_name(class));
+    let key = url_part(key);
+    html! {
+        p class="views" {
+            a id="view-people" href={ "/insights/templates/" (key) "/people?" (q) } { "People who engaged" }
+            " \u{b7} "
+            a id="view-geography" href={ "/insights/templates/" (key) "/geography?" (q) } { "Geography" }
+            " \u{b7} Export CSV: "
+            a id="export-report" download href={ "/api/exports/templates?" (q) } { "report" }
+            " "
+            a id="export-people" download href={ "/api/exports/templates/" (key) "/people?" (q) } { "people" }
+            " "
+            a id="export-events" download href={ "/api/exports/templates/" (key) "/events?" (q) } { "events" }
+        }
+    }
 }
 
 /// One event of a copy's timeline: people's events in colour, machines' greyed, with the rule
@@ -813,7 +847,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/insights/login", web::post().to(login))
         .route("/insights/logout", web::post().to(logout))
         .route("/insights/templates/{key}", web::get().to(template))
-        .route("/insights/messages/{id}", web::get().to(message));
+        .route("/insights/messages/{id}", web::get().to(message))
+        .configure(people::routes);
 }
 
 #[cfg(test)]
