@@ -22,6 +22,7 @@ mod faults;
 mod followup;
 mod insights_browser;
 mod insights_pages;
+mod insights_people;
 mod insights_report;
 mod insights_restart;
 mod layers;
