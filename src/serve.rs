@@ -40,6 +40,8 @@ pub enum ServeError {
     Events(#[from] crate::events::writer::WriterError),
     #[error(transparent)]
     Track(#[from] crate::track::TrackError),
+    #[error(transparent)]
+    Geo(#[from] crate::insights::geo::GeoError),
 }
 
 /// How often `serve` folds new events into the rollups.
@@ -179,10 +181,14 @@ async fn run_with_store(
         database_url,
         shutdown: shutdown.clone(),
     };
+    let locator = Arc::new(crate::insights::geo::Locator::open(
+        settings.track.geoip_database.as_deref(),
+    )?);
     let handles = crate::http::Handles {
         tracker,
         hub: Hub::default(),
         rewriter,
+        locator,
     };
     let result = serve_http(&ctx, handles, &settings, &shutdown).await;
     background.cancel();

@@ -70,3 +70,34 @@ impl FromRequest for Caller {
         })
     }
 }
+
+/// A caller by bearer token or by the Insights page's cookie, for the read-only downloads the
+/// page links to (the cookie is HttpOnly and SameSite=Strict, so another site's link carries
+/// none).
+#[derive(Debug, Clone)]
+pub struct TokenOrCookie(pub User);
+
+impl TokenOrCookie {
+    pub fn viewer(&self) -> Viewer {
+        Viewer::from(&self.0)
+    }
+}
+
+impl FromRequest for TokenOrCookie {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<TokenOrCookie, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let ctx = req.app_data::<web::Data<Base>>().cloned();
+        let token = bearer(req).or_else(|| cookie(req, COOKIE));
+        Box::pin(async move {
+            let (Some(ctx), Some(token)) = (ctx, token) else {
+                return Err(ApiError::Unauthorized);
+            };
+            match user_for_token(&ctx, &token).await? {
+                Some(user) => Ok(TokenOrCookie(user)),
+                None => Err(ApiError::Unauthorized),
+            }
+        })
+    }
+}

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod csv;
 pub mod errors;
 pub mod limits;
 pub mod track;
@@ -20,6 +21,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use futures_util::FutureExt;
 
 use crate::base::Base;
+use crate::insights::geo::Locator;
 use crate::metrics;
 use crate::notify::stream::Hub;
 use crate::rewrite::Rewriter;
@@ -102,6 +104,8 @@ pub struct Handles {
     pub tracker: Arc<Tracker>,
     pub hub: Hub,
     pub rewriter: Rewriter,
+    /// Where people read (GEOIP_DATABASE), for the geography reports.
+    pub locator: Arc<Locator>,
 }
 
 /// Binds `HTTP_LISTEN` and returns the running server (already listening).
@@ -112,12 +116,14 @@ pub fn start(ctx: Base, handles: Handles) -> std::io::Result<actix_web::dev::Ser
     let tracker = web::Data::new(handles.tracker);
     let hub = web::Data::new(handles.hub);
     let rewriter = web::Data::new(handles.rewriter);
+    let locator = web::Data::from(handles.locator);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(tracker.clone())
             .app_data(hub.clone())
             .app_data(rewriter.clone())
+            .app_data(locator.clone())
             .app_data(limits.clone())
             // Extractor failures on every route (not only under /api): the API's JSON errors.
             .app_data(crate::http::errors::json_config())

@@ -376,6 +376,26 @@ pub struct TemplateDetail {
     pub clients: Vec<ClientRow>,
 }
 
+/// The row of one template: of the scope in `filter`, else the viewer's own template of that
+/// key when they see one, else the one of the key with most sent; `None` when the viewer sees
+/// nothing sent with it.
+pub async fn template_row(
+    client: &impl GenericClient,
+    viewer: Viewer,
+    key: &str,
+    filter: &ReportFilter,
+) -> Result<Option<TemplateRow>, InsightsError> {
+    let mut filter = filter.clone();
+    filter.template = Some(key.to_string());
+    let rows = templates(client, viewer, &filter).await?;
+    let own = TemplateScope::of(viewer);
+    Ok(rows
+        .iter()
+        .find(|r| r.scope == own)
+        .or_else(|| rows.first())
+        .cloned())
+}
+
 /// How many links and clients a template report lists.
 const TOP: i64 = 20;
 
@@ -388,18 +408,11 @@ pub async fn template(
     key: &str,
     filter: &ReportFilter,
 ) -> Result<Option<TemplateDetail>, InsightsError> {
-    let mut filter = filter.clone();
-    filter.template = Some(key.to_string());
-    let rows = templates(client, viewer, &filter).await?;
-    let own = TemplateScope::of(viewer);
-    let Some(row) = rows
-        .iter()
-        .find(|r| r.scope == own)
-        .or_else(|| rows.first())
-        .cloned()
-    else {
+    let Some(row) = template_row(client, viewer, key, filter).await? else {
         return Ok(None);
     };
+    let mut filter = filter.clone();
+    filter.template = Some(key.to_string());
     filter.scope = Some(row.scope);
 
     let mut p = Params::default();

@@ -237,6 +237,8 @@ pub struct TrackSection {
     pub prefetch_window: Duration,
     #[serde(deserialize_with = "parse::seconds")]
     pub click_scanner_window: Duration,
+    #[serde(default, deserialize_with = "parse::readable_file")]
+    pub geoip_database: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

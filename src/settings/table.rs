@@ -284,6 +284,13 @@ pub const SETTINGS: &[SettingDoc] = &[
         "seconds after delivery within which a click counts as a link scanner, not a person (0: off; at most 600)",
     ),
     setting(
+        "track",
+        "geoip_database",
+        "GEOIP_DATABASE",
+        None,
+        "MaxMind-format database file (GeoLite2/GeoIP2 City or Country .mmdb) placing people's opens and clicks by country and city; unset: no geography",
+    ),
+    setting(
         "deliver",
         "upstream_url",
         "UPSTREAM_URL",

@@ -23,6 +23,7 @@ mod followup;
 mod insights_browser;
 mod insights_fold;
 mod insights_pages;
+mod insights_people;
 mod insights_report;
 mod insights_restart;
 mod insights_views;

@@ -174,6 +174,8 @@ fn the_document_is_the_route_table_and_every_documented_route_answers() {
             ("key", true) => "no-such-template".into(),
             ("copy_id", _) => copy_id.clone(),
             ("id", false) if path.starts_with("/api/messages") => message_id.clone(),
+            ("id", false) if path.starts_with("/api/exports/messages") => message_id.clone(),
+            ("recipient", _) => "bob@example.net".into(),
             ("id", true) if path.starts_with("/api/messages") => uuid::Uuid::new_v4().to_string(),
             ("id", false) if path.starts_with("/api/webhooks") => webhook_id.clone(),
             ("id", _) => "987654321".into(),

@@ -1,5 +1,6 @@
 //! The JSON API handlers under `/api`: users and tokens, templates, automations, group emails,
-//! mailboxes, webhooks, captured copies, reports and messages.
+//! mailboxes, webhooks, captured copies, reports and messages, who engaged and where, and the
+//! CSV exports.
 //!
 //! Owns turning requests into calls of the stages and the accounts, and their answers into JSON.
 //! It must never hand out tracking data without the visibility rule of
@@ -9,10 +10,12 @@
 pub mod automations;
 pub mod captured;
 pub mod erase;
+pub mod exports;
 pub mod group_emails;
 pub mod mailbox;
 pub mod messages;
 pub mod openapi;
+pub mod people;
 pub mod reports;
 pub mod stream;
 pub mod suppressions;

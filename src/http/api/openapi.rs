@@ -18,8 +18,8 @@ use utoipa::openapi::PathItem;
 use utoipa::OpenApi;
 
 use super::{
-    automations, captured, erase, group_emails, mailbox, messages, reports, stream, suppressions,
-    templates, users, webhooks,
+    automations, captured, erase, exports, group_emails, mailbox, messages, people, reports,
+    stream, suppressions, templates, users, webhooks,
 };
 use crate::http::auth::COOKIE;
 use crate::http::errors;
@@ -103,6 +103,19 @@ pub fn routes() -> Vec<ApiRoute> {
         route(group_emails::__path_create, group_emails::create).body_limit(errors::JSON_LIMIT),
         route(reports::__path_templates, reports::templates),
         route(reports::__path_template, reports::template),
+        route(people::__path_template_people, people::template_people),
+        route(
+            people::__path_template_geography,
+            people::template_geography,
+        ),
+        route(people::__path_message_people, people::message_people),
+        route(people::__path_message_geography, people::message_geography),
+        route(people::__path_person, people::person),
+        route(exports::__path_templates, exports::templates),
+        route(exports::__path_template_people, exports::template_people),
+        route(exports::__path_template_events, exports::template_events),
+        route(exports::__path_message_people, exports::message_people),
+        route(exports::__path_message_events, exports::message_events),
         route(messages::__path_list_handler, messages::list_handler),
         route(messages::__path_get_handler, messages::get_handler),
         route(messages::__path_delete_handler, messages::delete_handler),
@@ -185,6 +198,17 @@ pub fn register(scope: Scope) -> Scope {
         crate::insights::report::DayRow,
         crate::insights::report::LinkRow,
         crate::insights::report::ClientRow,
+        people::PeopleList,
+        people::GeographyReport,
+        crate::insights::people::Engagement,
+        crate::insights::people::PersonRow,
+        crate::insights::people::MachineEvents,
+        crate::insights::people::PersonDetail,
+        crate::insights::people::PersonCopy,
+        crate::insights::people::PersonEvent,
+        crate::insights::geo::Geography,
+        crate::insights::geo::CountryRow,
+        crate::insights::geo::CityRow,
         messages::MessageList,
         messages::MessageSummary,
         messages::MessageDetail,

@@ -13,6 +13,7 @@ pub mod clickmap;
 pub mod compare;
 pub mod message_list;
 pub mod overview;
+pub mod people;
 
 use std::fmt::Write;
 
@@ -560,6 +561,7 @@ pub async fn template(
             a id="view-messages" href={ "/insights/messages?q=" (url_part(&detail.row.template)) } { "All its messages" }
         }
         (switch(&base, class))
+        (template_views(&key, &scope_text, class))
         (overview::tiles(&detail.row.figures))
         (overview::boxed(table("figures", figure_headers(), html! {
             tr { td class="key" { (detail.row.template) } (figure_cells(&detail.row.figures, class)) }
@@ -572,7 +574,14 @@ pub async fn template(
         }, html! {
             @for l in &links {
                 tr {
-                    td class="l url" { (l.url) }
+                    td class="l url" {
+                        (l.url) " "
+                        a class="link-people" href={
+                            "/insights/templates/" (url_part(&key)) "/people?scope="
+                            (url_part(&scope_text)) "&class=" (class_name(class))
+                            "&kind=click&url=" (url_part(&l.url))
+                        } { "who clicked" }
+                    }
                     td class="clicks" { (of_mode(class, l.human_clicks, l.clicks)) }
                     td class="unique-clicks" { (of_mode(class, l.human_unique_clicks, l.unique_clicks)) }
                 }
@@ -637,6 +646,11 @@ pub async fn message(
             " \u{b7} from " (s.sender) " \u{b7} " (s.visibility) " \u{b7} "
             (s.created_at.format("%Y-%m-%d %H:%M:%S UTC"))
         }
+        p class="views" {
+            a id="view-people" href={ "/insights/messages/" (s.id) "/people" } { "People who engaged" }
+            " \u{b7} "
+            a id="export-events" download href={ "/api/exports/messages/" (s.id) "/events?class=all" } { "Export events (CSV)" }
+        }
         (window_notice(&rules, &ctx.settings))
         @for c in &m.copies {
             section class="copy" {
@@ -663,6 +677,26 @@ pub async fn message(
         StatusCode::OK,
         layout(s.subject.as_deref().unwrap_or("Message"), Some(&user), body),
     ))
+}
+
+/// The views of one template beside its report: who engaged, where, and the CSV exports of
+/// the report, the people and the events, in the page's mode.
+fn template_views(key: &str, scope: &str, class: ClassFilter) -> Markup {
+    let q = format!("scope={}&class={}", url_part(scope), class_name(class));
+    let key = url_part(key);
+    html! {
+        p class="views" {
+            a id="view-people" href={ "/insights/templates/" (key) "/people?" (q) } { "People who engaged" }
+            " \u{b7} "
+            a id="view-geography" href={ "/insights/templates/" (key) "/geography?" (q) } { "Geography" }
+            " \u{b7} Export CSV: "
+            a id="export-report" download href={ "/api/exports/templates?" (q) } { "report" }
+            " "
+            a id="export-people" download href={ "/api/exports/templates/" (key) "/people?" (q) } { "people" }
+            " "
+            a id="export-events" download href={ "/api/exports/templates/" (key) "/events?" (q) } { "events" }
+        }
+    }
 }
 
 /// One event of a copy's timeline: people's events in colour, machines' greyed, with the rule
@@ -842,7 +876,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/insights/messages", web::get().to(message_list::page))
         .route("/insights/messages/{id}", web::get().to(message))
         .route("/favicon.svg", web::get().to(overview::favicon))
-        .route("/favicon.ico", web::get().to(overview::favicon));
+        .route("/favicon.ico", web::get().to(overview::favicon))
+        .configure(people::routes);
 }
 
 #[cfg(test)]
