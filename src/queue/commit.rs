@@ -61,14 +61,19 @@ impl GroupCommit {
     /// Stores the message, its copies and their `accepted` events; returns once the group it
     /// went into is committed, with that message's own outcome.
     pub async fn enqueue(&self, message: NewMessage) -> Result<(), QueueError> {
+        let started = std::time::Instant::now();
         let (done, outcome) = oneshot::channel();
         self.to_commit
             .send(Pending { message, done })
             .await
             .map_err(|_| QueueError::Commit(CommitError::Stopped))?;
-        outcome
+        let outcome = outcome
             .await
-            .map_err(|_| QueueError::Commit(CommitError::Stopped))?
+            .map_err(|_| QueueError::Commit(CommitError::Stopped))?;
+        METRICS
+            .wait_seconds
+            .observe(started.elapsed().as_secs_f64());
+        outcome
     }
 }
 
@@ -202,6 +207,8 @@ pub struct CommitMetrics {
     pub groups_total: prometheus::IntCounter,
     pub grouped_messages: prometheus::Histogram,
     pub one_by_one_total: prometheus::IntCounter,
+    /// From the handover to the outcome: what a session waits before its 250.
+    pub wait_seconds: prometheus::Histogram,
 }
 
 pub static METRICS: std::sync::LazyLock<CommitMetrics> =
@@ -218,5 +225,10 @@ pub static METRICS: std::sync::LazyLock<CommitMetrics> =
         one_by_one_total: crate::metrics::counter(
             "queue_commit_retried_groups_total",
             "groups written again message by message after one of their inserts failed",
+        ),
+        wait_seconds: crate::metrics::histogram(
+            "queue_commit_wait_seconds",
+            "seconds from handing a message to the group commit to its outcome",
+            crate::metrics::LATENCY_BUCKETS,
         ),
     });
