@@ -151,6 +151,9 @@ impl CopyFold {
         url_of: &dyn Fn(Option<i32>) -> String,
         classes: &mut Vec<(String, String)>,
     ) -> Result<(), NeedsRecompute> {
+        // This call's clicks and where their class is in `classes`: a later click of the same
+        // events may sweep them, and the final class is what they are counted with.
+        let mut pushed_clicks: Vec<(i64, String, usize)> = Vec::new();
         for e in events {
             let s = &mut self.state;
             let t = e.occurred_at;
@@ -215,6 +218,7 @@ impl CopyFold {
                         entry.1 += 1;
                     }
                     let at_micros = t.timestamp_micros();
+                    let click_url = url.clone();
                     let click = RecentClick {
                         at_micros,
                         url,
@@ -227,6 +231,11 @@ impl CopyFold {
                         }
                         if c.at_micros == at_micros && human {
                             class = "scanner".into();
+                        }
+                        if let Some(&(_, _, i)) = pushed_clicks.iter().find(|(at, url, i)| {
+                            *at == c.at_micros && *url == c.url && is_human(&classes[*i].1)
+                        }) {
+                            classes[i].1 = "scanner".into();
                         }
                     }
                     // The first click counted as a person is re-classed only when it is still
@@ -244,6 +253,7 @@ impl CopyFold {
                             .min()
                             .and_then(DateTime::from_timestamp_micros);
                     }
+                    pushed_clicks.push((at_micros, click_url, classes.len()));
                     classes.push(("click".into(), class));
                 }
                 "reply" => s.replies += 1,

@@ -329,8 +329,8 @@ pub const SETTINGS: &[SettingDoc] = &[
         "queue",
         "commit_window",
         "QUEUE_COMMIT_WINDOW",
-        Some("0.001"),
-        "seconds the relay waits for other sessions' messages to share one commit; 0: only those already waiting (each still answered 250 after its commit)",
+        Some("0"),
+        "seconds the relay waits for other sessions' messages to share one commit; 0: only those already waiting while the previous commit ran (each still answered 250 after its commit)",
     ),
     setting(
         "queue",
@@ -343,7 +343,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         "queue",
         "committers",
         "QUEUE_COMMITTERS",
-        Some("2"),
+        Some("4"),
         "group commits in flight at once, each on its own connection",
     ),
     setting(
