@@ -52,7 +52,7 @@ pub struct WriterConfig {
 impl WriterConfig {
     pub fn new(spool_dir: PathBuf) -> WriterConfig {
         WriterConfig {
-            batch_size: 1000,
+            batch_size: 5000,
             channel_capacity: 65536,
             flush_interval: Duration::from_millis(100),
             flush_timeout: Duration::from_secs(10),

@@ -371,7 +371,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         "events",
         "batch_size",
         "EVENT_BATCH_SIZE",
-        Some("1000"),
+        Some("5000"),
         "events per COPY batch (a batch is also written every 100 ms)",
     ),
     setting(
