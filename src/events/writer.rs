@@ -174,7 +174,7 @@ impl Writer {
         let mut tick = tokio::time::interval(self.config.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Events left by an earlier run go in first.
-        self.replay().await;
+        self.replay(usize::MAX).await;
         loop {
             let room = n - buf.len();
             tokio::select! {
@@ -200,8 +200,9 @@ impl Writer {
                 let batch = std::mem::replace(&mut buf, Vec::with_capacity(n));
                 self.write_or_spool(batch).await;
             }
+            // One segment a round, so that fresh batches are written between segments.
             if self.is_up() && !self.spool.lock().await.is_empty() {
-                self.replay().await;
+                self.replay(1).await;
             }
         }
         // Drain: nothing new arrives once HTTP has stopped; what is queued must be durable.
@@ -327,9 +328,11 @@ impl Writer {
         }
     }
 
-    /// Replays the spool into PostgreSQL, oldest segment first; stops at the first failure.
-    async fn replay(&mut self) {
-        let segments = {
+    /// Replays at most `segments` segments of the spool into PostgreSQL, oldest first; stops at
+    /// the first failure. What overflows the channel meanwhile is spooled after every chunk, so
+    /// that a long replay under load never holds the overflow in memory.
+    async fn replay(&mut self, segments: usize) {
+        let sealed = {
             let spool = self.spool.clone();
             match tokio::task::spawn_blocking(move || spool.blocking_lock().seal()).await {
                 Ok(Ok(s)) => s,
@@ -340,7 +343,7 @@ impl Writer {
                 Err(_) => return,
             }
         };
-        for path in segments {
+        for path in sealed.into_iter().take(segments) {
             let p = path.clone();
             let read = match tokio::task::spawn_blocking(move || spool::read_segment(&p)).await {
                 Ok(Ok(Some(r))) => r,
@@ -367,6 +370,7 @@ impl Writer {
                     return;
                 }
                 METRICS.replayed.inc_by(chunk.len() as u64);
+                self.spool_overflow().await;
             }
             self.idle.push(lane);
             let spool = self.spool.clone();

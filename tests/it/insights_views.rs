@@ -394,6 +394,21 @@ fn views_fit_the_screen_keep_to_one_mode_and_show_the_click_map_and_comparison()
     driver.click("a.message");
     driver.find("#subject");
     check_page(&driver, "message", false);
+
+    // Who engaged and one person's page, one click from the template; where people read. They fit.
+    driver.go(&w.server.url("/insights"));
+    driver.click("tr[data-template=\"views-welcome\"] a");
+    driver.click("#view-people");
+    driver.find("tr.person");
+    check_page(&driver, "people", true);
+    driver.click("tr.person a");
+    driver.find("#recipient");
+    check_page(&driver, "recipient", false);
+    driver.go(&w.server.url(&format!(
+        "/insights/templates/views-welcome/geography?scope=team%3A{team}"
+    )));
+    driver.find("#template-key");
+    check_page(&driver, "geography", true);
     drop(w.db);
 }
 
