@@ -10,8 +10,8 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::{
-    bad_cookie, class_name, class_of, html as respond, layout, overview, session, switch,
-    to_sign_in, url_part, ClassQuery, PageError, Session,
+    class_name, class_of, html as respond, layout, overview, signed_in, switch, url_part,
+    ClassQuery, PageError,
 };
 use crate::accounts::visibility::{visible, Params, Viewer};
 use crate::base::Base;
@@ -108,10 +108,9 @@ pub async fn page(
     key: web::Path<String>,
     q: web::Query<ClassQuery>,
 ) -> Result<HttpResponse, PageError> {
-    let user = match session(&ctx, &req).await? {
-        Session::User(u) => u,
-        Session::Invalid => return Ok(bad_cookie(&ctx)),
-        Session::None => return Ok(to_sign_in()),
+    let user = match signed_in(&ctx, &req).await? {
+        Ok(u) => u,
+        Err(r) => return Ok(r),
     };
     let class = class_of(&q);
     let scope = scope_of(&q)?;
@@ -180,10 +179,9 @@ pub async fn frame(
     key: web::Path<String>,
     q: web::Query<ClassQuery>,
 ) -> Result<HttpResponse, PageError> {
-    let user = match session(&ctx, &req).await? {
-        Session::User(u) => u,
-        Session::Invalid => return Ok(bad_cookie(&ctx)),
-        Session::None => return Ok(to_sign_in()),
+    let user = match signed_in(&ctx, &req).await? {
+        Ok(u) => u,
+        Err(r) => return Ok(r),
     };
     let class = class_of(&q);
     let scope = scope_of(&q)?;

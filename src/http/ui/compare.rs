@@ -9,8 +9,7 @@ use maud::{html, Markup};
 
 use super::chart::{self, Series};
 use super::{
-    bad_cookie, class_name, html as respond, layout, overview, session, switch, to_sign_in,
-    url_part, PageError, Session,
+    class_name, html as respond, layout, overview, signed_in, switch, url_part, PageError,
 };
 use crate::accounts::visibility::Viewer;
 use crate::base::Base;
@@ -265,10 +264,9 @@ pub async fn page(
     req: HttpRequest,
     q: web::Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, PageError> {
-    let user = match session(&ctx, &req).await? {
-        Session::User(u) => u,
-        Session::Invalid => return Ok(bad_cookie(&ctx)),
-        Session::None => return Ok(to_sign_in()),
+    let user = match signed_in(&ctx, &req).await? {
+        Ok(u) => u,
+        Err(r) => return Ok(r),
     };
     let pairs = q.into_inner();
     let class = match pairs.iter().find(|(k, _)| k == "class") {

@@ -7,8 +7,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::{
-    bad_cookie, class_name, html as respond, layout, of_mode, overview, session, switch,
-    to_sign_in, url_part, PageError, Session,
+    class_name, html as respond, layout, of_mode, overview, signed_in, switch, url_part, PageError,
 };
 use crate::accounts::visibility::Viewer;
 use crate::base::Base;
@@ -65,10 +64,9 @@ pub async fn page(
     req: HttpRequest,
     q: web::Query<SearchQuery>,
 ) -> Result<HttpResponse, PageError> {
-    let user = match session(&ctx, &req).await? {
-        Session::User(u) => u,
-        Session::Invalid => return Ok(bad_cookie(&ctx)),
-        Session::None => return Ok(to_sign_in()),
+    let user = match signed_in(&ctx, &req).await? {
+        Ok(u) => u,
+        Err(r) => return Ok(r),
     };
     let class = match q.class.as_deref() {
         Some("all") => ClassFilter::All,

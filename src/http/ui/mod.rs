@@ -479,16 +479,27 @@ fn class_name(c: ClassFilter) -> &'static str {
     }
 }
 
+/// The signed-in user, or the answer for who is not.
+pub(super) async fn signed_in(
+    ctx: &Base,
+    req: &HttpRequest,
+) -> Result<Result<User, HttpResponse>, PageError> {
+    Ok(match session(ctx, req).await? {
+        Session::User(u) => Ok(u),
+        Session::Invalid => Err(bad_cookie(ctx)),
+        Session::None => Err(to_sign_in()),
+    })
+}
+
 pub async fn template(
     ctx: web::Data<Base>,
     req: HttpRequest,
     key: web::Path<String>,
     q: web::Query<ClassQuery>,
 ) -> Result<HttpResponse, PageError> {
-    let user = match session(&ctx, &req).await? {
-        Session::User(u) => u,
-        Session::Invalid => return Ok(bad_cookie(&ctx)),
-        Session::None => return Ok(to_sign_in()),
+    let user = match signed_in(&ctx, &req).await? {
+        Ok(u) => u,
+        Err(r) => return Ok(r),
     };
     let class = class_of(&q);
     let viewer = Viewer::from(&user);
@@ -614,10 +625,9 @@ pub async fn message(
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, PageError> {
-    let user = match session(&ctx, &req).await? {
-        Session::User(u) => u,
-        Session::Invalid => return Ok(bad_cookie(&ctx)),
-        Session::None => return Ok(to_sign_in()),
+    let user = match signed_in(&ctx, &req).await? {
+        Ok(u) => u,
+        Err(r) => return Ok(r),
     };
     let id = uuid::Uuid::parse_str(id.trim()).map_err(|_| PageError::NotFound)?;
     let client = ctx.pool.get().await?;

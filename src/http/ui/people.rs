@@ -8,11 +8,10 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::{
-    bad_cookie, class_name, html as respond, layout, session, switch, table, timeline_row,
-    to_sign_in, url_part, PageError, Session,
+    class_name, html as respond, layout, signed_in, switch, table, timeline_row, url_part,
+    PageError,
 };
 use crate::accounts::visibility::Viewer;
-use crate::accounts::User;
 use crate::base::Base;
 use crate::http::api::messages::TimelineEvent;
 use crate::http::api::people::{message_audience, template_audience, ClassQuery, PeopleQuery};
@@ -20,15 +19,6 @@ use crate::http::api::reports::ReportQuery;
 use crate::insights::geo::{self, Locator};
 use crate::insights::people::{self, Engagement, Page, PersonEvent, PersonRow};
 use crate::insights::report::ClassFilter;
-
-/// The signed-in user, or the answer for who is not.
-async fn signed_in(ctx: &Base, req: &HttpRequest) -> Result<Result<User, HttpResponse>, PageError> {
-    Ok(match session(ctx, req).await? {
-        Session::User(u) => Ok(u),
-        Session::Invalid => Err(bad_cookie(ctx)),
-        Session::None => Err(to_sign_in()),
-    })
-}
 
 /// The query string of a template's people page.
 #[derive(Debug, Default, Deserialize)]
