@@ -1,5 +1,8 @@
 //! CSV answers (RFC 4180: comma-separated, CRLF line ends, a header row, fields quoted when
 //! they hold a comma, a quote, CR or LF, quotes doubled; UTF-8), written as the rows arrive.
+//! Text that a spreadsheet would run as a formula (it begins with `=`, `+`, `-`, `@`, a tab or
+//! a CR: an address or a subject can) gets a leading `'`, as OWASP advises for CSV
+//! injection; figures and times never begin so.
 //!
 //! Owns the format and the streaming body only: what the rows are comes from the stage that
 //! made the query.
@@ -16,6 +19,14 @@ const CHUNK: usize = 64 * 1024;
 
 /// Appends `field` to `out` as one CSV field.
 pub fn field(out: &mut BytesMut, field: &str) {
+    let formula = field.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let owned;
+    let field = if formula {
+        owned = format!("'{field}");
+        owned.as_str()
+    } else {
+        field
+    };
     if field
         .bytes()
         .any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
@@ -136,6 +147,21 @@ mod tests {
             "\"x,y\",\"say \"\"hi\"\"\",\"two\r\nlines\",\"lf\n\"\r\n"
         );
         assert_eq!(line(&["", "\""]), ",\"\"\"\"\r\n");
+    }
+
+    #[test]
+    fn text_a_spreadsheet_would_run_is_neutralised() {
+        assert_eq!(
+            line(&[
+                "=HYPERLINK(\"http://x\")",
+                "+1",
+                "-2",
+                "@SUM(A1)",
+                "\tx",
+                "a=b"
+            ]),
+            "\"'=HYPERLINK(\"\"http://x\"\")\",'+1,'-2,'@SUM(A1),'\tx,a=b\r\n"
+        );
     }
 
     #[test]

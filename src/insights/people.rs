@@ -391,6 +391,20 @@ pub struct PersonDetail {
     pub timeline: Vec<PersonEvent>,
 }
 
+/// Whether `viewer` may see any copy of `audience`.
+pub async fn sees(
+    client: &impl GenericClient,
+    viewer: Viewer,
+    audience: &Audience,
+) -> Result<bool, InsightsError> {
+    let mut p = Params::default();
+    let copies = copies_sql(audience, viewer, &mut p);
+    let row = client
+        .query_opt(&format!("SELECT 1 FROM ({copies}) c LIMIT 1"), &p.refs())
+        .await?;
+    Ok(row.is_some())
+}
+
 /// One recipient's copies that `viewer` may see, their timeline and engagement; `None` when
 /// the viewer sees no copy sent to that address.
 pub async fn person(

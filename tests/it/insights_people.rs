@@ -205,6 +205,10 @@ async fn people_lists_and_timelines_match_the_events_for_every_viewer() {
     let server = Server::start(&db.url, &[]);
     let any = ["open", "click", "reply"];
     let mut hidden_seen = 0;
+    // Each recipient's timeline export (the page's button) and what the JSON timeline says.
+    let mut timeline_csvs: Vec<String> = Vec::new();
+    type Tally = BTreeMap<(String, String, String, String), usize>;
+    let mut timeline_wants: Vec<(String, Tally)> = Vec::new();
 
     for viewer in 0..users.len() {
         let u = &users[viewer];
@@ -370,9 +374,26 @@ async fn people_lists_and_timelines_match_the_events_for_every_viewer() {
             for (m, _) in &copies {
                 assert!(html.contains(&format!("/insights/messages/{}", m.id)));
             }
+            timeline_csvs.push(download(&server, &href(&html, "export-timeline"), &u.token));
+            let mut tally = Tally::new();
+            for e in timeline {
+                let key = ["copy_id", "kind", "class", "human"].map(|k| as_field(&e[k]));
+                *tally.entry(key.into()).or_default() += 1;
+            }
+            timeline_wants.push((format!("{} on {who}", u.email), tally));
         }
     }
     assert!(hidden_seen > 0, "some viewer is refused some message");
+    let parsed = parse_csv(&timeline_csvs);
+    assert!(!parsed.is_empty());
+    for ((what, want), rows) in timeline_wants.iter().zip(&parsed) {
+        let mut got = Tally::new();
+        for r in rows {
+            let key = ["copy_id", "kind", "class", "human"].map(|k| r[k].clone());
+            *got.entry(key.into()).or_default() += 1;
+        }
+        assert_eq!(&got, want, "the timeline CSV of {what}");
+    }
 
     // From the template report, one click away.
     let (_, html) = page(
@@ -381,6 +402,97 @@ async fn people_lists_and_timelines_match_the_events_for_every_viewer() {
     );
     assert!(html.contains("id=\"view-people\""), "{html}");
     assert!(html.contains("id=\"export-people\""));
+    // The report's parts as the page's buttons download them, in the page's mode (people),
+    // parse back to the JSON report's.
+    let owner = &users[msgs[0].sender].token;
+    let parts = ["export-daily", "export-links", "export-clients"];
+    let bodies: Vec<String> = parts
+        .iter()
+        .map(|id| download(&server, &href(&html, id), owner))
+        .collect();
+    let (status, detail) = get(
+        &server.url(&format!(
+            "/api/reports/templates/{}?class=human",
+            url(&msgs[0].template)
+        )),
+        Some(owner),
+    );
+    assert_eq!(status, 200, "{detail}");
+    let parsed = parse_csv(&bodies);
+    for (part, json, rows, columns) in [
+        (
+            "daily",
+            &detail["daily"],
+            &parsed[0],
+            &[
+                "day",
+                "sent",
+                "delivered",
+                "opens",
+                "human_unique_opens",
+                "clicks",
+                "human_clicks",
+                "replies",
+                "open_rate",
+                "click_to_open",
+                "bounce_rate",
+            ][..],
+        ),
+        (
+            "links",
+            &detail["top_links"],
+            &parsed[1],
+            &[
+                "url",
+                "clicks",
+                "human_clicks",
+                "unique_clicks",
+                "human_unique_clicks",
+            ][..],
+        ),
+        (
+            "clients",
+            &detail["clients"],
+            &parsed[2],
+            &[
+                "client",
+                "device",
+                "opens",
+                "human_opens",
+                "unique_opens",
+                "human_unique_opens",
+            ][..],
+        ),
+    ] {
+        let json = json.as_array().unwrap();
+        assert!(!json.is_empty(), "{part}: {detail}");
+        assert_eq!(rows.len(), json.len(), "{part}: {rows:?}");
+        for (row, want) in rows.iter().zip(json) {
+            for c in columns {
+                let got = &row[*c];
+                match &want[*c] {
+                    // Rates are written with six decimals.
+                    Value::Number(n) if n.is_f64() => {
+                        let g: f64 = got.parse().unwrap();
+                        assert!(
+                            (g - n.as_f64().unwrap()).abs() < 1e-6,
+                            "{part} {c}: {got} vs {n}"
+                        );
+                    }
+                    v => assert_eq!(got, &as_field(v), "{part} {c}"),
+                }
+            }
+        }
+    }
+    // Without a GeoIP database, its exports say so.
+    let (status, body) = get(
+        &server.url(&format!(
+            "/api/exports/templates/{}/geography",
+            url(&msgs[0].template)
+        )),
+        Some(owner),
+    );
+    assert_eq!(status, 409, "{body}");
     let (status, body) = get(
         &server.url("/api/people/nobody%40example.org"),
         Some(&users[0].token),
@@ -398,6 +510,65 @@ async fn people_lists_and_timelines_match_the_events_for_every_viewer() {
 
 fn url(s: &str) -> String {
     mailtally::http::ui::url_part(s)
+}
+
+/// The `href` of the element with `id` in a page, its `&amp;`s undone.
+fn href(html: &str, id: &str) -> String {
+    let at = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} on the page"));
+    let rest = &html[at..];
+    let start = rest.find("href=\"").expect("an href") + 6;
+    let end = start + rest[start..].find('"').unwrap();
+    rest[start..end].replace("&amp;", "&")
+}
+
+/// A CSV the page's button downloads (with the page's cookie): its body.
+fn download(server: &Server, path: &str, token: &str) -> String {
+    let res = ureq::get(&server.url(path))
+        .set("Cookie", &format!("mailtally_token={token}"))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert!(res.content_type().starts_with("text/csv"), "{path}");
+    res.into_string().unwrap()
+}
+
+/// CSV bodies as Python's csv module reads them: each a list of rows keyed by the header.
+fn parse_csv(bodies: &[String]) -> Vec<Vec<BTreeMap<String, String>>> {
+    if bodies.is_empty() {
+        return Vec::new();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<String> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let p = dir.path().join(format!("{i}.csv"));
+            std::fs::write(&p, b).unwrap();
+            p.to_str().unwrap().to_string()
+        })
+        .collect();
+    let script = r#"
+import csv, json, sys
+out = []
+for path in sys.argv[1:]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        out.append(list(csv.DictReader(fh)))
+print(json.dumps(out))
+"#;
+    let args: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let (ok, out) = common::smtp::python(script, &args);
+    assert!(ok, "{out}");
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// A JSON value as the CSV writes it: numbers and booleans as text, null as empty.
+fn as_field(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// VmHWM (peak resident memory) of a process, in bytes.
@@ -794,6 +965,56 @@ async fn geography_places_people_and_never_machines() {
     let (status, html) = page(&server.url("/insights/templates/geo/geography"), token);
     assert_eq!(status, 200);
     assert!(html.contains("data-country=\"GB\"") && !html.contains("data-country=\"US\""));
+    // The page's CSV button and the message's export: the same places as the JSON, countries
+    // then cities.
+    let amy = users[1].token.as_str();
+    let bodies = [
+        download(&server, &href(&html, "export-geography"), amy),
+        download(
+            &server,
+            &format!("/api/exports/messages/{}/geography", m.id),
+            amy,
+        ),
+    ];
+    for (rows, json) in parse_csv(&bodies).iter().zip([&g, &by_message]) {
+        let want: Vec<Vec<String>> = [("country", "countries"), ("city", "cities")]
+            .iter()
+            .flat_map(|(level, list)| {
+                json[*list].as_array().unwrap().iter().map(move |p| {
+                    let mut row = vec![level.to_string()];
+                    row.extend(
+                        [
+                            "country_code",
+                            "country",
+                            "city",
+                            "opens",
+                            "clicks",
+                            "people",
+                        ]
+                        .map(|c| as_field(&p[c])),
+                    );
+                    row
+                })
+            })
+            .collect();
+        let got: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                [
+                    "level",
+                    "country_code",
+                    "country",
+                    "city",
+                    "opens",
+                    "clicks",
+                    "people",
+                ]
+                .map(|c| r[c].clone())
+                .to_vec()
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
     // bob (another team) does not see the team's template.
     let (status, _) = get(
         &server.url("/api/reports/templates/geo/geography"),
@@ -810,4 +1031,13 @@ async fn geography_places_people_and_never_machines() {
     assert!(g.get("countries").is_none(), "{g}");
     let (_, html) = page(&server.url("/insights/templates/geo/geography"), token);
     assert!(html.contains("id=\"no-geography\""));
+    let (status, body) = get(&server.url("/api/exports/templates/geo/geography"), token);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("GEOIP_DATABASE"),
+        "{body}"
+    );
 }

@@ -116,6 +116,18 @@ pub fn routes() -> Vec<ApiRoute> {
         route(exports::__path_template_events, exports::template_events),
         route(exports::__path_message_people, exports::message_people),
         route(exports::__path_message_events, exports::message_events),
+        route(exports::__path_template_daily, exports::template_daily),
+        route(exports::__path_template_links, exports::template_links),
+        route(exports::__path_template_clients, exports::template_clients),
+        route(
+            exports::__path_template_geography,
+            exports::template_geography,
+        ),
+        route(
+            exports::__path_message_geography,
+            exports::message_geography,
+        ),
+        route(exports::__path_person_events, exports::person_events),
         route(messages::__path_list_handler, messages::list_handler),
         route(messages::__path_get_handler, messages::get_handler),
         route(messages::__path_delete_handler, messages::delete_handler),

@@ -690,7 +690,7 @@ pub async fn message(
 }
 
 /// The views of one template beside its report: who engaged, where, and the CSV exports of
-/// the report, the people and the events, in the page's mode.
+/// the report (and each of its parts), the people and the events, in the page's mode.
 fn template_views(key: &str, scope: &str, class: ClassFilter) -> Markup {
     let q = format!("scope={}&class={}", url_part(scope), class_name(class));
     let key = url_part(key);
@@ -705,6 +705,12 @@ fn template_views(key: &str, scope: &str, class: ClassFilter) -> Markup {
             a id="export-people" download href={ "/api/exports/templates/" (key) "/people?" (q) } { "people" }
             " "
             a id="export-events" download href={ "/api/exports/templates/" (key) "/events?" (q) } { "events" }
+            " "
+            a id="export-daily" download href={ "/api/exports/templates/" (key) "/daily?" (q) } { "daily" }
+            " "
+            a id="export-links" download href={ "/api/exports/templates/" (key) "/links?" (q) } { "links" }
+            " "
+            a id="export-clients" download href={ "/api/exports/templates/" (key) "/clients?" (q) } { "clients" }
         }
     }
 }

@@ -315,6 +315,10 @@ pub async fn person(
             } }
         }
         p class="note" { (SCORE_NOTE) }
+        p {
+            a id="export-timeline" download
+                href={ "/api/exports/people/" (url_part(&p.recipient)) "/events?class=all" } { "Export timeline (CSV)" }
+        }
         @for c in &p.copies {
             section class="copy" data-copy=(c.copy_id) {
                 h2 {
@@ -373,6 +377,9 @@ pub async fn template_geography(
         @match &g {
             None => p id="no-geography" { "No GeoIP database is configured (setting GEOIP_DATABASE)." },
             Some(g) => {
+                p {
+                    a id="export-geography" download href={ "/api/exports/templates/" (url_part(&key)) "/geography?scope=" (url_part(&scope.to_string())) } { "Export CSV" }
+                }
                 h2 { "Countries" }
                 (table("countries", html! {
                     th { "Country" } th { "Opens" } th { "Clicks" } th { "People" }
