@@ -149,7 +149,7 @@ pub async fn fold_batch(client: &mut Client, limit: i64) -> Result<Option<Batch>
     }
     let copies: Vec<Uuid> = by_copy.keys().copied().collect();
     let mut folds = load_folds(&tx, &copies).await?;
-    let urls = load_urls(&tx, &folds).await?;
+    let urls = load_urls(&tx, &folds, &by_copy).await?;
 
     let mut classes: Vec<(String, String)> = Vec::new();
     let mut recompute: Vec<Uuid> = Vec::new();
@@ -357,12 +357,23 @@ async fn load_folds(
     Ok(out)
 }
 
-/// The URL of every link of the messages of `folds`, by (message, index).
+/// The URL of every link of the messages of `folds` that the batch clicks, by (message, index):
+/// a batch of deliveries and opens reads no link list.
 async fn load_urls(
     tx: &Transaction<'_>,
     folds: &HashMap<Uuid, CopyFold>,
+    by_copy: &HashMap<Uuid, Vec<NewEvent>>,
 ) -> Result<HashMap<(Uuid, i32), String>, InsightsError> {
-    let mut messages: Vec<Uuid> = folds.values().map(|f| f.state.message_id).collect();
+    let clicked = |copy: &Uuid| {
+        by_copy
+            .get(copy)
+            .is_some_and(|evs| evs.iter().any(|e| e.kind == "click"))
+    };
+    let mut messages: Vec<Uuid> = folds
+        .iter()
+        .filter(|(copy, _)| clicked(copy))
+        .map(|(_, f)| f.state.message_id)
+        .collect();
     messages.sort();
     messages.dedup();
     Ok(tx
@@ -506,16 +517,15 @@ async fn recompute_into_new_state(
 ) -> Result<(), InsightsError> {
     tx.batch_execute("ANALYZE fold_recompute").await?;
     let classified = classified_events_until_sql("SELECT copy_id FROM fold_recompute", until);
+    let url = crate::queue::links::url_sql("c.message_id", "c.link_idx");
     tx.execute(
         &format!(
             "INSERT INTO fold_classified
              SELECT c.copy_id, c.message_id, c.kind, c.occurred_at, c.link_idx,
                     c.client, c.device, c.final_class, c.seq, c.final_reason,
                     CASE WHEN c.kind = 'click'
-                         THEN coalesce(l.url, '#' || c.link_idx::text, '#') END
-             FROM ({classified}) c
-             LEFT JOIN links l ON c.kind = 'click' AND l.message_id = c.message_id
-                              AND l.idx = c.link_idx"
+                         THEN coalesce({url}, '#' || c.link_idx::text, '#') END
+             FROM ({classified}) c"
         ),
         &[],
     )

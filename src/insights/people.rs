@@ -157,13 +157,14 @@ fn copies_sql(audience: &Audience, viewer: Viewer, p: &mut Params) -> String {
 /// occurred_at, final_class, final_reason, human, url, client, device, os, seq.
 fn events_sql(copies: &str) -> String {
     let classified = classified_events_sql(copies);
+    let url = crate::queue::links::url_sql("x.message_id", "x.link_idx");
     format!(
         "SELECT x.id, x.copy_id, x.message_id, lower(c.recipient) AS recipient, x.kind,
                 x.occurred_at, x.final_class, x.final_reason,
                 (x.kind = 'reply' OR x.final_class IN ('human', 'proxy')) AS human,
-                l.url, x.client, x.device, x.os, x.seq
-         FROM ({classified}) x JOIN copies c ON c.id = x.copy_id
-         LEFT JOIN links l ON l.message_id = x.message_id AND l.idx = x.link_idx"
+                CASE WHEN x.link_idx IS NOT NULL THEN {url} END AS url,
+                x.client, x.device, x.os, x.seq
+         FROM ({classified}) x JOIN copies c ON c.id = x.copy_id"
     )
 }
 

@@ -71,7 +71,7 @@ SELECT gen_random_uuid(), w.id, e.id, t.event_type, e.copy_id,
            'deal', m.deal, 'lead', m.lead, 'project', m.project,
            'class', e.class, 'reason', e.reason, 'client', e.client, 'device', e.device, 'os', e.os,
            'link', CASE WHEN e.link_idx IS NULL THEN NULL
-                        ELSE jsonb_build_object('index', e.link_idx, 'url', l.url) END,
+                        ELSE jsonb_build_object('index', e.link_idx, 'url', LINK_URL) END,
            'detail', e.detail,
            'occurred_at', to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))),
        CASE WHEN e.kind = 'click' THEN e.occurred_at + make_interval(secs => $5) ELSE now() END,
@@ -79,7 +79,6 @@ SELECT gen_random_uuid(), w.id, e.id, t.event_type, e.copy_id,
 FROM events e
 JOIN messages m ON m.id = e.message_id
 JOIN copies c ON c.id = e.copy_id
-LEFT JOIN links l ON l.message_id = e.message_id AND l.idx = e.link_idx
 CROSS JOIN LATERAL (VALUES (e.kind), (CASE WHEN e.kind = 'open' THEN 'open.first' END)) AS t(event_type)
 JOIN webhook_endpoints w ON w.disabled_at IS NULL AND t.event_type = ANY (w.event_types)
 JOIN users o ON o.id = w.owner_id AND o.disabled_at IS NULL
@@ -138,7 +137,12 @@ pub async fn produce(ctx: &Base) -> Result<usize, OutboxError> {
     };
     let (end_tx, end_seq): (i64, i64) = (end.get(0), end.get(1));
     let hold = ctx.settings.notify.click_hold.as_secs_f64();
-    let sql = PRODUCE_SQL.replace("ENDPOINT_SEES_MESSAGE", &endpoint_sees_message());
+    let sql = PRODUCE_SQL
+        .replace("ENDPOINT_SEES_MESSAGE", &endpoint_sees_message())
+        .replace(
+            "LINK_URL",
+            &crate::queue::links::url_sql("e.message_id", "e.link_idx"),
+        );
     let queued = tx
         .query(&sql, &[&last_tx, &last_seq, &end_tx, &end_seq, &hold])
         .await?;

@@ -146,7 +146,9 @@ pub async fn record(
                          THEN now() + make_interval(secs => o.retry_secs)
                          ELSE c.next_attempt_at END
                  FROM o, {RELAXED_COMMIT}
-                 WHERE c.id = o.copy_id AND c.attempts = o.attempts
+                 -- `c.id = ANY`: found by key, not by a join with every due copy (the
+                 -- planner's guess for a backlog it has no statistics of yet).
+                 WHERE c.id = ANY($1::uuid[]) AND c.id = o.copy_id AND c.attempts = o.attempts
                    AND c.status IN ('queued', 'deferred')
                  RETURNING c.id, c.message_id, o.status, o.error, o.event_id
              )

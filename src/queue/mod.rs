@@ -9,6 +9,7 @@
 pub mod budget;
 pub mod claim;
 pub mod commit;
+pub mod links;
 pub mod pacing;
 pub mod retry;
 pub mod templates;

@@ -45,6 +45,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(18, "0018_event_writes.sql"),
     migration!(22, "0022_link_lists.sql"),
     migration!(23, "0023_insights_fold.sql"),
+    migration!(24, "0024_link_list_digest_inline.sql"),
 ];
 
 /// Arbitrary constant naming mailtally's migration lock among advisory locks.

@@ -449,7 +449,13 @@ async fn the_link_list_migration_keeps_every_link_and_report_figure() {
     // this one: every migration but this one is there when it folds before it.
     let all_but_links: Vec<_> = MIGRATIONS
         .iter()
-        .filter(|m| m.name != "0022_link_lists.sql")
+        // 0024 redefines a function of 0022: it comes after it.
+        .filter(|m| {
+            !matches!(
+                m.name,
+                "0022_link_lists.sql" | "0024_link_list_digest_inline.sql"
+            )
+        })
         .copied()
         .collect();
     migrate::apply(&mut client, &all_but_links).await.unwrap();

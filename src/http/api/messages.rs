@@ -235,13 +235,14 @@ pub async fn detail(
         .await?;
     // The same hindsight classification the reports counted with.
     let classified = classified_events_sql("SELECT id FROM copies WHERE message_id = $1");
+    let url = crate::queue::links::url_sql("x.message_id", "x.link_idx");
     let events = client
         .query(
             &format!(
                 "SELECT x.id, x.copy_id, x.occurred_at, x.kind, x.final_class, x.final_reason,
-                        l.url, x.client, x.device, x.os
+                        CASE WHEN x.link_idx IS NOT NULL THEN {url} END,
+                        x.client, x.device, x.os
                  FROM ({classified}) x
-                 LEFT JOIN links l ON l.message_id = x.message_id AND l.idx = x.link_idx
                  ORDER BY x.occurred_at, x.seq"
             ),
             &[&id],
