@@ -73,6 +73,11 @@ struct AggregateArgs {
     #[arg(long, default_value_t = mailtally::insights::aggregate::DEFAULT_BATCH,
           value_parser = clap::value_parser!(i64).range(1..=10_000_000))]
     batch_size: i64,
+    /// Workers folding at once, one connection each (more than the parts of the copies,
+    /// `insights::aggregate::PARTS`, find nothing to do).
+    #[arg(long, default_value_t = mailtally::insights::aggregate::PARTS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
 }
 
 #[derive(Subcommand)]
@@ -228,7 +233,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 .context("cannot write the copy")?;
             Ok(())
         }
-        Command::Aggregate(args) => aggregate(settings, args.batch_size).await,
+        Command::Aggregate(args) => aggregate(settings, args.batch_size, args.workers.into()).await,
         Command::User(UserCommand::Add(args)) => {
             let mut password = String::new();
             std::io::stdin()
@@ -273,13 +278,16 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
 }
 
 /// `mailtally aggregate`: catches up with a progress bar sized by the events pending at start.
-async fn aggregate(settings: Settings, batch_size: i64) -> anyhow::Result<()> {
+async fn aggregate(settings: Settings, batch_size: i64, workers: usize) -> anyhow::Result<()> {
     use mailtally::insights::aggregate;
     mailtally::metrics::init();
     let (db, pool) = mailtally::serve::open_store(&settings).await?;
     let result = async {
-        let mut client = pool.get().await.context("cannot connect to the database")?;
-        let (pending, _) = aggregate::lag(&client).await?;
+        let mut clients = Vec::new();
+        for _ in 0..workers {
+            clients.push(pool.get().await.context("cannot connect to the database")?);
+        }
+        let (pending, _) = aggregate::lag(&clients[0]).await?;
         let bar = indicatif::ProgressBar::new(pending.max(0) as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -288,7 +296,8 @@ async fn aggregate(settings: Settings, batch_size: i64) -> anyhow::Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         let started = std::time::Instant::now();
-        let folded = aggregate::run_until_caught_up(&mut client, batch_size, true, |n| {
+        let workers = clients.iter_mut().map(|c| -> &mut tokio_postgres::Client { c });
+        let folded = aggregate::run_workers(workers.collect(), batch_size, true, |n| {
             // Events written during the run make the total grow.
             if bar.position() + n > bar.length().unwrap_or(0) {
                 bar.set_length(bar.position() + n);

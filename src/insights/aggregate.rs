@@ -1,14 +1,19 @@
 //! The aggregation job: folds events past the watermark into per-copy state and rollups.
 //!
-//! Each batch is one transaction that (1) locks the watermark row (SKIP LOCKED: a second node
-//! finds it taken and waits for the next tick, so no event is folded twice), (2) reads the next
+//! Copies are split into [`PARTS`] parts by their id (`mailtally_fold_part`), each with its own
+//! watermark row, so that one worker per part folds at once, on one node or several. Each batch
+//! is one transaction that (1) locks its part's watermark row (SKIP LOCKED: a worker that finds
+//! it taken goes on to the next part, so no event is folded twice), (2) reads the part's next
 //! events in (txid, seq) order among settled transactions (see `sql/0004_insights.sql`) with
 //! one binary COPY, (3) moves the state of every copy they touch forward in Rust
-//! ([`super::fold`]), or recomputes it from the copy's folded events when the state cannot judge
-//! them (no state yet, an event earlier than one already folded), (4) adds (new state - old
-//! state) to the rollups, replaces the state, and (5) advances the watermark. Killing it anywhere
-//! rolls the batch back; since state is a pure function of the events up to the watermark, any
-//! sequence of batches ends with the same rollups as one clean run.
+//! ([`super::fold`]), starting from an empty state for a copy seen for the first time, or
+//! recomputes it from the copy's folded events when the state cannot judge them (an event
+//! earlier than one already folded, a state written by older code), (4) adds (new state - old
+//! state) to the rollups, stores what changed of the state, and (5) advances the part's
+//! watermark. Killing it anywhere rolls the batch back; since state is a pure function of the
+//! events up to the watermarks, any sequence of batches ends with the same rollups as one clean
+//! run. Two parts never touch the same copy; the rollup rows they both move are upserted in key
+//! order, so one waits for the other's commit and they never deadlock.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -96,7 +101,7 @@ fn add_to_rollup(table: &str, keys: &str, counts: &[&str], source: &str) -> Stri
         .collect();
     format!(
         "INSERT INTO {table} AS r ({keys}, {cols})
-         SELECT {keys}, {} FROM {source} GROUP BY {keys}
+         SELECT {keys}, {} FROM {source} GROUP BY {keys} ORDER BY {keys}
          ON CONFLICT ({keys}) DO UPDATE SET {};\n",
         sums.join(", "),
         sets.join(", ")
@@ -107,16 +112,25 @@ fn add_to_rollup(table: &str, keys: &str, counts: &[&str], source: &str) -> Stri
 /// went away or on a lock.
 const STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '600s'";
 
-/// Folds at most `limit` events. `None` when another node holds the watermark.
-pub async fn fold_batch(client: &mut Client, limit: i64) -> Result<Option<Batch>, InsightsError> {
+/// Parts of the copies, each folded under its own watermark row (`sql/0025`): as many workers
+/// can fold at once, on one node or several.
+pub const PARTS: i16 = 2;
+
+/// Folds at most `limit` events of the copies of `part` (1..=[`PARTS`]). `None` when another
+/// worker holds that part's watermark.
+pub async fn fold_batch(
+    client: &mut Client,
+    limit: i64,
+    part: i16,
+) -> Result<Option<Batch>, InsightsError> {
     let started = Instant::now();
     let tx = client.transaction().await?;
     tx.batch_execute(&format!("{STATEMENT_TIMEOUT}; {TEMP_TABLES}"))
         .await?;
     let Some(mark) = tx
         .query_opt(
-            "SELECT txid, seq FROM insights_watermark WHERE id = 1 FOR UPDATE SKIP LOCKED",
-            &[],
+            "SELECT txid, seq FROM insights_watermark WHERE id = $1 FOR UPDATE SKIP LOCKED",
+            &[&part],
         )
         .await?
     else {
@@ -132,13 +146,14 @@ pub async fn fold_batch(client: &mut Client, limit: i64) -> Result<Option<Batch>
         )
         .await?
         .get(0);
-    let events = read_events(&tx, (mark_txid, mark_seq), settled, limit.max(1)).await?;
+    let events = read_events(&tx, part, (mark_txid, mark_seq), settled, limit.max(1)).await?;
     let Some(last) = events.last() else {
         tx.commit().await?;
         return Ok(Some(Batch::default()));
     };
     let end = (last.txid, last.seq);
     let n_events = events.len() as u64;
+    let read_at = started.elapsed();
 
     let mut by_copy: HashMap<Uuid, Vec<NewEvent>> = HashMap::new();
     for e in events {
@@ -148,13 +163,26 @@ pub async fn fold_batch(client: &mut Client, limit: i64) -> Result<Option<Batch>
         evs.sort_by_key(|e| (e.occurred_at, e.seq));
     }
     let copies: Vec<Uuid> = by_copy.keys().copied().collect();
-    let mut folds = load_folds(&tx, &copies).await?;
+    let Loaded {
+        folds: mut old,
+        stale,
+    } = load_folds(&tx, &copies).await?;
+    // Copies that have no state yet start from an empty one (nothing of theirs was folded).
+    let fresh: Vec<(Uuid, Uuid)> = by_copy
+        .iter()
+        .filter(|(c, _)| !old.contains_key(c) && !stale.contains(c))
+        .map(|(c, evs)| (*c, evs[0].message_id))
+        .collect();
+    let mut folds: HashMap<Uuid, CopyFold> = empty_folds(&tx, &fresh).await?;
+    folds.extend(old.iter().map(|(c, f)| (*c, f.clone())));
     let urls = load_urls(&tx, &folds, &by_copy).await?;
+    let loaded_at = started.elapsed();
 
     let mut classes: Vec<(String, String)> = Vec::new();
     let mut recompute: Vec<Uuid> = Vec::new();
     let mut recompute_seqs: Vec<i64> = Vec::new();
     let mut folded: Vec<CopyFold> = Vec::new();
+    let mut deltas = fold::Deltas::default();
     for (copy, evs) in &by_copy {
         let done = folds.remove(copy).and_then(|mut f| {
             let message = f.state.message_id;
@@ -171,22 +199,26 @@ pub async fn fold_batch(client: &mut Client, limit: i64) -> Result<Option<Batch>
             Some(f)
         });
         match done {
-            Some(f) => folded.push(f),
+            Some(f) => {
+                deltas.add(old.get(copy), &f);
+                folded.push(f);
+            }
             None => {
                 recompute.push(*copy);
                 recompute_seqs.extend(evs.iter().map(|e| e.seq));
             }
         }
     }
+    let folded_at = started.elapsed();
 
-    tx.execute(
-        "INSERT INTO fold_copies SELECT unnest($1::uuid[])",
-        &[&copies],
-    )
-    .await?;
-    // Without statistics the planner would guess many rows and scan the state tables.
-    tx.batch_execute("ANALYZE fold_copies").await?;
     if !recompute.is_empty() {
+        tx.execute(
+            "INSERT INTO fold_copies SELECT unnest($1::uuid[])",
+            &[&recompute],
+        )
+        .await?;
+        // Without statistics the planner would guess many rows and scan the state tables.
+        tx.batch_execute("ANALYZE fold_copies").await?;
         tx.execute(
             "INSERT INTO fold_recompute SELECT unnest($1::uuid[])",
             &[&recompute],
@@ -204,17 +236,31 @@ pub async fn fold_batch(client: &mut Client, limit: i64) -> Result<Option<Batch>
             let class: Option<String> = row.get(1);
             classes.push((row.get(0), class.unwrap_or_default()));
         }
+        replace_states(&tx).await?;
     }
-    write_new_state(&tx, &folded).await?;
-    replace_states(&tx).await?;
+    write_folded(&tx, &folded, &mut old).await?;
+    write_deltas(&tx, deltas.without_zeros()).await?;
+    apply_deltas(&tx).await?;
     tx.execute(
         "UPDATE insights_watermark SET txid = $1, seq = $2,
                 folded_events = folded_events + $3, updated_at = now()
-         WHERE id = 1",
-        &[&end.0, &end.1, &(n_events as i64)],
+         WHERE id = $4",
+        &[&end.0, &end.1, &(n_events as i64), &part],
     )
     .await?;
     tx.commit().await?;
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    tracing::debug!(
+        part,
+        events = n_events,
+        copies = copies.len(),
+        recomputed = recompute.len(),
+        read_ms = ms(read_at),
+        load_ms = ms(loaded_at - read_at),
+        fold_ms = ms(folded_at - loaded_at),
+        write_ms = ms(started.elapsed() - folded_at),
+        "folded a batch"
+    );
     METRICS.folded_events.inc_by(n_events);
     METRICS.folded_copies.inc_by(copies.len() as u64);
     METRICS.recomputed_copies.inc_by(recompute.len() as u64);
@@ -243,6 +289,7 @@ pub async fn fold_batch(client: &mut Client, limit: i64) -> Result<Option<Batch>
 /// The next at most `limit` settled events after `mark`, in (txid, seq) order, in one binary COPY.
 async fn read_events(
     tx: &Transaction<'_>,
+    part: i16,
     mark: (i64, i64),
     settled: i64,
     limit: i64,
@@ -253,6 +300,7 @@ async fn read_events(
                       device, txid, seq
                FROM events
                WHERE (txid, seq) > ({}::bigint, {}::bigint) AND txid < {}::bigint
+                 AND mailtally_fold_part(copy_id) = {part}
                ORDER BY txid, seq LIMIT {}) TO STDOUT (FORMAT binary)",
         mark.0, mark.1, settled, limit
     );
@@ -293,21 +341,28 @@ async fn read_events(
     Ok(out)
 }
 
-/// The stored fold of each of `copies` that has one (state and recent clicks both).
-async fn load_folds(
-    tx: &Transaction<'_>,
-    copies: &[Uuid],
-) -> Result<HashMap<Uuid, CopyFold>, InsightsError> {
+/// What the batch found stored of its copies.
+struct Loaded {
+    /// The fold of each copy that has a state and recent clicks this version reads.
+    folds: HashMap<Uuid, CopyFold>,
+    /// Copies with a state but without such recent clicks (written by older code): they are
+    /// recomputed from their events.
+    stale: std::collections::HashSet<Uuid>,
+}
+
+/// The stored fold of each of `copies` that has one.
+async fn load_folds(tx: &Transaction<'_>, copies: &[Uuid]) -> Result<Loaded, InsightsError> {
     let cols: Vec<String> = STATE_COLUMNS
         .split(',')
         .map(|c| format!("s.{}", c.trim()))
         .collect();
     let mut out = HashMap::new();
+    let mut stale = std::collections::HashSet::new();
     for r in tx
         .query(
             &format!(
                 "SELECT {}, f.recent_clicks FROM insights_copy_state s
-                 JOIN insights_copy_fold f USING (copy_id) WHERE s.copy_id = ANY($1)",
+                 LEFT JOIN insights_copy_fold f USING (copy_id) WHERE s.copy_id = ANY($1)",
                 cols.join(", ")
             ),
             &[&copies],
@@ -315,18 +370,22 @@ async fn load_folds(
         .await?
     {
         let state = CopyState::from_row(&r);
-        let recent: serde_json::Value = r.get(22);
-        // A state this version cannot read is recomputed.
-        if let Some(recent_clicks) = fold::recent_clicks_from_json(&recent) {
-            out.insert(
-                state.copy_id,
-                CopyFold {
-                    state,
-                    links: Default::default(),
-                    clients: Default::default(),
-                    recent_clicks,
-                },
-            );
+        let recent: Option<serde_json::Value> = r.get(22);
+        match recent.as_ref().and_then(fold::recent_clicks_from_json) {
+            Some(recent_clicks) => {
+                out.insert(
+                    state.copy_id,
+                    CopyFold {
+                        state,
+                        links: Default::default(),
+                        clients: Default::default(),
+                        recent_clicks,
+                    },
+                );
+            }
+            None => {
+                stale.insert(state.copy_id);
+            }
         }
     }
     let loaded: Vec<Uuid> = out.keys().copied().collect();
@@ -354,7 +413,48 @@ async fn load_folds(
             f.clients.insert((r.get(1), r.get(2)), (r.get(3), r.get(4)));
         }
     }
-    Ok(out)
+    Ok(Loaded { folds: out, stale })
+}
+
+/// An empty fold for each (copy, message) whose message is still there: the state of a copy no
+/// event of which was folded yet. A copy whose message is gone gets none (it is recomputed, and
+/// so counted nowhere, as before).
+async fn empty_folds(
+    tx: &Transaction<'_>,
+    copies: &[(Uuid, Uuid)],
+) -> Result<HashMap<Uuid, CopyFold>, InsightsError> {
+    if copies.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let messages: Vec<Uuid> = copies.iter().map(|(_, m)| *m).collect();
+    let mut dims: HashMap<Uuid, fold::Dims> = HashMap::new();
+    for r in tx
+        .query(
+            "SELECT id, template_key, sender_id, coalesce(team_id, 0), visibility,
+                    (created_at AT TIME ZONE 'UTC')::date
+             FROM messages WHERE id = ANY($1)",
+            &[&messages],
+        )
+        .await?
+    {
+        dims.insert(
+            r.get(0),
+            fold::Dims {
+                template_key: r.get(1),
+                sender_id: r.get(2),
+                team_id: r.get(3),
+                visibility: r.get(4),
+                day: r.get(5),
+            },
+        );
+    }
+    Ok(copies
+        .iter()
+        .filter_map(|(copy, message)| {
+            let dims = dims.get(message)?.clone();
+            Some((*copy, CopyFold::empty(*copy, *message, dims)))
+        })
+        .collect())
 }
 
 /// The URL of every link of the messages of `folds` that the batch clicks, by (message, index):
@@ -387,8 +487,13 @@ async fn load_urls(
         .collect())
 }
 
-/// COPYs the folded copies' new state into the batch's work tables.
-async fn write_new_state(tx: &Transaction<'_>, folded: &[CopyFold]) -> Result<(), InsightsError> {
+/// Stores the new fold of the copies folded in Rust: every state row (inserted or updated in
+/// place), and of links, clients and recent clicks only the rows that changed from `old`.
+async fn write_folded(
+    tx: &Transaction<'_>,
+    folded: &[CopyFold],
+    old: &mut HashMap<Uuid, CopyFold>,
+) -> Result<(), InsightsError> {
     if folded.is_empty() {
         return Ok(());
     }
@@ -455,55 +560,162 @@ async fn write_new_state(tx: &Transaction<'_>, folded: &[CopyFold]) -> Result<()
         w.as_mut().write(&row).await?;
     }
     w.finish().await?;
+    let sets: Vec<String> = STATE_COLUMNS
+        .split(',')
+        .map(str::trim)
+        .filter(|c| *c != "copy_id")
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    tx.batch_execute(&format!(
+        "INSERT INTO insights_copy_state SELECT * FROM fold_state ORDER BY copy_id
+         ON CONFLICT (copy_id) DO UPDATE SET {};
+         DELETE FROM fold_state;",
+        sets.join(", ")
+    ))
+    .await?;
 
-    if folded.iter().any(|f| !f.links.is_empty()) {
-        let sink = tx
-            .copy_in(
-                "COPY fold_links (copy_id, url, clicks, human_clicks) FROM STDIN (FORMAT binary)",
-            )
-            .await?;
-        let w = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::TEXT, Type::INT4, Type::INT4]);
-        pin_mut!(w);
-        for f in folded {
-            for (url, (clicks, human)) in &f.links {
-                w.as_mut()
-                    .write(&[&f.state.copy_id, url, clicks, human])
-                    .await?;
-            }
-        }
-        w.finish().await?;
-    }
-
-    if folded.iter().any(|f| !f.clients.is_empty()) {
-        let sink = tx
-            .copy_in(
-                "COPY fold_clients (copy_id, client, device, opens, human_opens)
-                 FROM STDIN (FORMAT binary)",
-            )
-            .await?;
-        let w = BinaryCopyInWriter::new(
-            sink,
-            &[Type::UUID, Type::TEXT, Type::TEXT, Type::INT4, Type::INT4],
-        );
-        pin_mut!(w);
-        for f in folded {
-            for ((client, device), (opens, human)) in &f.clients {
-                w.as_mut()
-                    .write(&[&f.state.copy_id, client, device, opens, human])
-                    .await?;
-            }
-        }
-        w.finish().await?;
-    }
-
-    let sink = tx
-        .copy_in("COPY fold_recent (copy_id, recent_clicks) FROM STDIN (FORMAT binary)")
-        .await?;
-    let w = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::JSONB]);
-    pin_mut!(w);
+    let (mut link_copy, mut link_url, mut link_all, mut link_human) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut client_copy, mut client_name, mut client_device, mut client_all, mut client_human) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut recent_copy, mut recent) = (Vec::new(), Vec::new());
     for f in folded {
-        let recent = fold::recent_clicks_json(&f.recent_clicks);
-        w.as_mut().write(&[&f.state.copy_id, &recent]).await?;
+        let copy = f.state.copy_id;
+        let before = old.remove(&copy);
+        for (url, &(all, human)) in &f.links {
+            if before.as_ref().and_then(|b| b.links.get(url)) != Some(&(all, human)) {
+                link_copy.push(copy);
+                link_url.push(url.as_str());
+                link_all.push(all);
+                link_human.push(human);
+            }
+        }
+        for ((client, device), &(all, human)) in &f.clients {
+            let key = (client.clone(), device.clone());
+            if before.as_ref().and_then(|b| b.clients.get(&key)) != Some(&(all, human)) {
+                client_copy.push(copy);
+                client_name.push(client.as_str());
+                client_device.push(device.as_str());
+                client_all.push(all);
+                client_human.push(human);
+            }
+        }
+        // A copy new to the state gets its row even without clicks: a state without one is
+        // read as written by older code.
+        if before.is_none_or(|b| b.recent_clicks != f.recent_clicks) {
+            recent_copy.push(copy);
+            recent.push(fold::recent_clicks_json(&f.recent_clicks));
+        }
+    }
+    if !link_copy.is_empty() {
+        tx.execute(
+            "INSERT INTO insights_copy_links (copy_id, url, clicks, human_clicks)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int4[])
+             ON CONFLICT (copy_id, url)
+             DO UPDATE SET clicks = EXCLUDED.clicks, human_clicks = EXCLUDED.human_clicks",
+            &[&link_copy, &link_url, &link_all, &link_human],
+        )
+        .await?;
+    }
+    if !client_copy.is_empty() {
+        tx.execute(
+            "INSERT INTO insights_copy_clients (copy_id, client, device, opens, human_opens)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int4[])
+             ON CONFLICT (copy_id, client, device)
+             DO UPDATE SET opens = EXCLUDED.opens, human_opens = EXCLUDED.human_opens",
+            &[
+                &client_copy,
+                &client_name,
+                &client_device,
+                &client_all,
+                &client_human,
+            ],
+        )
+        .await?;
+    }
+    if !recent_copy.is_empty() {
+        tx.execute(
+            "INSERT INTO insights_copy_fold (copy_id, recent_clicks)
+             SELECT * FROM unnest($1::uuid[], $2::jsonb[])
+             ON CONFLICT (copy_id) DO UPDATE SET recent_clicks = EXCLUDED.recent_clicks",
+            &[&recent_copy, &recent],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// COPYs the rollup deltas of the copies folded in Rust into the batch's delta tables, where
+/// [`apply_deltas`] adds them (with those of recomputed copies) to the rollups.
+async fn write_deltas(tx: &Transaction<'_>, deltas: fold::Deltas) -> Result<(), InsightsError> {
+    let daily = deltas.daily.iter().map(|(d, c)| (d, vec![], &c[..]));
+    copy_deltas(tx, "fold_delta_daily", &[], DAILY_COUNTS, daily.collect()).await?;
+    let links = deltas
+        .links
+        .iter()
+        .map(|((d, url), c)| (d, vec![url as &(dyn ToSql + Sync)], &c[..]));
+    copy_deltas(
+        tx,
+        "fold_delta_links",
+        &["url"],
+        LINK_COUNTS,
+        links.collect(),
+    )
+    .await?;
+    let clients = deltas.clients.iter().map(|((d, client, device), c)| {
+        let extra: Vec<&(dyn ToSql + Sync)> = vec![client, device];
+        (d, extra, &c[..])
+    });
+    let extra = ["client", "device"];
+    copy_deltas(
+        tx,
+        "fold_delta_clients",
+        &extra,
+        CLIENT_COUNTS,
+        clients.collect(),
+    )
+    .await
+}
+
+/// One delta row: its dimensions, its text keys (`extra` columns) and its counts.
+type DeltaRow<'a> = (&'a fold::Dims, Vec<&'a (dyn ToSql + Sync)>, &'a [i64]);
+
+/// COPYs `rows` into `table` (dimensions, then the `extra` text columns, then `counts`).
+async fn copy_deltas(
+    tx: &Transaction<'_>,
+    table: &str,
+    extra: &[&str],
+    counts: &[&str],
+    rows: Vec<DeltaRow<'_>>,
+) -> Result<(), InsightsError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut cols = vec![DIMS.to_string()];
+    cols.extend(extra.iter().map(|c| c.to_string()));
+    cols.extend(counts.iter().map(|c| c.to_string()));
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+            cols.join(", ")
+        ))
+        .await?;
+    let mut types = vec![Type::TEXT, Type::DATE, Type::INT8, Type::INT8, Type::TEXT];
+    types.extend(extra.iter().map(|_| Type::TEXT));
+    types.extend(counts.iter().map(|_| Type::INT8));
+    let w = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(w);
+    for (d, keys, n) in rows {
+        let mut row: Vec<&(dyn ToSql + Sync)> = vec![
+            &d.template_key,
+            &d.day,
+            &d.sender_id,
+            &d.team_id,
+            &d.visibility,
+        ];
+        row.extend(keys);
+        row.extend(n.iter().map(|c| c as &(dyn ToSql + Sync)));
+        w.as_mut().write(&row).await?;
     }
     w.finish().await?;
     Ok(())
@@ -593,8 +805,8 @@ async fn recompute_into_new_state(
     Ok(())
 }
 
-/// Moves every rollup by (new state - old state) of the copies in `fold_copies`, whose new state
-/// is in the work tables (none for a copy that is gone), and replaces their state.
+/// Puts (new state - old state) of the copies in `fold_copies`, whose new state is in the work
+/// tables (none for a copy that is gone), into the delta tables, and replaces their state.
 async fn replace_states(tx: &Transaction<'_>) -> Result<(), InsightsError> {
     let mut sql = String::new();
     // Rollup deltas: new contributions count +1, old ones -1. Dimensions come from the copy
@@ -645,6 +857,31 @@ async fn replace_states(tx: &Transaction<'_>) -> Result<(), InsightsError> {
         GROUP BY {DIMS}, client, device;
         "
     ));
+    sql.push_str(
+        "
+        DELETE FROM insights_copy_links l USING fold_copies f WHERE l.copy_id = f.copy_id;
+        DELETE FROM insights_copy_clients c USING fold_copies f WHERE c.copy_id = f.copy_id;
+        DELETE FROM insights_copy_state s USING fold_copies f WHERE s.copy_id = f.copy_id;
+        DELETE FROM insights_copy_fold s USING fold_copies f WHERE s.copy_id = f.copy_id;
+        INSERT INTO insights_copy_state SELECT * FROM fold_state;
+        INSERT INTO insights_copy_links SELECT * FROM fold_links;
+        INSERT INTO insights_copy_clients SELECT * FROM fold_clients;
+        INSERT INTO insights_copy_fold SELECT * FROM fold_recent;
+        -- The work tables are emptied at commit; emptied now too, for a caller that folds
+        -- again in the same transaction (DELETE: a TRUNCATE makes new files for each table).
+        DELETE FROM fold_copies; DELETE FROM fold_recompute; DELETE FROM fold_classified;
+        DELETE FROM fold_state; DELETE FROM fold_links; DELETE FROM fold_clients;
+        DELETE FROM fold_recent;
+        ",
+    );
+    tx.batch_execute(&sql).await?;
+    Ok(())
+}
+
+/// Adds the delta tables to the rollups and empties them. Rows are upserted in key order, so
+/// that two workers moving the same rollup rows wait for each other instead of deadlocking.
+async fn apply_deltas(tx: &Transaction<'_>) -> Result<(), InsightsError> {
+    let mut sql = String::new();
     sql.push_str(&add_to_rollup(
         "insights_daily",
         DIMS,
@@ -682,22 +919,8 @@ async fn replace_states(tx: &Transaction<'_>) -> Result<(), InsightsError> {
         "fold_delta_clients",
     ));
     sql.push_str(
-        "
-        DELETE FROM insights_copy_links l USING fold_copies f WHERE l.copy_id = f.copy_id;
-        DELETE FROM insights_copy_clients c USING fold_copies f WHERE c.copy_id = f.copy_id;
-        DELETE FROM insights_copy_state s USING fold_copies f WHERE s.copy_id = f.copy_id;
-        DELETE FROM insights_copy_fold s USING fold_copies f WHERE s.copy_id = f.copy_id;
-        INSERT INTO insights_copy_state SELECT * FROM fold_state;
-        INSERT INTO insights_copy_links SELECT * FROM fold_links;
-        INSERT INTO insights_copy_clients SELECT * FROM fold_clients;
-        INSERT INTO insights_copy_fold SELECT * FROM fold_recent;
-        -- The work tables are emptied at commit; emptied now too, for a caller that folds
-        -- again in the same transaction (DELETE: a TRUNCATE makes new files for each table).
-        DELETE FROM fold_copies; DELETE FROM fold_recompute; DELETE FROM fold_classified;
-        DELETE FROM fold_state; DELETE FROM fold_links; DELETE FROM fold_clients;
-        DELETE FROM fold_recent; DELETE FROM fold_delta_daily; DELETE FROM fold_delta_links;
-        DELETE FROM fold_delta_clients;
-        ",
+        "DELETE FROM fold_delta_daily; DELETE FROM fold_delta_links;
+         DELETE FROM fold_delta_clients;",
     );
     tx.batch_execute(&sql).await?;
     Ok(())
@@ -712,37 +935,77 @@ pub(crate) async fn fold_copies(tx: &Transaction<'_>) -> Result<(), InsightsErro
     )
     .await?;
     recompute_into_new_state(tx, None).await?;
-    replace_states(tx).await
+    replace_states(tx).await?;
+    apply_deltas(tx).await
 }
 
 /// Events not folded yet (settled or not) and the age in seconds of the oldest of them.
 pub async fn lag(client: &Client) -> Result<(i64, f64), InsightsError> {
-    let mark = client
-        .query_one("SELECT txid, seq FROM insights_watermark WHERE id = 1", &[])
-        .await?;
-    let (txid, seq): (i64, i64) = (mark.get(0), mark.get(1));
-    // Parameters, not a join with the watermark row, so that the planner uses the fold index.
-    let row = client
-        .query_one(
-            "SELECT count(*), coalesce(extract(epoch FROM now() - min(occurred_at)), 0)::float8
-             FROM events WHERE (txid, seq) > ($1, $2)",
-            &[&txid, &seq],
+    let (mut events, mut age) = (0, 0.0f64);
+    for mark in client
+        .query(
+            "SELECT id, txid, seq FROM insights_watermark ORDER BY id",
+            &[],
         )
-        .await?;
-    Ok((row.get(0), row.get::<_, f64>(1).max(0.0)))
+        .await?
+    {
+        let (part, txid, seq): (i16, i64, i64) = (mark.get(0), mark.get(1), mark.get(2));
+        // Parameters, not a join with the watermark row, so that the planner uses the fold
+        // index.
+        let row = client
+            .query_one(
+                "SELECT count(*),
+                        coalesce(extract(epoch FROM now() - min(occurred_at)), 0)::float8
+                 FROM events WHERE (txid, seq) > ($1, $2) AND mailtally_fold_part(copy_id) = $3",
+                &[&txid, &seq, &part],
+            )
+            .await?;
+        events += row.get::<_, i64>(0);
+        age = age.max(row.get::<_, f64>(1));
+    }
+    Ok((events, age.max(0.0)))
 }
 
-/// Folds until nothing settled is left; `progress` is told the events folded after each batch.
-/// Returns the events folded. `wait` is for a run that must leave every event committed before
-/// it started folded (the `aggregate` command, tests): it waits for a watermark held by another
-/// node, and for events that are not settled yet because some older transaction, in any
-/// database of the cluster, is still running (for at most [`SETTLE_WAIT`]). Without `wait` (the job in `serve`) the run stops
-/// there and the next tick goes on.
+/// Folds until nothing settled is left in any part; `progress` is told the events folded after
+/// each batch. Returns the events folded. One worker: it goes round the parts, folding a batch
+/// of each that no other worker holds. `wait` is for a run that must leave every event
+/// committed before it started folded (the `aggregate` command, tests): it waits for a part
+/// held by another worker or node, and for events that are not settled yet because some older
+/// transaction, in any database of the cluster, is still running (for at most
+/// [`SETTLE_WAIT`]). Without `wait` (the job in `serve`) the run stops there and the next tick
+/// goes on.
 pub async fn run_until_caught_up(
     client: &mut Client,
     limit: i64,
     wait: bool,
-    mut progress: impl FnMut(u64),
+    progress: impl Fn(u64) + Sync,
+) -> Result<u64, InsightsError> {
+    run_worker(client, 0, limit, wait, &progress).await
+}
+
+/// Folds with one worker on each of `clients` at once (the parts let as many work in parallel
+/// as there are parts), until caught up as [`run_until_caught_up`] says. Returns the events
+/// folded by all of them.
+pub async fn run_workers(
+    clients: Vec<&mut Client>,
+    limit: i64,
+    wait: bool,
+    progress: impl Fn(u64) + Sync,
+) -> Result<u64, InsightsError> {
+    let runs = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| run_worker(c, i, limit, wait, &progress));
+    let folded = futures_util::future::try_join_all(runs).await?;
+    Ok(folded.into_iter().sum())
+}
+
+async fn run_worker(
+    client: &mut Client,
+    first: usize,
+    limit: i64,
+    wait: bool,
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, InsightsError> {
     let started = Instant::now();
     let mut total = 0;
@@ -758,24 +1021,36 @@ pub async fn run_until_caught_up(
         None
     };
     let pause = || tokio::time::sleep(std::time::Duration::from_millis(100));
+    // Workers start on different parts, so that they do not queue for one.
+    let parts: Vec<i16> = (0..PARTS).map(|i| 1 + (i + first as i16) % PARTS).collect();
     loop {
-        match fold_batch(client, limit).await? {
-            Some(b) if b.events > 0 => {
-                total += b.events;
-                progress(b.events);
-            }
-            Some(_) => match target {
-                Some((txid, seq))
-                    if started.elapsed() < SETTLE_WAIT
-                        && !folded_past(client, txid, seq).await? =>
-                {
-                    pause().await
+        let (mut folded, mut held) = (0, false);
+        for &part in &parts {
+            match fold_batch(client, limit, part).await? {
+                Some(b) => {
+                    if b.events > 0 {
+                        total += b.events;
+                        folded += b.events;
+                        progress(b.events);
+                    }
                 }
-                _ => break,
-            },
-            None if wait => pause().await,
-            None => break,
+                None => held = true,
+            }
         }
+        if folded > 0 {
+            continue;
+        }
+        let behind = match target {
+            Some((txid, seq)) => !folded_past(client, txid, seq).await?,
+            None => false,
+        };
+        // Nothing was left to fold here: done, unless a waiting run's last event is not folded
+        // yet (held by another worker, or not settled).
+        if wait && behind && (held || started.elapsed() < SETTLE_WAIT) {
+            pause().await;
+            continue;
+        }
+        break;
     }
     METRICS
         .run_duration
@@ -790,21 +1065,23 @@ pub async fn run_until_caught_up(
 /// leaves them to the next run.
 const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Whether the watermark has reached the event (`txid`, `seq`), or that event is gone (erased).
+/// Whether the watermark of its part has reached the event (`txid`, `seq`), or that event is
+/// gone (erased).
 async fn folded_past(client: &Client, txid: i64, seq: i64) -> Result<bool, InsightsError> {
     let row = client
         .query_one(
-            "SELECT (w.txid, w.seq) >= ($1, $2)
-                    OR NOT EXISTS (SELECT 1 FROM events WHERE (txid, seq) = ($1, $2))
-             FROM insights_watermark w WHERE w.id = 1",
+            "SELECT NOT EXISTS (
+                 SELECT 1 FROM events e
+                 JOIN insights_watermark w ON w.id = mailtally_fold_part(e.copy_id)
+                 WHERE (e.txid, e.seq) = ($1, $2) AND (w.txid, w.seq) < ($1, $2))",
             &[&txid, &seq],
         )
         .await?;
     Ok(row.get(0))
 }
 
-/// The job inside `serve`: a run every `every`, until shutdown. Errors are logged and retried at
-/// the next tick (PostgreSQL may be away for a while).
+/// The job inside `serve`: a run of one worker per part every `every`, until shutdown. Errors
+/// are logged and retried at the next tick (PostgreSQL may be away for a while).
 pub async fn serve_loop(
     pool: deadpool_postgres::Pool,
     every: std::time::Duration,
@@ -812,8 +1089,12 @@ pub async fn serve_loop(
 ) {
     loop {
         let run = async {
-            let mut client = pool.get().await?;
-            run_until_caught_up(&mut client, DEFAULT_BATCH, false, |_| {}).await
+            let mut pooled = Vec::new();
+            for _ in 0..PARTS {
+                pooled.push(pool.get().await?);
+            }
+            let clients = pooled.iter_mut().map(|c| -> &mut Client { c }).collect();
+            run_workers(clients, DEFAULT_BATCH, false, |_| {}).await
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -844,7 +1125,7 @@ pub async fn mark_for_forgetting(
 ) -> Result<(), InsightsError> {
     tx.batch_execute(TEMP_TABLES).await?;
     tx.execute(
-        "SELECT 1 FROM insights_watermark WHERE id = 1 FOR UPDATE",
+        "SELECT 1 FROM insights_watermark ORDER BY id FOR UPDATE",
         &[],
     )
     .await?;

@@ -8,7 +8,7 @@
 //! from all of its events, and so is a copy whose first `delivered` event comes after opens or
 //! clicks (the unknown-delivery window looks both ways from delivery).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
@@ -142,6 +142,35 @@ pub struct CopyFold {
 pub struct NeedsRecompute;
 
 impl CopyFold {
+    /// The fold of a copy of `message` none of whose events was folded yet.
+    pub fn empty(copy_id: Uuid, message_id: Uuid, dims: Dims) -> CopyFold {
+        CopyFold {
+            state: CopyState {
+                copy_id,
+                message_id,
+                dims,
+                bounced: false,
+                delivered_at: None,
+                opens: 0,
+                human_opens: 0,
+                clicks: 0,
+                human_clicks: 0,
+                first_open_at: None,
+                first_human_open_at: None,
+                first_click_at: None,
+                first_human_click_at: None,
+                last_event_at: None,
+                replies: 0,
+                soft_bounced: false,
+                complained: false,
+                unsubscribed: false,
+            },
+            links: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            recent_clicks: Vec::new(),
+        }
+    }
+
     /// Folds `events` (of this copy, sorted by time) into the state. `url_of` names a link
     /// index of the copy's message as the rollups do. Pushes the final class of each new open and
     /// click to `classes`. On `Err` the fold is left half-done and must be dropped.
@@ -298,3 +327,145 @@ pub const RECENT_CLICKS_SQL: &str = "jsonb_agg(jsonb_build_array(
         (extract(epoch FROM c.occurred_at) * 1000000)::bigint, c.url,
         coalesce(c.final_class IN ('human', 'proxy'), false))
     ORDER BY c.occurred_at, c.url COLLATE \"C\", coalesce(c.final_class IN ('human', 'proxy'), false))";
+
+/// What moving copies from their old fold to their new one adds to each rollup, summed by
+/// rollup key: the rows that `insights_daily`, `insights_links` and `insights_clients` (and
+/// their all-time twins) move by. Keys whose counts cancel out are dropped.
+#[derive(Debug, Default, PartialEq)]
+pub struct Deltas {
+    /// Counts in the order of [`CopyState::daily`].
+    pub daily: HashMap<Dims, [i64; 15]>,
+    /// (dims, url) -> clicks, human clicks, unique clicks, human unique clicks.
+    pub links: HashMap<(Dims, String), [i64; 4]>,
+    /// (dims, client, device) -> opens, human opens, unique opens, human unique opens.
+    pub clients: HashMap<(Dims, String, String), [i64; 4]>,
+}
+
+/// A per-copy pair of counts (all, as a person) as the rollups count it.
+fn pair(sign: i64, (all, human): (i32, i32)) -> [i64; 4] {
+    let (all, human) = (i64::from(all), i64::from(human));
+    [
+        sign * all,
+        sign * human,
+        sign * i64::from(all > 0),
+        sign * i64::from(human > 0),
+    ]
+}
+
+fn add_to<K: Eq + std::hash::Hash, const N: usize>(
+    map: &mut HashMap<K, [i64; N]>,
+    key: K,
+    by: [i64; N],
+) {
+    let e = map.entry(key).or_insert([0; N]);
+    for (a, b) in e.iter_mut().zip(by) {
+        *a += b;
+    }
+}
+
+impl Deltas {
+    /// Adds `new` and takes away `old` (a copy folded before; `None` for a copy new to the
+    /// rollups). Both have the same dimensions: they come from the copy's message.
+    pub fn add(&mut self, old: Option<&CopyFold>, new: &CopyFold) {
+        let dims = &new.state.dims;
+        let mut daily = new.state.daily();
+        if let Some(old) = old {
+            for (d, o) in daily.iter_mut().zip(old.state.daily()) {
+                *d -= o;
+            }
+        }
+        add_to(&mut self.daily, dims.clone(), daily);
+        for (url, counts) in &new.links {
+            add_to(
+                &mut self.links,
+                (dims.clone(), url.clone()),
+                pair(1, *counts),
+            );
+        }
+        for ((client, device), counts) in &new.clients {
+            let key = (dims.clone(), client.clone(), device.clone());
+            add_to(&mut self.clients, key, pair(1, *counts));
+        }
+        if let Some(old) = old {
+            for (url, counts) in &old.links {
+                add_to(
+                    &mut self.links,
+                    (dims.clone(), url.clone()),
+                    pair(-1, *counts),
+                );
+            }
+            for ((client, device), counts) in &old.clients {
+                let key = (dims.clone(), client.clone(), device.clone());
+                add_to(&mut self.clients, key, pair(-1, *counts));
+            }
+        }
+    }
+
+    /// Drops the keys whose counts summed to zero: they move no rollup.
+    pub fn without_zeros(mut self) -> Deltas {
+        self.daily.retain(|_, v| v.iter().any(|&c| c != 0));
+        self.links.retain(|_, v| v.iter().any(|&c| c != 0));
+        self.clients.retain(|_, v| v.iter().any(|&c| c != 0));
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fold_of(copy: u128) -> CopyFold {
+        let dims = Dims {
+            template_key: "t".into(),
+            day: NaiveDate::from_ymd_opt(2026, 12, 1).unwrap(),
+            sender_id: 1,
+            team_id: 0,
+            visibility: "team".into(),
+        };
+        CopyFold::empty(Uuid::from_u128(copy), Uuid::from_u128(1), dims)
+    }
+
+    #[test]
+    fn deltas_add_the_new_fold_and_take_away_the_old() {
+        let old = {
+            let mut f = fold_of(7);
+            f.state.clicks = 2;
+            f.state.human_clicks = 2;
+            f.links.insert("https://a".into(), (2, 2));
+            f
+        };
+        let mut new = old.clone();
+        // A third click swept the two: none of the three counts as a person any more.
+        new.state.clicks = 3;
+        new.state.human_clicks = 0;
+        new.links.insert("https://a".into(), (2, 0));
+        new.links.insert("https://b".into(), (1, 0));
+        new.clients
+            .insert(("Gmail".into(), "desktop".into()), (1, 1));
+        let fresh = fold_of(8);
+
+        let mut d = Deltas::default();
+        d.add(Some(&old), &new);
+        d.add(None, &fresh);
+        let d = d.without_zeros();
+
+        let dims = new.state.dims.clone();
+        // sent: the fresh copy; clicks +1; human clicks -2; unique human clicks -1.
+        assert_eq!(
+            d.daily[&dims],
+            [1, 0, 0, 0, 0, 0, 1, -2, 0, -1, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(d.links[&(dims.clone(), "https://a".into())], [0, -2, 0, -1]);
+        assert_eq!(d.links[&(dims.clone(), "https://b".into())], [1, 0, 1, 0]);
+        assert_eq!(d.links.len(), 2);
+        assert_eq!(
+            d.clients[&(dims, "Gmail".into(), "desktop".into())],
+            [1, 1, 1, 1]
+        );
+
+        // Moving a copy to the state it already has moves nothing.
+        let mut same = Deltas::default();
+        same.add(Some(&old), &old);
+        assert_eq!(same.without_zeros(), Deltas::default());
+    }
+}

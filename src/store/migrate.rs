@@ -46,6 +46,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(22, "0022_link_lists.sql"),
     migration!(23, "0023_insights_fold.sql"),
     migration!(24, "0024_link_list_digest_inline.sql"),
+    migration!(25, "0025_insights_fold_parts.sql"),
 ];
 
 /// Arbitrary constant naming mailtally's migration lock among advisory locks.

@@ -254,8 +254,15 @@ async fn incremental_fold_equals_a_recompute_from_scratch() {
         let n = (1 + r.next(40) as usize).min(pending.len());
         let chunk: Vec<Pending> = pending.drain(..n).collect();
         write_events(&mut client, &chunk).await;
-        if r.next(3) != 0 {
-            aggregate(&db.url, 1 + r.next(60) as i64).await;
+        match r.next(3) {
+            0 => {}
+            1 => {
+                aggregate(&db.url, 1 + r.next(60) as i64).await;
+            }
+            _ => {
+                // Both parts at once, as in `serve`.
+                aggregate_parallel(&db.url, 1 + r.next(60) as i64).await;
+            }
         }
         if r.next(25) == 0 {
             // An erasure between folds: a recipient or a message, with every event of theirs
@@ -301,6 +308,19 @@ async fn incremental_fold_equals_a_recompute_from_scratch() {
         recomputes > 0 && moved - recomputes >= copies as u64,
         "both ways of folding must be exercised, the incremental one at least once a copy"
     );
+    let parts_used: i64 = client
+        .query_one(
+            "SELECT count(*) FROM insights_watermark WHERE folded_events > 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        parts_used,
+        i64::from(mailtally::insights::aggregate::PARTS),
+        "every part of the copies is folded"
+    );
     let incremental = snapshot(&client).await;
     assert!(copies > 50, "too few copies to mean anything");
     let scratch = recompute_from_scratch(&db.url).await;
@@ -331,7 +351,7 @@ async fn wait_caught_up(client: &tokio_postgres::Client, servers: &[&Server]) {
     loop {
         let row = client
             .query_one(
-                "SELECT (SELECT folded_events FROM insights_watermark),
+                "SELECT (SELECT sum(folded_events)::bigint FROM insights_watermark),
                         (SELECT count(*) FROM events)",
                 &[],
             )
@@ -413,7 +433,7 @@ async fn a_serve_killed_while_folding_and_restarted_gives_the_rollups_of_one_run
         kills += 1;
         let row = client
             .query_one(
-                "SELECT (SELECT folded_events FROM insights_watermark) < (SELECT count(*) FROM events)",
+                "SELECT (SELECT sum(folded_events) FROM insights_watermark) < (SELECT count(*) FROM events)",
                 &[],
             )
             .await

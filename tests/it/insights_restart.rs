@@ -87,7 +87,10 @@ async fn killed_and_rerun_gives_the_rollups_of_a_clean_run() {
         let status = child.wait().unwrap();
         progress.push(
             client
-                .query_one("SELECT folded_events FROM insights_watermark", &[])
+                .query_one(
+                    "SELECT sum(folded_events)::bigint FROM insights_watermark",
+                    &[],
+                )
                 .await
                 .unwrap()
                 .get::<_, i64>(0),

@@ -528,6 +528,21 @@ async fn aggregate_with(db_url: &str, batch: i64, wait: bool) -> u64 {
         .unwrap()
 }
 
+/// Folds every event committed so far with one worker per part at once, as `serve` does.
+pub async fn aggregate_parallel(db_url: &str, batch: i64) -> u64 {
+    let mut clients = Vec::new();
+    for _ in 0..mailtally::insights::aggregate::PARTS {
+        let (client, conn) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        clients.push(client);
+    }
+    mailtally::insights::aggregate::run_workers(clients.iter_mut().collect(), batch, true, |_| {})
+        .await
+        .unwrap()
+}
+
 /// A GET with a bearer token; (status, JSON body).
 pub fn get(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     let mut req = ureq::get(url);
