@@ -73,10 +73,11 @@ struct AggregateArgs {
     #[arg(long, default_value_t = mailtally::insights::aggregate::DEFAULT_BATCH,
           value_parser = clap::value_parser!(i64).range(1..=10_000_000))]
     batch_size: i64,
-    /// Workers folding at once, one connection each (more than the parts of the copies,
-    /// `insights::aggregate::PARTS`, find nothing to do).
+    /// Workers folding at once, one connection each: at most one per part of the copies
+    /// (`insights::aggregate::PARTS`), since a part is folded by one worker at a time.
     #[arg(long, default_value_t = mailtally::insights::aggregate::PARTS as u16,
-          value_parser = clap::value_parser!(u16).range(1..=64))]
+          value_parser = clap::value_parser!(u16)
+              .range(1..=i64::from(mailtally::insights::aggregate::PARTS)))]
     workers: u16,
 }
 

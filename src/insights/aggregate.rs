@@ -115,9 +115,12 @@ const STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '600s'";
 /// Parts of the copies, each folded under its own watermark row (`sql/0025`): as many workers
 /// can fold at once, on one node or several.
 pub const PARTS: i16 = 2;
+/// The id of the first part's watermark row (and the first value of `mailtally_fold_part`); the
+/// parts are `FIRST_PART .. FIRST_PART + PARTS`.
+pub const FIRST_PART: i16 = 2;
 
-/// Folds at most `limit` events of the copies of `part` (1..=[`PARTS`]). `None` when another
-/// worker holds that part's watermark.
+/// Folds at most `limit` events of the copies of `part` (one of the ids after [`FIRST_PART`]).
+/// `None` when another worker holds that part's watermark.
 pub async fn fold_batch(
     client: &mut Client,
     limit: i64,
@@ -1009,48 +1012,54 @@ async fn run_worker(
 ) -> Result<u64, InsightsError> {
     let started = Instant::now();
     let mut total = 0;
-    let target: Option<(i64, i64)> = if wait {
-        client
-            .query_opt(
-                "SELECT txid, seq FROM events ORDER BY txid DESC, seq DESC LIMIT 1",
-                &[],
-            )
-            .await?
-            .map(|r| (r.get(0), r.get(1)))
-    } else {
-        None
-    };
-    let pause = || tokio::time::sleep(std::time::Duration::from_millis(100));
     // Workers start on different parts, so that they do not queue for one.
-    let parts: Vec<i16> = (0..PARTS).map(|i| 1 + (i + first as i16) % PARTS).collect();
-    loop {
-        let (mut folded, mut held) = (0, false);
+    let parts: Vec<i16> = (0..PARTS)
+        .map(|i| FIRST_PART + (i + first as i16) % PARTS)
+        .collect();
+    // A waiting run's goal: in each part, the newest event committed before it started.
+    let mut targets: Vec<(i16, i64, i64)> = Vec::new();
+    if wait {
         for &part in &parts {
-            match fold_batch(client, limit, part).await? {
-                Some(b) => {
-                    if b.events > 0 {
-                        total += b.events;
-                        folded += b.events;
-                        progress(b.events);
-                    }
+            if let Some(r) = client
+                .query_opt(
+                    "SELECT txid, seq FROM events WHERE mailtally_fold_part(copy_id) = $1
+                     ORDER BY txid DESC, seq DESC LIMIT 1",
+                    &[&part],
+                )
+                .await?
+            {
+                targets.push((part, r.get(0), r.get(1)));
+            }
+        }
+    }
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(100));
+    loop {
+        let mut folded = 0;
+        for &part in &parts {
+            if let Some(b) = fold_batch(client, limit, part).await? {
+                total += b.events;
+                folded += b.events;
+                if b.events > 0 {
+                    progress(b.events);
                 }
-                None => held = true,
             }
         }
         if folded > 0 {
             continue;
         }
-        let behind = match target {
-            Some((txid, seq)) => !folded_past(client, txid, seq).await?,
-            None => false,
-        };
-        // Nothing was left to fold here: done, unless a waiting run's last event is not folded
-        // yet (held by another worker, or not settled).
-        if wait && behind && (held || started.elapsed() < SETTLE_WAIT) {
-            pause().await;
-            continue;
+        // Nothing was left to fold here: done, unless a waiting run's goal is not reached in
+        // some part. A part whose goal is settled is being folded by another worker: wait for
+        // it. One whose goal is held back by an older open transaction is waited for at most
+        // SETTLE_WAIT.
+        let mut behind = Progress::Folded;
+        for &(part, txid, seq) in &targets {
+            behind = behind.max(folded_past(client, part, txid, seq).await?);
         }
-        break;
+        match behind {
+            Progress::Folded => break,
+            Progress::Unsettled if started.elapsed() >= SETTLE_WAIT => break,
+            _ => pause().await,
+        }
     }
     METRICS
         .run_duration
@@ -1065,19 +1074,39 @@ async fn run_worker(
 /// leaves them to the next run.
 const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Whether the watermark of its part has reached the event (`txid`, `seq`), or that event is
-/// gone (erased).
-async fn folded_past(client: &Client, txid: i64, seq: i64) -> Result<bool, InsightsError> {
+/// How far a part has come towards an event, the worse the greater.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Progress {
+    /// The part's watermark has reached the event, or the event is gone (erased).
+    Folded,
+    /// Not yet, and the event's transaction is older than every running one: a batch will
+    /// fold it.
+    Settled,
+    /// Not yet, and an older transaction still runs: no batch may fold it yet.
+    Unsettled,
+}
+
+/// How far `part` has come towards its event (`txid`, `seq`).
+async fn folded_past(
+    client: &Client,
+    part: i16,
+    txid: i64,
+    seq: i64,
+) -> Result<Progress, InsightsError> {
     let row = client
         .query_one(
-            "SELECT NOT EXISTS (
-                 SELECT 1 FROM events e
-                 JOIN insights_watermark w ON w.id = mailtally_fold_part(e.copy_id)
-                 WHERE (e.txid, e.seq) = ($1, $2) AND (w.txid, w.seq) < ($1, $2))",
-            &[&txid, &seq],
+            "SELECT (w.txid, w.seq) >= ($2, $3)
+                    OR NOT EXISTS (SELECT 1 FROM events WHERE (txid, seq) = ($2, $3)),
+                    $2 < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+             FROM insights_watermark w WHERE w.id = $1",
+            &[&part, &txid, &seq],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(match (row.get(0), row.get(1)) {
+        (true, _) => Progress::Folded,
+        (false, true) => Progress::Settled,
+        (false, false) => Progress::Unsettled,
+    })
 }
 
 /// The job inside `serve`: a run of one worker per part every `every`, until shutdown. Errors

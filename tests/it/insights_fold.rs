@@ -28,7 +28,7 @@ const TABLES: &[(&str, Option<&str>)] = &[
 ];
 
 /// Every row of every table of the fold that counts, in a stable order, as text.
-async fn snapshot(client: &tokio_postgres::Client) -> String {
+async fn snapshot(client: &impl tokio_postgres::GenericClient) -> String {
     let mut out = String::new();
     for (table, counts) in TABLES {
         let filter = match counts {
@@ -57,24 +57,36 @@ async fn snapshot(client: &tokio_postgres::Client) -> String {
     out
 }
 
-/// Forgets every state and rollup and folds every event again in one batch, where no copy has a
-/// state: each is recomputed from its events.
+/// What a recompute from scratch gives: in one transaction that is rolled back, forgets every
+/// state and rollup and recomputes every copy from all its events with the SQL rules (the path an
+/// erasure takes), not with the incremental fold under test.
 async fn recompute_from_scratch(url: &str) -> String {
-    let client = connect(url).await;
-    client
-        .batch_execute(
-            "BEGIN;
-             SELECT 1 FROM insights_watermark FOR UPDATE;
-             TRUNCATE insights_daily, insights_totals, insights_links, insights_links_totals,
-                 insights_clients, insights_clients_totals, insights_copy_state,
-                 insights_copy_links, insights_copy_clients, insights_copy_fold;
-             UPDATE insights_watermark SET txid = 0, seq = 0, folded_events = 0;
-             COMMIT;",
-        )
+    let mut client = connect(url).await;
+    let tx = client.transaction().await.unwrap();
+    let copies: Vec<Uuid> = tx
+        .query("SELECT DISTINCT copy_id FROM events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Waits for a running batch (every watermark row), then marks the copies.
+    mailtally::insights::aggregate::mark_for_forgetting(&tx, &copies, None)
         .await
         .unwrap();
-    aggregate(url, 10_000_000).await;
-    snapshot(&client).await
+    tx.batch_execute(
+        "TRUNCATE insights_daily, insights_totals, insights_links, insights_links_totals,
+             insights_clients, insights_clients_totals, insights_copy_state,
+             insights_copy_links, insights_copy_clients, insights_copy_fold;",
+    )
+    .await
+    .unwrap();
+    mailtally::insights::aggregate::forget_marked(&tx)
+        .await
+        .unwrap();
+    let out = snapshot(&tx).await;
+    tx.rollback().await.unwrap();
+    out
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
@@ -321,6 +333,27 @@ async fn incremental_fold_equals_a_recompute_from_scratch() {
         i64::from(mailtally::insights::aggregate::PARTS),
         "every part of the copies is folded"
     );
+    // The watermark rows, the parts the SQL gives copies and the Rust constants agree.
+    let (rows, ids, copy_parts): (i64, String, String) = {
+        let r = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM insights_watermark),
+                        (SELECT string_agg(id::text, ',' ORDER BY id) FROM insights_watermark),
+                        (SELECT string_agg(p::text, ',' ORDER BY p) FROM
+                            (SELECT DISTINCT mailtally_fold_part(id) AS p FROM copies) x)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    let first = mailtally::insights::aggregate::FIRST_PART;
+    let want: Vec<String> = (first..first + mailtally::insights::aggregate::PARTS)
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(rows, i64::from(mailtally::insights::aggregate::PARTS));
+    assert_eq!(ids, want.join(","));
+    assert_eq!(copy_parts, want.join(","));
     let incremental = snapshot(&client).await;
     assert!(copies > 50, "too few copies to mean anything");
     let scratch = recompute_from_scratch(&db.url).await;
@@ -452,4 +485,48 @@ async fn a_serve_killed_while_folding_and_restarted_gives_the_rollups_of_one_run
         "seed {seed}: killed and restarted differs from one fold:\n{}",
         diff(&one, &killed)
     );
+}
+
+/// A waiting run (`mailtally aggregate`) that finds one part held by another node waits for it,
+/// and ends only when every event committed before it started is folded, in every part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_run_waits_for_a_part_another_node_holds() {
+    let mut r = Rng::new(seed());
+    let db = TestDb::migrated();
+    let users = users(&db.pool()).await;
+    let mut client = db.client().await;
+    let msgs = dataset(&mut r, 10);
+    insert(&client, &users, &msgs, &|_| false, true).await;
+    let pending = arrival_order(&mut r, &msgs);
+    write_events(&mut client, &pending).await;
+
+    // Another node's batch holds the second part.
+    let mut other = connect(&db.url).await;
+    let held = other.transaction().await.unwrap();
+    let part = mailtally::insights::aggregate::FIRST_PART + 1;
+    held.execute(
+        "SELECT 1 FROM insights_watermark WHERE id = $1 FOR UPDATE",
+        &[&part],
+    )
+    .await
+    .unwrap();
+    let url = db.url.clone();
+    let run = tokio::spawn(async move { aggregate(&url, 50).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!run.is_finished(), "the run ended with a part not folded");
+    held.rollback().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run ends once the part is free")
+        .unwrap();
+    let row = client
+        .query_one(
+            "SELECT (SELECT sum(folded_events)::bigint FROM insights_watermark),
+                    (SELECT count(*) FROM events)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (folded, events): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(folded, events, "every event is folded when the run ends");
 }

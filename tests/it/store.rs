@@ -526,3 +526,41 @@ async fn the_link_list_migration_keeps_every_link_and_report_figure() {
     let refolded: String = client.query_one(rollup, &[]).await.unwrap().get(0);
     assert_eq!(refolded, rollup_before);
 }
+
+/// The fold's parts start where the single watermark was, and a node of an older version, which
+/// folds the row with id 1, finds none (it would fold every copy again, past both parts).
+#[tokio::test]
+async fn the_fold_parts_migration_keeps_the_watermark_and_retires_the_old_row() {
+    let (_db, mut client) = migrated_before("0025_insights_fold_parts.sql").await;
+    client
+        .batch_execute(
+            "UPDATE insights_watermark SET txid = 123, seq = 456, folded_events = 789
+             WHERE id = 1",
+        )
+        .await
+        .unwrap();
+    migrate::apply(&mut client, MIGRATIONS).await.unwrap();
+    let rows: Vec<(i16, i64, i64, i64)> = client
+        .query(
+            "SELECT id, txid, seq, folded_events FROM insights_watermark ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let first = mailtally::insights::aggregate::FIRST_PART;
+    assert_eq!(rows, vec![(first, 123, 456, 789), (first + 1, 123, 456, 0)]);
+    let old = client
+        .query_opt(
+            "SELECT txid, seq FROM insights_watermark WHERE id = 1 FOR UPDATE SKIP LOCKED",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        old.is_none(),
+        "an older node must find no watermark to fold"
+    );
+}
