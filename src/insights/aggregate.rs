@@ -166,10 +166,7 @@ pub async fn fold_batch(
         evs.sort_by_key(|e| (e.occurred_at, e.seq));
     }
     let copies: Vec<Uuid> = by_copy.keys().copied().collect();
-    let Loaded {
-        folds: mut old,
-        stale,
-    } = load_folds(&tx, &copies).await?;
+    let Loaded { folds: old, stale } = load_folds(&tx, &copies).await?;
     // Copies that have no state yet start from an empty one (nothing of theirs was folded).
     let fresh: Vec<(Uuid, Uuid)> = by_copy
         .iter()
@@ -241,7 +238,7 @@ pub async fn fold_batch(
         }
         replace_states(&tx).await?;
     }
-    write_folded(&tx, &folded, &mut old).await?;
+    write_folded(&tx, &folded, &old).await?;
     write_deltas(&tx, deltas.without_zeros()).await?;
     apply_deltas(&tx).await?;
     tx.execute(
@@ -495,7 +492,7 @@ async fn load_urls(
 async fn write_folded(
     tx: &Transaction<'_>,
     folded: &[CopyFold],
-    old: &mut HashMap<Uuid, CopyFold>,
+    old: &HashMap<Uuid, CopyFold>,
 ) -> Result<(), InsightsError> {
     if folded.is_empty() {
         return Ok(());
@@ -584,18 +581,18 @@ async fn write_folded(
     let (mut recent_copy, mut recent) = (Vec::new(), Vec::new());
     for f in folded {
         let copy = f.state.copy_id;
-        let before = old.remove(&copy);
+        let before = old.get(&copy);
         for (url, &(all, human)) in &f.links {
-            if before.as_ref().and_then(|b| b.links.get(url)) != Some(&(all, human)) {
+            if before.and_then(|b| b.links.get(url)) != Some(&(all, human)) {
                 link_copy.push(copy);
                 link_url.push(url.as_str());
                 link_all.push(all);
                 link_human.push(human);
             }
         }
-        for ((client, device), &(all, human)) in &f.clients {
-            let key = (client.clone(), device.clone());
-            if before.as_ref().and_then(|b| b.clients.get(&key)) != Some(&(all, human)) {
+        for (key, &(all, human)) in &f.clients {
+            if before.and_then(|b| b.clients.get(key)) != Some(&(all, human)) {
+                let (client, device) = key;
                 client_copy.push(copy);
                 client_name.push(client.as_str());
                 client_device.push(device.as_str());

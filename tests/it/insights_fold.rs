@@ -378,19 +378,24 @@ fn diff(want: &str, got: &str) -> String {
     out
 }
 
+/// Events folded, summed over the parts, and events stored.
+async fn folded_and_events(client: &tokio_postgres::Client) -> (i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT (SELECT sum(folded_events)::bigint FROM insights_watermark),
+                    (SELECT count(*) FROM events)",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
 /// Waits until the watermark has folded every event written so far.
 async fn wait_caught_up(client: &tokio_postgres::Client, servers: &[&Server]) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let row = client
-            .query_one(
-                "SELECT (SELECT sum(folded_events)::bigint FROM insights_watermark),
-                        (SELECT count(*) FROM events)",
-                &[],
-            )
-            .await
-            .unwrap();
-        let (folded, events): (i64, i64) = (row.get(0), row.get(1));
+        let (folded, events) = folded_and_events(client).await;
         if folded >= events {
             assert_eq!(folded, events, "an event was folded twice");
             return;
@@ -519,14 +524,6 @@ async fn a_waiting_run_waits_for_a_part_another_node_holds() {
         .await
         .expect("the run ends once the part is free")
         .unwrap();
-    let row = client
-        .query_one(
-            "SELECT (SELECT sum(folded_events)::bigint FROM insights_watermark),
-                    (SELECT count(*) FROM events)",
-            &[],
-        )
-        .await
-        .unwrap();
-    let (folded, events): (i64, i64) = (row.get(0), row.get(1));
+    let (folded, events) = folded_and_events(&client).await;
     assert_eq!(folded, events, "every event is folded when the run ends");
 }
