@@ -58,12 +58,15 @@ CREATE TEMP TABLE IF NOT EXISTS fold_recent (LIKE insights_copy_fold) ON COMMIT 
 CREATE TEMP TABLE IF NOT EXISTS fold_delta_daily (LIKE insights_daily) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_delta_links (LIKE insights_links) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_delta_clients (LIKE insights_clients) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS fold_delta_crm (LIKE insights_crm_totals) ON COMMIT DELETE ROWS;
 ";
 
 /// The dimension columns shared by every rollup.
 const DIMS: &str = "template_key, day, sender_id, team_id, visibility";
 /// The same without the day: the dimensions of the all-time rollups.
 const TOTAL_DIMS: &str = "template_key, sender_id, team_id, visibility";
+/// The keys of `insights_crm_totals`.
+const CRM_KEYS: &str = "facet, value, template_key, sender_id, team_id, visibility";
 
 /// The counts of `insights_daily` (and `insights_totals`).
 const DAILY_COUNTS: &[&str] = &[
@@ -117,7 +120,7 @@ const STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '600s'";
 pub const PARTS: i16 = 2;
 /// The id of the first part's watermark row (and the first value of `mailtally_fold_part`); the
 /// parts are `FIRST_PART .. FIRST_PART + PARTS`.
-pub const FIRST_PART: i16 = 2;
+pub const FIRST_PART: i16 = 4;
 
 /// Folds at most `limit` events of the copies of `part` (one of the ids after [`FIRST_PART`]).
 /// `None` when another worker holds that part's watermark.
@@ -238,9 +241,12 @@ pub async fn fold_batch(
         }
         replace_states(&tx).await?;
     }
+    let recomputed_at = started.elapsed();
     write_folded(&tx, &folded, &old).await?;
+    let stored_at = started.elapsed();
     write_deltas(&tx, deltas.without_zeros()).await?;
     apply_deltas(&tx).await?;
+    let rolled_up_at = started.elapsed();
     tx.execute(
         "UPDATE insights_watermark SET txid = $1, seq = $2,
                 folded_events = folded_events + $3, updated_at = now()
@@ -258,7 +264,10 @@ pub async fn fold_batch(
         read_ms = ms(read_at),
         load_ms = ms(loaded_at - read_at),
         fold_ms = ms(folded_at - loaded_at),
-        write_ms = ms(started.elapsed() - folded_at),
+        recompute_ms = ms(recomputed_at - folded_at),
+        state_ms = ms(stored_at - recomputed_at),
+        rollup_ms = ms(rolled_up_at - stored_at),
+        commit_ms = ms(started.elapsed() - rolled_up_at),
         "folded a batch"
     );
     METRICS.folded_events.inc_by(n_events);
@@ -370,7 +379,7 @@ async fn load_folds(tx: &Transaction<'_>, copies: &[Uuid]) -> Result<Loaded, Ins
         .await?
     {
         let state = CopyState::from_row(&r);
-        let recent: Option<serde_json::Value> = r.get(22);
+        let recent: Option<serde_json::Value> = r.get(25);
         match recent.as_ref().and_then(fold::recent_clicks_from_json) {
             Some(recent_clicks) => {
                 out.insert(
@@ -427,32 +436,35 @@ async fn empty_folds(
         return Ok(HashMap::new());
     }
     let messages: Vec<Uuid> = copies.iter().map(|(_, m)| *m).collect();
-    let mut dims: HashMap<Uuid, fold::Dims> = HashMap::new();
+    let mut dims: HashMap<Uuid, (fold::Dims, fold::Crm)> = HashMap::new();
     for r in tx
         .query(
             "SELECT id, template_key, sender_id, coalesce(team_id, 0), visibility,
-                    (created_at AT TIME ZONE 'UTC')::date
+                    (created_at AT TIME ZONE 'UTC')::date, deal, lead, project
              FROM messages WHERE id = ANY($1)",
             &[&messages],
         )
         .await?
     {
-        dims.insert(
-            r.get(0),
-            fold::Dims {
-                template_key: r.get(1),
-                sender_id: r.get(2),
-                team_id: r.get(3),
-                visibility: r.get(4),
-                day: r.get(5),
-            },
-        );
+        let crm = fold::Crm {
+            deal: r.get(6),
+            lead: r.get(7),
+            project: r.get(8),
+        };
+        let d = fold::Dims {
+            template_key: r.get(1),
+            sender_id: r.get(2),
+            team_id: r.get(3),
+            visibility: r.get(4),
+            day: r.get(5),
+        };
+        dims.insert(r.get(0), (d, crm));
     }
     Ok(copies
         .iter()
         .filter_map(|(copy, message)| {
-            let dims = dims.get(message)?.clone();
-            Some((*copy, CopyFold::empty(*copy, *message, dims)))
+            let (dims, crm) = dims.get(message)?.clone();
+            Some((*copy, CopyFold::empty(*copy, *message, dims, crm)))
         })
         .collect())
 }
@@ -528,12 +540,15 @@ async fn write_folded(
             Type::BOOL,
             Type::BOOL,
             Type::BOOL,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
         ],
     );
     pin_mut!(w);
     for f in folded {
         let s = &f.state;
-        let row: [&(dyn ToSql + Sync); 22] = [
+        let row: [&(dyn ToSql + Sync); 25] = [
             &s.copy_id,
             &s.message_id,
             &s.dims.template_key,
@@ -556,6 +571,9 @@ async fn write_folded(
             &s.soft_bounced,
             &s.complained,
             &s.unsubscribed,
+            &s.crm.deal,
+            &s.crm.lead,
+            &s.crm.project,
         ];
         w.as_mut().write(&row).await?;
     }
@@ -674,7 +692,50 @@ async fn write_deltas(tx: &Transaction<'_>, deltas: fold::Deltas) -> Result<(), 
         CLIENT_COUNTS,
         clients.collect(),
     )
-    .await
+    .await?;
+    copy_crm_deltas(tx, &deltas.crm).await
+}
+
+/// COPYs the deltas of `insights_crm_totals` into `fold_delta_crm`.
+async fn copy_crm_deltas(
+    tx: &Transaction<'_>,
+    rows: &HashMap<fold::CrmKey, [i64; 15]>,
+) -> Result<(), InsightsError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sink = tx
+        .copy_in(&format!(
+            "COPY fold_delta_crm ({CRM_KEYS}, {}) FROM STDIN (FORMAT binary)",
+            DAILY_COUNTS.join(", ")
+        ))
+        .await?;
+    let mut types = vec![
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::INT8,
+        Type::TEXT,
+    ];
+    types.extend(DAILY_COUNTS.iter().map(|_| Type::INT8));
+    let w = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(w);
+    for (k, n) in rows {
+        let facet = k.facet.as_str();
+        let mut row: Vec<&(dyn ToSql + Sync)> = vec![
+            &facet,
+            &k.value,
+            &k.template_key,
+            &k.sender_id,
+            &k.team_id,
+            &k.visibility,
+        ];
+        row.extend(n.iter().map(|c| c as &(dyn ToSql + Sync)));
+        w.as_mut().write(&row).await?;
+    }
+    w.finish().await?;
+    Ok(())
 }
 
 /// One delta row: its dimensions, its text keys (`extra` columns) and its counts.
@@ -767,7 +828,8 @@ async fn recompute_into_new_state(
                bool_or(c.kind = 'bounced')
                    AND NOT bool_or(c.kind = 'bounced' AND c.final_reason IS DISTINCT FROM 'soft'),
                bool_or(c.kind = 'complaint'),
-               bool_or(c.kind = 'unsubscribe')
+               bool_or(c.kind = 'unsubscribe'),
+               m.deal, m.lead, m.project
         FROM fold_classified c JOIN messages m ON m.id = c.message_id
         GROUP BY c.copy_id, m.id;
         ANALYZE fold_state;
@@ -811,22 +873,29 @@ async fn replace_states(tx: &Transaction<'_>) -> Result<(), InsightsError> {
     let mut sql = String::new();
     // Rollup deltas: new contributions count +1, old ones -1. Dimensions come from the copy
     // state (new, or old for copies whose message is gone).
+    let counts = DAILY_COUNTS.join(", ");
+    let state_sums = "sum(sg), sum(sg * bounced::int), sum(sg * opens), sum(sg * human_opens),
+        sum(sg * (opens > 0)::int), sum(sg * (human_opens > 0)::int),
+        sum(sg * clicks), sum(sg * human_clicks),
+        sum(sg * (clicks > 0)::int), sum(sg * (human_clicks > 0)::int),
+        sum(sg * replies), sum(sg * (replies > 0)::int),
+        sum(sg * soft_bounced::int), sum(sg * complained::int),
+        sum(sg * unsubscribed::int)";
+    let signed_states = "(SELECT 1 AS sg, * FROM fold_state
+              UNION ALL
+              SELECT -1, s.* FROM insights_copy_state s JOIN fold_copies f USING (copy_id)) d";
     sql.push_str(&format!(
         "
-        INSERT INTO fold_delta_daily ({DIMS}, sent, bounced, opens, human_opens, unique_opens,
-            human_unique_opens, clicks, human_clicks, unique_clicks, human_unique_clicks,
-            replies, unique_replies, soft_bounced, complaints, unsubscribes)
-        SELECT {DIMS}, sum(sg), sum(sg * bounced::int), sum(sg * opens), sum(sg * human_opens),
-               sum(sg * (opens > 0)::int), sum(sg * (human_opens > 0)::int),
-               sum(sg * clicks), sum(sg * human_clicks),
-               sum(sg * (clicks > 0)::int), sum(sg * (human_clicks > 0)::int),
-               sum(sg * replies), sum(sg * (replies > 0)::int),
-               sum(sg * soft_bounced::int), sum(sg * complained::int),
-               sum(sg * unsubscribed::int)
-        FROM (SELECT 1 AS sg, * FROM fold_state
-              UNION ALL
-              SELECT -1, s.* FROM insights_copy_state s JOIN fold_copies f USING (copy_id)) d
-        GROUP BY {DIMS};
+        INSERT INTO fold_delta_daily ({DIMS}, {counts})
+        SELECT {DIMS}, {state_sums} FROM {signed_states} GROUP BY {DIMS};
+
+        INSERT INTO fold_delta_crm ({CRM_KEYS}, {counts})
+        SELECT {CRM_KEYS}, {state_sums}
+        FROM {signed_states}
+        CROSS JOIN LATERAL (VALUES ('deal', d.deal), ('lead', d.lead), ('project', d.project))
+            AS f (facet, value)
+        WHERE f.value IS NOT NULL
+        GROUP BY {CRM_KEYS};
 
         INSERT INTO fold_delta_links ({DIMS}, url, clicks, human_clicks, unique_clicks,
             human_unique_clicks)
@@ -918,9 +987,15 @@ async fn apply_deltas(tx: &Transaction<'_>) -> Result<(), InsightsError> {
         CLIENT_COUNTS,
         "fold_delta_clients",
     ));
+    sql.push_str(&add_to_rollup(
+        "insights_crm_totals",
+        CRM_KEYS,
+        DAILY_COUNTS,
+        "fold_delta_crm",
+    ));
     sql.push_str(
         "DELETE FROM fold_delta_daily; DELETE FROM fold_delta_links;
-         DELETE FROM fold_delta_clients;",
+         DELETE FROM fold_delta_clients; DELETE FROM fold_delta_crm;",
     );
     tx.batch_execute(&sql).await?;
     Ok(())

@@ -19,13 +19,66 @@ use crate::classify::hindsight::{add_click, class_before_sweeps, is_human, Recen
 pub const STATE_COLUMNS: &str = "copy_id, message_id, template_key, sender_id, team_id, visibility,
     day, bounced, delivered_at, opens, human_opens, clicks, human_clicks, first_open_at,
     first_human_open_at, first_click_at, first_human_click_at, last_event_at, replies,
-    soft_bounced, complained, unsubscribed";
+    soft_bounced, complained, unsubscribed, deal, lead, project";
 
 /// The rollup dimensions of a copy (its message's).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Dims {
     pub template_key: String,
     pub day: NaiveDate,
+    pub sender_id: i64,
+    pub team_id: i64,
+    pub visibility: String,
+}
+
+/// What a report can filter a copy by besides its rollup dimensions: its message's deal, lead
+/// and project, each one facet of `insights_crm_totals`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CrmFacet {
+    Deal,
+    Lead,
+    Project,
+}
+
+impl CrmFacet {
+    /// The value of `insights_crm_totals.facet`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrmFacet::Deal => "deal",
+            CrmFacet::Lead => "lead",
+            CrmFacet::Project => "project",
+        }
+    }
+}
+
+/// A copy's deal, lead and project (its message's, which never change).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Crm {
+    pub deal: Option<String>,
+    pub lead: Option<String>,
+    pub project: Option<String>,
+}
+
+impl Crm {
+    /// The facets the copy has a value for.
+    pub fn facets(&self) -> impl Iterator<Item = (CrmFacet, &str)> {
+        [
+            (CrmFacet::Deal, &self.deal),
+            (CrmFacet::Lead, &self.lead),
+            (CrmFacet::Project, &self.project),
+        ]
+        .into_iter()
+        .filter_map(|(f, v)| Some((f, v.as_deref()?)))
+    }
+}
+
+/// A row key of `insights_crm_totals`: one facet's value within a template's rollup dimensions
+/// (no day: the rollup sums every day).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CrmKey {
+    pub facet: CrmFacet,
+    pub value: String,
+    pub template_key: String,
     pub sender_id: i64,
     pub team_id: i64,
     pub visibility: String,
@@ -52,6 +105,7 @@ pub struct CopyState {
     pub soft_bounced: bool,
     pub complained: bool,
     pub unsubscribed: bool,
+    pub crm: Crm,
 }
 
 impl CopyState {
@@ -82,6 +136,11 @@ impl CopyState {
             soft_bounced: r.get(19),
             complained: r.get(20),
             unsubscribed: r.get(21),
+            crm: Crm {
+                deal: r.get(22),
+                lead: r.get(23),
+                project: r.get(24),
+            },
         }
     }
 
@@ -143,7 +202,7 @@ pub struct NeedsRecompute;
 
 impl CopyFold {
     /// The fold of a copy of `message` none of whose events was folded yet.
-    pub fn empty(copy_id: Uuid, message_id: Uuid, dims: Dims) -> CopyFold {
+    pub fn empty(copy_id: Uuid, message_id: Uuid, dims: Dims, crm: Crm) -> CopyFold {
         CopyFold {
             state: CopyState {
                 copy_id,
@@ -164,6 +223,7 @@ impl CopyFold {
                 soft_bounced: false,
                 complained: false,
                 unsubscribed: false,
+                crm,
             },
             links: BTreeMap::new(),
             clients: BTreeMap::new(),
@@ -339,6 +399,8 @@ pub struct Deltas {
     pub links: HashMap<(Dims, String), [i64; 4]>,
     /// (dims, client, device) -> opens, human opens, unique opens, human unique opens.
     pub clients: HashMap<(Dims, String, String), [i64; 4]>,
+    /// Counts as in `daily`, by deal, lead and project.
+    pub crm: HashMap<CrmKey, [i64; 15]>,
 }
 
 /// A per-copy pair of counts (all, as a person) as the rollups count it.
@@ -374,6 +436,17 @@ impl Deltas {
                 *d -= o;
             }
         }
+        for (facet, value) in new.state.crm.facets() {
+            let key = CrmKey {
+                facet,
+                value: value.to_string(),
+                template_key: dims.template_key.clone(),
+                sender_id: dims.sender_id,
+                team_id: dims.team_id,
+                visibility: dims.visibility.clone(),
+            };
+            add_to(&mut self.crm, key, daily);
+        }
         add_to(&mut self.daily, dims.clone(), daily);
         for (url, counts) in &new.links {
             add_to(
@@ -406,6 +479,7 @@ impl Deltas {
         self.daily.retain(|_, v| v.iter().any(|&c| c != 0));
         self.links.retain(|_, v| v.iter().any(|&c| c != 0));
         self.clients.retain(|_, v| v.iter().any(|&c| c != 0));
+        self.crm.retain(|_, v| v.iter().any(|&c| c != 0));
         self
     }
 }
@@ -422,7 +496,12 @@ mod tests {
             team_id: 0,
             visibility: "team".into(),
         };
-        CopyFold::empty(Uuid::from_u128(copy), Uuid::from_u128(1), dims)
+        let crm = Crm {
+            deal: Some("deal-1".into()),
+            lead: None,
+            project: Some("p".into()),
+        };
+        CopyFold::empty(Uuid::from_u128(copy), Uuid::from_u128(1), dims, crm)
     }
 
     #[test]
@@ -459,9 +538,21 @@ mod tests {
         assert_eq!(d.links[&(dims.clone(), "https://b".into())], [1, 0, 1, 0]);
         assert_eq!(d.links.len(), 2);
         assert_eq!(
-            d.clients[&(dims, "Gmail".into(), "desktop".into())],
+            d.clients[&(dims.clone(), "Gmail".into(), "desktop".into())],
             [1, 1, 1, 1]
         );
+        // The deal and the project move as the daily row does; the copy has no lead.
+        let crm = |facet, value: &str| CrmKey {
+            facet,
+            value: value.into(),
+            template_key: dims.template_key.clone(),
+            sender_id: dims.sender_id,
+            team_id: dims.team_id,
+            visibility: dims.visibility.clone(),
+        };
+        assert_eq!(d.crm.len(), 2);
+        assert_eq!(d.crm[&crm(CrmFacet::Deal, "deal-1")], d.daily[&dims]);
+        assert_eq!(d.crm[&crm(CrmFacet::Project, "p")], d.daily[&dims]);
 
         // Moving a copy to the state it already has moves nothing.
         let mut same = Deltas::default();

@@ -2,9 +2,10 @@
 //! per-copy state and rollups (applying the hindsight rules of [`crate::classify::hindsight`]),
 //! moving each copy's state forward by its new events ([`fold`]) and recomputing it from all of
 //! its events only when the state cannot judge them, and the report queries read those rollups
-//! (all-time rollups when a report covers every day). Who engaged ([`people`]), the exports of
-//! lists and events, and where people read ([`geo`]) are counted from one audience's classified
-//! events (as a message's timeline is), so that they match the events exactly. The pages that
+//! (all-time rollups when a report covers every day, one per deal, lead and project for a
+//! report filtered by one of them). Who engaged ([`people`]), the exports of lists and events,
+//! and where people read ([`geo`]) are counted from one audience's classified events (as a
+//! message's timeline is), so that they match the events exactly. The pages that
 //! show them live in [`crate::http::ui`]; [`clickmap`] makes the click map's document from a
 //! stored copy (pure).
 //!

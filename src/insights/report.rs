@@ -5,6 +5,7 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
+use super::fold::CrmFacet;
 use super::InsightsError;
 use crate::accounts::visibility::{visible, Params, Viewer};
 
@@ -106,6 +107,21 @@ pub struct ReportFilter {
 impl ReportFilter {
     fn by_crm(&self) -> bool {
         self.deal.is_some() || self.lead.is_some() || self.project.is_some()
+    }
+
+    /// The one deal, lead or project filtered by, when there is exactly one.
+    fn one_crm_facet(&self) -> Option<(CrmFacet, &str)> {
+        let mut set = [
+            (CrmFacet::Deal, &self.deal),
+            (CrmFacet::Lead, &self.lead),
+            (CrmFacet::Project, &self.project),
+        ]
+        .into_iter()
+        .filter_map(|(f, v)| Some((f, v.as_deref()?)));
+        match (set.next(), set.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        }
     }
 
     /// Over every day: the all-time rollups hold the same sums in fewer rows.
@@ -235,7 +251,7 @@ fn dims_where(alias: &str, f: &ReportFilter, viewer: Viewer, p: &mut Params) -> 
     w.join(" AND ")
 }
 
-/// Conditions on the message `m` for the CRM filters.
+/// Conditions on the copy state `s` for the CRM filters (its message's deal, lead, project).
 fn crm_where(f: &ReportFilter, p: &mut Params) -> String {
     let mut w = vec!["true".to_string()];
     for (col, v) in [
@@ -244,17 +260,26 @@ fn crm_where(f: &ReportFilter, p: &mut Params) -> String {
         ("project", &f.project),
     ] {
         if let Some(v) = v {
-            w.push(format!("m.{col} = {}", p.push(v.clone())));
+            w.push(format!("s.{col} = {}", p.push(v.clone())));
         }
     }
     w.join(" AND ")
 }
 
 /// Rows with template_key, sender_id, team_id, the counts and (with `by_day`) day: the all-time
-/// or daily rollup, or (with CRM filters, which rollups do not carry) the per-copy state of the
-/// matching messages.
+/// or daily rollup; with one deal, lead or project over every day, its all-time rollup; with
+/// other CRM filters, the per-copy state of the matching copies (indexed by deal, lead and
+/// project).
 fn figures_source(f: &ReportFilter, viewer: Viewer, p: &mut Params, by_day: bool) -> String {
-    if f.by_crm() {
+    if let Some((facet, value)) = f.one_crm_facet().filter(|_| f.all_time() && !by_day) {
+        let dims = dims_where("r", f, viewer, p);
+        let facet = p.push(facet.as_str());
+        let value = p.push(value.to_string());
+        format!(
+            "SELECT r.* FROM insights_crm_totals r
+             WHERE r.facet = {facet} AND r.value = {value} AND {dims}"
+        )
+    } else if f.by_crm() {
         let dims = dims_where("s", f, viewer, p);
         let crm = crm_where(f, p);
         format!(
@@ -266,8 +291,7 @@ fn figures_source(f: &ReportFilter, viewer: Viewer, p: &mut Params, by_day: bool
                     s.replies, (s.replies > 0)::int AS unique_replies,
                     s.soft_bounced::int AS soft_bounced, s.complained::int AS complaints,
                     s.unsubscribed::int AS unsubscribes
-             FROM insights_copy_state s JOIN messages m ON m.id = s.message_id
-             WHERE {dims} AND {crm}"
+             FROM insights_copy_state s WHERE {dims} AND {crm}"
         )
     } else {
         let dims = dims_where("r", f, viewer, p);
@@ -440,7 +464,7 @@ pub async fn template(
             "SELECT l.url, l.clicks, l.human_clicks, (l.clicks > 0)::int AS unique_clicks,
                     (l.human_clicks > 0)::int AS human_unique_clicks
              FROM insights_copy_links l JOIN insights_copy_state s USING (copy_id)
-             JOIN messages m ON m.id = s.message_id WHERE {dims} AND {crm}"
+             WHERE {dims} AND {crm}"
         )
     } else {
         let dims = dims_where("r", &filter, viewer, &mut p);
@@ -475,7 +499,7 @@ pub async fn template(
             "SELECT c.client, c.device, c.opens, c.human_opens, (c.opens > 0)::int AS unique_opens,
                     (c.human_opens > 0)::int AS human_unique_opens
              FROM insights_copy_clients c JOIN insights_copy_state s USING (copy_id)
-             JOIN messages m ON m.id = s.message_id WHERE {dims} AND {crm}"
+             WHERE {dims} AND {crm}"
         )
     } else {
         let dims = dims_where("r", &filter, viewer, &mut p);

@@ -21,6 +21,7 @@ const TABLES: &[(&str, Option<&str>)] = &[
     ("insights_links_totals", Some("clicks, human_clicks, unique_clicks, human_unique_clicks")),
     ("insights_clients", Some("opens, human_opens, unique_opens, human_unique_opens")),
     ("insights_clients_totals", Some("opens, human_opens, unique_opens, human_unique_opens")),
+    ("insights_crm_totals", Some("sent, bounced, opens, human_opens, unique_opens, human_unique_opens, clicks, human_clicks, unique_clicks, human_unique_clicks, replies, unique_replies, soft_bounced, complaints, unsubscribes")),
     ("insights_copy_state", None),
     ("insights_copy_links", None),
     ("insights_copy_clients", None),
@@ -76,7 +77,7 @@ async fn recompute_from_scratch(url: &str) -> String {
         .unwrap();
     tx.batch_execute(
         "TRUNCATE insights_daily, insights_totals, insights_links, insights_links_totals,
-             insights_clients, insights_clients_totals, insights_copy_state,
+             insights_clients, insights_clients_totals, insights_crm_totals, insights_copy_state,
              insights_copy_links, insights_copy_clients, insights_copy_fold;",
     )
     .await

@@ -124,6 +124,33 @@ async fn every_report_figure_matches_what_was_inserted() {
         m.deal.as_deref() == Some("deal-0") && m.created_at.date_naive() >= mid
     });
     assert_rows(&server, ann, &format!("deal=deal-0&from={mid}"), &exp, true);
+    // One deal, lead or project over every day is read from its own rollup (every viewer sees
+    // only what the rule lets them); two at once, from the per-copy state.
+    for (i, user) in users.iter().enumerate() {
+        let exp = expected_templates(&users, &msgs, i, &|m| m.lead.as_deref() == Some("lead-1"));
+        assert!(i > 0 || !exp.is_empty(), "no mail of lead-1 in the dataset");
+        assert_rows(&server, user, "lead=lead-1&class=all", &exp, false);
+        let exp = expected_templates(&users, &msgs, i, &|m| {
+            m.project.as_deref() == Some("project-0")
+        });
+        assert!(
+            i > 0 || !exp.is_empty(),
+            "no mail of project-0 in the dataset"
+        );
+        assert_rows(&server, user, "project=project-0", &exp, true);
+        let exp = expected_templates(&users, &msgs, i, &|m| m.deal.as_deref() == Some("deal-0"));
+        assert_rows(&server, user, "deal=deal-0", &exp, true);
+    }
+    let exp = expected_templates(&users, &msgs, 0, &|m| {
+        m.deal.as_deref() == Some("deal-1") && m.project.as_deref() == Some("project-1")
+    });
+    assert_rows(
+        &server,
+        ann,
+        "deal=deal-1&project=project-1&class=all",
+        &exp,
+        false,
+    );
 
     // One template: the same figures, a daily series adding up to them, top links.
     let expected = expected_templates(&users, &msgs, 0, &all);

@@ -17,6 +17,7 @@ async fn snapshot(client: &tokio_postgres::Client) -> String {
         "insights_daily",
         "insights_links",
         "insights_clients",
+        "insights_crm_totals",
         "insights_copy_state",
         "insights_copy_links",
         "insights_copy_clients",

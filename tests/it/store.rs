@@ -564,3 +564,117 @@ async fn the_fold_parts_migration_keeps_the_watermark_and_retires_the_old_row() 
         "an older node must find no watermark to fold"
     );
 }
+
+/// The CRM rollup migration: copy states get their message's deal, lead and project, the rollup
+/// starts from what the states hold (a refold of the same events gives the same rows), and the
+/// part rows move, so that a node of the version before, which folds rows 2 and 3, folds nothing.
+#[tokio::test]
+async fn the_crm_rollup_migration_fills_the_rollup_and_retires_the_part_rows() {
+    let (db, mut client) = migrated_before("0026_insights_crm_totals.sql").await;
+    // m1: deal d1, lead l1, project p1; m2: deal d1, project p2; m3: none. Two copies each, one
+    // open each, with the states the fold of the version before wrote for them.
+    client
+        .batch_execute(
+            "INSERT INTO users (id, email, password_hash) VALUES (1, 'ann@a.test', 'x');
+             INSERT INTO messages (id, sender_id, visibility, template_key, envelope_from,
+                                   size_bytes, deal, lead, project)
+             VALUES ('00000000-0000-7000-8000-000000000001', 1, 'team', 'offer', 'a@a.test', 10,
+                     'd1', 'l1', 'p1'),
+                    ('00000000-0000-7000-8000-000000000002', 1, 'team', 'offer', 'a@a.test', 10,
+                     'd1', NULL, 'p2'),
+                    ('00000000-0000-7000-8000-000000000003', 1, 'team', 'offer', 'a@a.test', 10,
+                     NULL, NULL, NULL);
+             INSERT INTO copies (id, message_id, recipient, status)
+             SELECT ('00000000-0000-7000-9000-0000000000' || m || c)::uuid,
+                    ('00000000-0000-7000-8000-00000000000' || m)::uuid, 'r' || c || '@x.test',
+                    'delivered'
+             FROM generate_series(1, 3) m, generate_series(1, 2) c;
+             INSERT INTO events (id, occurred_at, message_id, copy_id, kind, class)
+             SELECT gen_random_uuid(), '2026-11-30 10:00Z', message_id, id, 'open', 'human'
+             FROM copies;
+             INSERT INTO insights_copy_state
+             SELECT c.id, c.message_id, 'offer', 1, 0, 'team',
+                    (m.created_at AT TIME ZONE 'UTC')::date, false, NULL, 1, 1, 0, 0,
+                    '2026-11-30 10:00Z', '2026-11-30 10:00Z', NULL, NULL, '2026-11-30 10:00Z',
+                    0, false, false, false
+             FROM copies c JOIN messages m ON m.id = c.message_id;
+             INSERT INTO insights_copy_fold SELECT id, '[]' FROM copies;
+             UPDATE insights_watermark
+             SET txid = (SELECT max(txid) FROM events), seq = (SELECT max(seq) FROM events);",
+        )
+        .await
+        .unwrap();
+    let mark: (i64, i64) = {
+        let r = client
+            .query_one("SELECT txid, seq FROM insights_watermark WHERE id = 2", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    migrate::apply(&mut client, MIGRATIONS).await.unwrap();
+
+    let parts: Vec<(i16, i64, i64)> = client
+        .query(
+            "SELECT id, txid, seq FROM insights_watermark ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let first = mailtally::insights::aggregate::FIRST_PART;
+    assert_eq!(
+        parts,
+        vec![(first, mark.0, mark.1), (first + 1, mark.0, mark.1)]
+    );
+    assert!(first > 3, "the rows of the version before must be gone");
+    let deals: i64 = client
+        .query_one(
+            "SELECT count(*) FROM insights_copy_state WHERE deal = 'd1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(deals, 4);
+    let totals = "SELECT string_agg(x::text, ';' ORDER BY x::text) FROM (
+                      SELECT * FROM insights_crm_totals) x";
+    let migrated: String = client.query_one(totals, &[]).await.unwrap().get(0);
+    let counts: Vec<(String, String, i64, i64)> = client
+        .query(
+            "SELECT facet, value, sent, human_unique_opens FROM insights_crm_totals
+             ORDER BY facet, value",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let row = |f: &str, v: &str, n| (f.to_string(), v.to_string(), n, n);
+    assert_eq!(
+        counts,
+        vec![
+            row("deal", "d1", 4),
+            row("lead", "l1", 2),
+            row("project", "p1", 2),
+            row("project", "p2", 2)
+        ]
+    );
+
+    // This build's fold of the same events gives the same rollup.
+    client
+        .batch_execute(
+            "TRUNCATE insights_copy_state, insights_copy_links, insights_copy_clients,
+                      insights_copy_fold, insights_daily, insights_totals, insights_links,
+                      insights_links_totals, insights_clients, insights_clients_totals,
+                      insights_crm_totals;
+             UPDATE insights_watermark SET txid = 0, seq = 0, folded_events = 0;",
+        )
+        .await
+        .unwrap();
+    crate::insights_support::aggregate(&db.url, 1000).await;
+    let refolded: String = client.query_one(totals, &[]).await.unwrap().get(0);
+    assert_eq!(refolded, migrated);
+}

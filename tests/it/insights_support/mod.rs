@@ -46,6 +46,8 @@ pub struct Msg {
     pub template: String,
     pub subject: String,
     pub deal: Option<String>,
+    pub lead: Option<String>,
+    pub project: Option<String>,
     pub created_at: DateTime<Utc>,
     pub links: Vec<String>,
     pub copies: Vec<Copy>,
@@ -186,6 +188,8 @@ pub fn generate(seed: u64, senders: &[usize], messages: usize) -> Vec<Msg> {
             template: TEMPLATES[r.next(TEMPLATES.len() as u64) as usize].to_string(),
             subject: format!("Hello <{i}> & welcome"),
             deal: (r.next(3) == 0).then(|| format!("deal-{}", r.next(2))),
+            lead: (r.next(2) == 0).then(|| format!("lead-{}", r.next(3))),
+            project: (r.next(2) == 0).then(|| format!("project-{}", r.next(2))),
             created_at,
             links,
             copies,
@@ -216,8 +220,8 @@ pub async fn insert(
             client
                 .execute(
                     "INSERT INTO messages (id, sender_id, team_id, visibility, template_key, subject,
-                     envelope_from, deal, size_bytes, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1000, $9)",
+                     envelope_from, deal, size_bytes, created_at, lead, project)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1000, $9, $10, $11)",
                     &[
                         &m.id,
                         &u.id,
@@ -228,6 +232,8 @@ pub async fn insert(
                         &u.email,
                         &m.deal,
                         &m.created_at,
+                        &m.lead,
+                        &m.project,
                     ],
                 )
                 .await
