@@ -1,3 +1,17 @@
+-- A node of an older version would fold without moving this rollup: the part rows move to ids
+-- 4 and 5, so that such a node finds no watermark row (2 or 3) and folds nothing. Its
+-- erasures in that window still leave the erased copies' counts in insights_crm_totals
+-- (counts only, no address); upgrade every node before erasing. This comes first: an older
+-- node's batch locks its watermark row before it reads the copy states, so taking the watermark
+-- table before the copy states (locked and rewritten below) waits for that batch instead of
+-- closing a deadlock with it.
+ALTER TABLE insights_watermark DROP CONSTRAINT insights_watermark_id_check;
+UPDATE insights_watermark SET id = id + 2;
+ALTER TABLE insights_watermark ADD CONSTRAINT insights_watermark_id_check CHECK (id BETWEEN 4 AND 5);
+CREATE OR REPLACE FUNCTION mailtally_fold_part(copy uuid) RETURNS smallint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT (4 + get_byte(uuid_send(copy), 15) % 2)::smallint $$;
+
 -- Reports filtered by one deal, lead or project over every day read a rollup instead of every
 -- copy of that deal, lead or project: a project of 10,000 copies is a few rows here. The fold
 -- moves it by the same deltas as insights_totals, keyed by the copy's deal, lead and project,
@@ -43,17 +57,6 @@ FROM insights_copy_state s
 CROSS JOIN LATERAL (VALUES ('deal', s.deal), ('lead', s.lead), ('project', s.project)) f (facet, value)
 WHERE f.value IS NOT NULL
 GROUP BY 1, 2, 3, 4, 5, 6;
-
--- A node of an older version would fold without moving this rollup: the part rows move to ids
--- 4 and 5, so that such a node finds no watermark row (2 or 3) and folds nothing. Its
--- erasures in that window still leave the erased copies' counts in insights_crm_totals
--- (counts only, no address); upgrade every node before erasing.
-ALTER TABLE insights_watermark DROP CONSTRAINT insights_watermark_id_check;
-UPDATE insights_watermark SET id = id + 2;
-ALTER TABLE insights_watermark ADD CONSTRAINT insights_watermark_id_check CHECK (id BETWEEN 4 AND 5);
-CREATE OR REPLACE FUNCTION mailtally_fold_part(copy uuid) RETURNS smallint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$ SELECT (4 + get_byte(uuid_send(copy), 15) % 2)::smallint $$;
 
 -- Reports by deal, lead or project that the rollup cannot answer (a date range, the daily
 -- series, links and clients of one template, two filters at once) read the matching copy

@@ -678,3 +678,33 @@ async fn the_crm_rollup_migration_fills_the_rollup_and_retires_the_part_rows() {
     let refolded: String = client.query_one(totals, &[]).await.unwrap().get(0);
     assert_eq!(refolded, migrated);
 }
+
+/// A batch of the version before locks its watermark row and then reads the copy states; the
+/// migration must wait for it instead of closing a deadlock with it (taking the copy states
+/// first and the watermark table after).
+#[tokio::test]
+async fn the_crm_rollup_migration_waits_for_a_batch_of_the_version_before() {
+    let (db, mut client) = migrated_before("0026_insights_crm_totals.sql").await;
+    let mut old = db.client().await;
+    let batch = old.transaction().await.unwrap();
+    batch
+        .query_one(
+            "SELECT txid FROM insights_watermark WHERE id = 2 FOR UPDATE SKIP LOCKED",
+            &[],
+        )
+        .await
+        .unwrap();
+    let migration =
+        tokio::spawn(async move { migrate::apply(&mut client, MIGRATIONS).await.map(|_| ()) });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The old batch goes on to the copy states, and commits.
+    batch
+        .query_one("SELECT count(*) FROM insights_copy_state", &[])
+        .await
+        .expect("the old batch reads the copy states");
+    batch.commit().await.unwrap();
+    migration
+        .await
+        .unwrap()
+        .expect("the migration completes after the old batch");
+}
