@@ -41,7 +41,8 @@ pub enum CrmFacet {
 }
 
 impl CrmFacet {
-    /// The value of `insights_crm_totals.facet`.
+    /// The value of `insights_crm_totals.facet`, and the column of the copy state (and of the
+    /// message) that holds it.
     pub fn as_str(self) -> &'static str {
         match self {
             CrmFacet::Deal => "deal",
@@ -62,14 +63,23 @@ pub struct Crm {
 impl Crm {
     /// The facets the copy has a value for.
     pub fn facets(&self) -> impl Iterator<Item = (CrmFacet, &str)> {
-        [
-            (CrmFacet::Deal, &self.deal),
-            (CrmFacet::Lead, &self.lead),
-            (CrmFacet::Project, &self.project),
-        ]
-        .into_iter()
-        .filter_map(|(f, v)| Some((f, v.as_deref()?)))
+        facets_of(&self.deal, &self.lead, &self.project)
     }
+}
+
+/// Each facet of `deal`, `lead` and `project` that has a value, with it.
+pub fn facets_of<'a>(
+    deal: &'a Option<String>,
+    lead: &'a Option<String>,
+    project: &'a Option<String>,
+) -> impl Iterator<Item = (CrmFacet, &'a str)> {
+    [
+        (CrmFacet::Deal, deal),
+        (CrmFacet::Lead, lead),
+        (CrmFacet::Project, project),
+    ]
+    .into_iter()
+    .filter_map(|(f, v)| Some((f, v.as_deref()?)))
 }
 
 /// A row key of `insights_crm_totals`: one facet's value within a template's rollup dimensions

@@ -5,7 +5,7 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
-use super::fold::CrmFacet;
+use super::fold::{facets_of, CrmFacet};
 use super::InsightsError;
 use crate::accounts::visibility::{visible, Params, Viewer};
 
@@ -105,19 +105,18 @@ pub struct ReportFilter {
 }
 
 impl ReportFilter {
+    /// The deal, lead and project filtered by.
+    fn crm_facets(&self) -> impl Iterator<Item = (CrmFacet, &str)> {
+        facets_of(&self.deal, &self.lead, &self.project)
+    }
+
     fn by_crm(&self) -> bool {
-        self.deal.is_some() || self.lead.is_some() || self.project.is_some()
+        self.crm_facets().next().is_some()
     }
 
     /// The one deal, lead or project filtered by, when there is exactly one.
     fn one_crm_facet(&self) -> Option<(CrmFacet, &str)> {
-        let mut set = [
-            (CrmFacet::Deal, &self.deal),
-            (CrmFacet::Lead, &self.lead),
-            (CrmFacet::Project, &self.project),
-        ]
-        .into_iter()
-        .filter_map(|(f, v)| Some((f, v.as_deref()?)));
+        let mut set = self.crm_facets();
         match (set.next(), set.next()) {
             (Some(one), None) => Some(one),
             _ => None,
@@ -254,14 +253,8 @@ fn dims_where(alias: &str, f: &ReportFilter, viewer: Viewer, p: &mut Params) -> 
 /// Conditions on the copy state `s` for the CRM filters (its message's deal, lead, project).
 fn crm_where(f: &ReportFilter, p: &mut Params) -> String {
     let mut w = vec!["true".to_string()];
-    for (col, v) in [
-        ("deal", &f.deal),
-        ("lead", &f.lead),
-        ("project", &f.project),
-    ] {
-        if let Some(v) = v {
-            w.push(format!("s.{col} = {}", p.push(v.clone())));
-        }
+    for (facet, v) in f.crm_facets() {
+        w.push(format!("s.{} = {}", facet.as_str(), p.push(v.to_string())));
     }
     w.join(" AND ")
 }
