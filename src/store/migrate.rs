@@ -48,6 +48,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(24, "0024_link_list_digest_inline.sql"),
     migration!(25, "0025_insights_fold_parts.sql"),
     migration!(26, "0026_insights_crm_totals.sql"),
+    migration!(27, "0027_insights_rollup_fillfactor.sql"),
 ];
 
 /// Arbitrary constant naming mailtally's migration lock among advisory locks.

@@ -708,3 +708,50 @@ async fn the_crm_rollup_migration_waits_for_a_batch_of_the_version_before() {
         .unwrap()
         .expect("the migration completes after the old batch");
 }
+
+/// The fold moves nearly every rollup row in every batch. Each batch's update of a row must stay
+/// on the row's page (a HOT update, whose version before is pruned in place on a later visit),
+/// or every batch appends a new copy of the table for the reports to scan until a vacuum comes.
+#[tokio::test]
+async fn a_batch_that_moves_every_rollup_row_updates_each_on_its_page() {
+    let db = TestDb::migrated();
+    let mut client = db.client().await;
+    let keys = "template_key, day, sender_id, team_id, visibility";
+    let counts = "sent, bounced, opens, human_opens, unique_opens, human_unique_opens, clicks, \
+                  human_clicks, unique_clicks, human_unique_clicks";
+    client
+        .batch_execute(&format!(
+            "INSERT INTO insights_daily ({keys}, {counts})
+             SELECT 'template-' || (i % 40), DATE '2026-01-01' + i / 40, 1, 0, 'private',
+                    1, 0, 0, 0, 0, 0, 0, 0, 0, 0
+             FROM generate_series(0, 3999) i"
+        ))
+        .await
+        .unwrap();
+    // The fold's form of a rollup update (`add_to_rollup`), in one transaction as a batch is;
+    // the transaction's own statistics say how many updates stayed on their page.
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute(&format!(
+        "INSERT INTO insights_daily AS r ({keys}, {counts})
+         SELECT {keys}, {counts} FROM insights_daily ORDER BY {keys}
+         ON CONFLICT ({keys}) DO UPDATE SET sent = r.sent + EXCLUDED.sent"
+    ))
+    .await
+    .unwrap();
+    let row = tx
+        .query_one(
+            "SELECT pg_stat_get_xact_tuples_updated('insights_daily'::regclass),
+                    pg_stat_get_xact_tuples_hot_updated('insights_daily'::regclass),
+                    (SELECT sum(sent)::bigint FROM insights_daily)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (updated, on_page, sent): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    tx.commit().await.unwrap();
+    assert_eq!((updated, sent), (4000, 8000));
+    assert!(
+        on_page * 10 >= updated * 9,
+        "{on_page} of {updated} updates stayed on their page"
+    );
+}
