@@ -42,7 +42,10 @@ fn copies_are_deferred_while_the_upstream_is_down_and_delivered_when_it_is_back(
     assert!(
         wait_until(Duration::from_secs(20), || db_i64(
             &db.url,
-            "SELECT count(*) FROM copies WHERE status = 'deferred' AND attempts >= 2"
+            // A claim counts the attempt before its outcome is recorded: wait for the second
+            // deferral's event, not only for the second claim.
+            "SELECT count(*) FROM copies WHERE status = 'deferred' AND attempts >= 2
+             AND (SELECT count(*) FROM events WHERE kind = 'deferred') >= 2"
         ) == 1),
         "{:?}",
         db_rows(
