@@ -340,7 +340,7 @@ pub async fn queue_in_chunks(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let (recipients, suppressed) =
-        leave_out_suppressed(&*tx, &composition.sender, recipients).await?;
+        leave_out_suppressed(&tx, &composition.sender, recipients).await?;
     if recipients.is_empty() {
         return Err(ComposeError::AllSuppressed(suppressed));
     }
@@ -442,7 +442,7 @@ pub async fn queue_in_chunks(
 
 /// The recipients the sender's suppression list does not hold, and those it does.
 pub async fn leave_out_suppressed(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     sender: &crate::accounts::User,
     recipients: Vec<Recipient>,
 ) -> Result<(Vec<Recipient>, Vec<SuppressedRecipient>), tokio_postgres::Error> {

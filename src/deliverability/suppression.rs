@@ -169,7 +169,7 @@ pub async fn remove_entry(
 
 /// Which of `addresses` the list of `scope` holds, by their normal form.
 pub async fn check(
-    client: &impl GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     scope: Scope,
     addresses: &[String],
 ) -> Result<HashMap<String, Reason>, tokio_postgres::Error> {
@@ -179,14 +179,17 @@ pub async fn check(
     let by_digest: HashMap<Vec<u8>, String> =
         addresses.iter().map(|a| (digest(a), normal(a))).collect();
     let digests: Vec<&Vec<u8>> = by_digest.keys().collect();
-    let rows = client
-        .query(
-            &format!(
-                "SELECT address_digest, reason FROM suppressions
-                 WHERE {IN_SCOPE} AND removed_at IS NULL AND address_digest = ANY($3)"
-            ),
-            &[&scope.team_id, &scope.owner_id, &digests],
+    // Asked for every recipient of every message: prepared once per connection, not planned
+    // per call.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT address_digest, reason FROM suppressions
+             WHERE {IN_SCOPE} AND removed_at IS NULL AND address_digest = ANY($3)"
         )
+    });
+    let statement = client.prepare_cached(&SQL).await?;
+    let rows = client
+        .query(&statement, &[&scope.team_id, &scope.owner_id, &digests])
         .await?;
     Ok(rows
         .iter()

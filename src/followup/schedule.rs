@@ -242,7 +242,7 @@ async fn compose_followup(
     };
     // Every way of sending asks the suppression list first.
     let suppressed = crate::deliverability::suppression::check(
-        &**tx,
+        tx,
         crate::deliverability::suppression::Scope::of(&owner),
         std::slice::from_ref(&due.recipient),
     )

@@ -33,7 +33,7 @@ pub(super) async fn rcpt_to(s: &mut Session, to: RcptTo<String>) -> Next {
     }
     let scope = Scope::of(&tx.sender);
     let found = match s.ctx().pool.get().await {
-        Ok(client) => suppression::check(&**client, scope, std::slice::from_ref(&to.address))
+        Ok(client) => suppression::check(&client, scope, std::slice::from_ref(&to.address))
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),

@@ -49,6 +49,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(25, "0025_insights_fold_parts.sql"),
     migration!(26, "0026_insights_crm_totals.sql"),
     migration!(27, "0027_insights_rollup_fillfactor.sql"),
+    migration!(28, "0028_link_list_digest_stable.sql"),
 ];
 
 /// Arbitrary constant naming mailtally's migration lock among advisory locks.

@@ -449,11 +449,13 @@ async fn the_link_list_migration_keeps_every_link_and_report_figure() {
     // this one: every migration but this one is there when it folds before it.
     let all_but_links: Vec<_> = MIGRATIONS
         .iter()
-        // 0024 redefines a function of 0022: it comes after it.
+        // 0024 and 0028 redefine a function of 0022: they come after it.
         .filter(|m| {
             !matches!(
                 m.name,
-                "0022_link_lists.sql" | "0024_link_list_digest_inline.sql"
+                "0022_link_lists.sql"
+                    | "0024_link_list_digest_inline.sql"
+                    | "0028_link_list_digest_stable.sql"
             )
         })
         .copied()
@@ -754,4 +756,47 @@ async fn a_batch_that_moves_every_rollup_row_updates_each_on_its_page() {
         on_page * 10 >= updated * 9,
         "{on_page} of {updated} updates stayed on their page"
     );
+}
+
+/// Every enqueue with links computes its list's digest: as an expression of the statement, not
+/// as a call that parses and plans the function's body again each time.
+#[tokio::test]
+async fn the_link_list_digest_is_inlined_into_the_statements_that_use_it() {
+    let db = TestDb::migrated();
+    let client = db.client().await;
+    // A generic plan keeps what is not inlined as a call (a custom plan would fold it into a
+    // constant, computing it through the function executor while planning).
+    client
+        .batch_execute(
+            "SET plan_cache_mode = force_generic_plan;
+             PREPARE digest (integer[], text[]) AS SELECT mailtally_link_list_digest($1, $2)",
+        )
+        .await
+        .unwrap();
+    let plan: String = client
+        .query(
+            "EXPLAIN (VERBOSE, COSTS OFF) EXECUTE digest ('{0,1}', '{https://a.test/,https://b.test/}')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !plan.contains("mailtally_link_list_digest") && plan.contains("json_build_array"),
+        "the digest is called, not inlined:\n{plan}"
+    );
+    // Still the one definition of a list's address (0022's form).
+    let same: bool = client
+        .query_one(
+            "SELECT mailtally_link_list_digest('{0,1}', '{https://a.test/,https://b.test/}')
+                  = sha256(convert_to('[[0,1], [\"https://a.test/\",\"https://b.test/\"]]', 'UTF8'))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(same);
 }
