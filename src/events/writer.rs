@@ -4,9 +4,11 @@
 //!
 //! A batch PostgreSQL does not take (an error, a timeout) goes to the spool and the writer
 //! retries the database once a second; while it is away, batches go straight to the spool.
-//! Once a write succeeds again the spool is replayed, one segment at a time, with
-//! `ON CONFLICT DO NOTHING` on the key chosen at the edge, so that a batch written twice (a
-//! timeout after the commit, a crash during replay) lands once.
+//! Once a write succeeds again the spool is replayed, one segment at a time, its batches on
+//! both connections as fresh ones are. Most spooled events were never written (the channel was
+//! full), so a replayed batch is first COPYed straight in; one that meets an event already stored
+//! (a timeout after the commit, a crash during replay) is written again with
+//! `ON CONFLICT DO NOTHING` on the key chosen at the edge, so that it lands once.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -123,8 +125,16 @@ struct Writer {
     depth_of: EventSink,
 }
 
-/// A lane back from writing a batch, with the batch (spooled when the write failed).
-type Written = (Lane, Vec<Event>, Result<(), WriterError>);
+/// A lane back from writing a batch, with the batch (spooled when the write failed) and
+/// whether it came from the spool.
+type Written = (Lane, Vec<Event>, Origin, Result<(), WriterError>);
+
+/// Where a batch being written came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Channel,
+    Spool,
+}
 
 /// Connections writing at once: one batch's COPY overlaps the previous one's commit, and
 /// PostgreSQL maintains the indexes of two batches on two cores.
@@ -237,6 +247,10 @@ impl Writer {
     /// Hands a batch to a free lane (waiting for one when both are busy), or spools it while
     /// PostgreSQL is away.
     async fn write_or_spool(&mut self, batch: Vec<Event>) {
+        self.hand_over(batch, Origin::Channel).await;
+    }
+
+    async fn hand_over(&mut self, batch: Vec<Event>, origin: Origin) {
         while self.idle.is_empty() {
             match self.running.join_next().await {
                 Some(done) => self.finished(done).await,
@@ -253,20 +267,23 @@ impl Writer {
         };
         self.running.spawn(async move {
             let result = write_checked(&mut lane, &batch, Mode::Fresh).await;
-            (lane, batch, result)
+            (lane, batch, origin, result)
         });
     }
 
     /// Takes back a lane whose batch is done; spools the batch when it failed.
     async fn finished(&mut self, done: Result<Written, tokio::task::JoinError>) {
         match done {
-            Ok((lane, _, Ok(()))) => {
+            Ok((lane, batch, origin, Ok(()))) => {
                 if self.down_until.take().is_some() {
                     tracing::info!("PostgreSQL takes events again");
                 }
+                if origin == Origin::Spool {
+                    METRICS.replayed.inc_by(batch.len() as u64);
+                }
                 self.idle.push(lane);
             }
-            Ok((mut lane, batch, Err(e))) => {
+            Ok((mut lane, batch, _, Err(e))) => {
                 self.failed(&e);
                 lane.disconnect();
                 self.idle.push(lane);
@@ -328,9 +345,11 @@ impl Writer {
         }
     }
 
-    /// Replays at most `segments` segments of the spool into PostgreSQL, oldest first; stops at
-    /// the first failure. What overflows the channel meanwhile is spooled after every chunk, so
-    /// that a long replay under load never holds the overflow in memory.
+    /// Replays at most `segments` segments of the spool into PostgreSQL, oldest first, each
+    /// segment's batches on both lanes; stops at the first failure. A segment is removed once
+    /// each of its events is stored or, its batch having failed, spooled again. What overflows
+    /// the channel meanwhile is spooled after every batch, so that a long replay under load
+    /// never holds the overflow in memory.
     async fn replay(&mut self, segments: usize) {
         let sealed = {
             let spool = self.spool.clone();
@@ -358,21 +377,30 @@ impl Writer {
             METRICS
                 .spool_corrupt
                 .inc_by(read.corrupt as u64 + u64::from(read.torn));
-            self.settle().await;
-            let Some(mut lane) = self.idle.pop() else {
-                return;
-            };
-            for chunk in read.events.chunks(self.config.batch_size.max(1)) {
-                if let Err(e) = write_checked(&mut lane, chunk, Mode::Again).await {
-                    self.failed(&e);
-                    lane.disconnect();
-                    self.idle.push(lane);
+            let n_events = read.events.len();
+            let mut events = read.events.into_iter();
+            loop {
+                if !self.is_up() {
+                    // Left where it is: what of it was stored is skipped when it is replayed.
+                    self.settle().await;
                     return;
                 }
-                METRICS.replayed.inc_by(chunk.len() as u64);
+                let batch: Vec<Event> = events
+                    .by_ref()
+                    .take(self.config.batch_size.max(1))
+                    .collect();
+                if batch.is_empty() {
+                    break;
+                }
+                self.hand_over(batch, Origin::Spool).await;
                 self.spool_overflow().await;
             }
-            self.idle.push(lane);
+            self.settle().await;
+            if !self.is_up() {
+                // A batch failed and went back to the spool; the segment stays too, in case
+                // spooling it again failed (replaying both is harmless).
+                return;
+            }
             let spool = self.spool.clone();
             let removed = tokio::task::spawn_blocking(move || {
                 let mut spool = spool.blocking_lock();
@@ -389,10 +417,7 @@ impl Writer {
                 }
                 Err(_) => return,
             }
-            tracing::info!(
-                events = read.events.len(),
-                "spooled events replayed into PostgreSQL"
-            );
+            tracing::info!(events = n_events, "spooled events replayed into PostgreSQL");
         }
     }
 }
