@@ -184,7 +184,7 @@ impl Writer {
         let mut tick = tokio::time::interval(self.config.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Events left by an earlier run go in first.
-        self.replay(usize::MAX).await;
+        self.replay(usize::MAX, &mut rx).await;
         loop {
             let room = n - buf.len();
             tokio::select! {
@@ -212,7 +212,7 @@ impl Writer {
             }
             // One segment a round, so that fresh batches are written between segments.
             if self.is_up() && !self.spool.lock().await.is_empty() {
-                self.replay(1).await;
+                self.replay(1, &mut rx).await;
             }
         }
         // Drain: nothing new arrives once HTTP has stopped; what is queued must be durable.
@@ -349,8 +349,9 @@ impl Writer {
     /// segment's batches on both lanes; stops at the first failure. A segment is removed once
     /// each of its events is stored or, its batch having failed, spooled again. What overflows
     /// the channel meanwhile is spooled after every batch, so that a long replay under load
-    /// never holds the overflow in memory.
-    async fn replay(&mut self, segments: usize) {
+    /// never holds the overflow in memory. Fresh events waiting in the channel go first, before
+    /// each spooled batch: a replay must not leave the channel to fill and spool what arrives.
+    async fn replay(&mut self, segments: usize, fresh: &mut mpsc::Receiver<Event>) {
         let sealed = {
             let spool = self.spool.clone();
             match tokio::task::spawn_blocking(move || spool.blocking_lock().seal()).await {
@@ -385,10 +386,22 @@ impl Writer {
                     self.settle().await;
                     return;
                 }
-                let batch: Vec<Event> = events
-                    .by_ref()
-                    .take(self.config.batch_size.max(1))
-                    .collect();
+                let n = self.config.batch_size.max(1);
+                // Only a whole batch: fewer would be written as a transaction of a few events.
+                let mut waiting = Vec::new();
+                let whole_batch = self.depth_of.depth() >= n;
+                while whole_batch && waiting.len() < n {
+                    match fresh.try_recv() {
+                        Ok(e) => waiting.push(e),
+                        Err(_) => break,
+                    }
+                }
+                if !waiting.is_empty() {
+                    self.hand_over(waiting, Origin::Channel).await;
+                    self.spool_overflow().await;
+                    continue;
+                }
+                let batch: Vec<Event> = events.by_ref().take(n).collect();
                 if batch.is_empty() {
                     break;
                 }
