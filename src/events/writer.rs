@@ -99,6 +99,7 @@ pub fn start(pool: Pool, config: WriterConfig) -> Result<(EventSink, WriterHandl
         overflow,
         config,
         down_until: None,
+        replay_failed: false,
         depth_of: sink.clone(),
     };
     for _ in 0..LANES {
@@ -122,6 +123,8 @@ struct Writer {
     config: WriterConfig,
     /// Set after a failure: until then batches go straight to the spool.
     down_until: Option<Instant>,
+    /// A batch of the segment being replayed was not written: the segment stays.
+    replay_failed: bool,
     depth_of: EventSink,
 }
 
@@ -257,13 +260,22 @@ impl Writer {
                 None => break,
             }
         }
-        if !self.is_up() {
-            self.spool_events(batch, "database_down").await;
-            return;
-        }
-        let Some(mut lane) = self.idle.pop() else {
-            self.spool_events(batch, "database_error").await;
-            return;
+        let cause = match (self.is_up(), self.idle.pop()) {
+            (true, Some(lane)) => Ok(lane),
+            (false, lane) => {
+                self.idle.extend(lane);
+                Err("database_down")
+            }
+            (true, None) => Err("database_error"),
+        };
+        let mut lane = match (cause, origin) {
+            (Ok(lane), _) => lane,
+            (Err(cause), Origin::Channel) => return self.spool_events(batch, cause).await,
+            // Still in its segment, which stays for the next replay.
+            (Err(_), Origin::Spool) => {
+                self.replay_failed = true;
+                return;
+            }
         };
         self.running.spawn(async move {
             let result = write_checked(&mut lane, &batch, Mode::Fresh).await;
@@ -283,11 +295,16 @@ impl Writer {
                 }
                 self.idle.push(lane);
             }
-            Ok((mut lane, batch, _, Err(e))) => {
+            Ok((mut lane, batch, origin, Err(e))) => {
                 self.failed(&e);
                 lane.disconnect();
                 self.idle.push(lane);
-                self.spool_events(batch, "database_error").await;
+                match origin {
+                    Origin::Channel => self.spool_events(batch, "database_error").await,
+                    // Still in its segment, which is kept for the next replay: spooling it
+                    // again would grow the spool by a batch at every retry of an outage.
+                    Origin::Spool => self.replay_failed = true,
+                }
             }
             // A panic is a bug; its batch went with it. The lane is replaced so that the writer
             // keeps its width.
@@ -380,6 +397,7 @@ impl Writer {
                 .inc_by(read.corrupt as u64 + u64::from(read.torn));
             let n_events = read.events.len();
             let mut events = read.events.into_iter();
+            self.replay_failed = false;
             loop {
                 if !self.is_up() {
                     // Left where it is: what of it was stored is skipped when it is replayed.
@@ -409,9 +427,8 @@ impl Writer {
                 self.spool_overflow().await;
             }
             self.settle().await;
-            if !self.is_up() {
-                // A batch failed and went back to the spool; the segment stays too, in case
-                // spooling it again failed (replaying both is harmless).
+            if self.replay_failed {
+                // Replayed again later: what of it was stored is skipped then.
                 return;
             }
             let spool = self.spool.clone();

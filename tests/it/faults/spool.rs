@@ -166,3 +166,42 @@ async fn a_full_disk_is_a_clear_error_and_the_writer_goes_on() {
     );
     assert!(Spool::open(disk.dir.path()).unwrap().is_empty());
 }
+
+/// While PostgreSQL stays away, each retry of a replay fails: the segment is kept as it is and
+/// nothing of it is spooled again, so that an outage never grows the spool by a batch a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_fails_keeps_its_segment_and_spools_nothing_again() {
+    let copies: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
+    let evs = events(&copies, 300);
+    let spool_dir = tempfile::tempdir().unwrap();
+    {
+        let mut spool = Spool::open(spool_dir.path()).unwrap();
+        spool.append(&evs).unwrap();
+        spool.seal().unwrap();
+    }
+    let before = Spool::open(spool_dir.path()).unwrap().bytes();
+    // Nothing listens on this port: every write fails as an outage.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pool = mailtally::store::pool(
+        &format!("postgres://mailtally@127.0.0.1:{port}/none?connect_timeout=1"),
+        4,
+    )
+    .unwrap();
+    let mut config = WriterConfig::new(spool_dir.path().to_owned());
+    config.batch_size = 50;
+    config.retry_after = Duration::from_millis(100);
+    let (_sink, handle) = writer::start(pool, config).unwrap();
+    // Some twenty retries of the replay.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    handle.shutdown().await;
+    let after = Spool::open(spool_dir.path()).unwrap();
+    assert_eq!(
+        after.bytes(),
+        before,
+        "the spool grew while PostgreSQL was away"
+    );
+}
