@@ -2,8 +2,9 @@
 //! flush interval or every N events, whichever comes first, to one of two connections
 //! ([`super::lane`]), so that one batch is written while the other commits.
 //!
-//! A batch PostgreSQL does not take (an error, a timeout) goes to the spool and the writer
-//! retries the database once a second; while it is away, batches go straight to the spool.
+//! A batch PostgreSQL does not take (an error, a timeout) goes to the spool (a replayed one
+//! stays in its segment) and the writer retries the database once a second; while it is away,
+//! batches go straight to the spool. Only rows PostgreSQL refuses for their contents are dropped.
 //! Once a write succeeds again the spool is replayed, one segment at a time, its batches on
 //! both connections as fresh ones are. Most spooled events were never written (the channel was
 //! full), so a replayed batch is first COPYed straight in; one that meets an event already stored
@@ -144,11 +145,13 @@ enum Origin {
 const LANES: usize = 2;
 
 /// Whether an error means "PostgreSQL is away" (retry later) rather than "this batch is bad".
+/// Only a data error (class 22) or a violated constraint (23) is the batch's own fault; every
+/// other error (a read-only standby after a failover, a lock timeout, a migration under way)
+/// passes, and dropping the batch's rows for it would lose events.
 fn is_outage(e: &WriterError) -> bool {
     match e {
         WriterError::Db(db) => match db.code() {
-            // Connection, resources, operator intervention, system errors, rollbacks.
-            Some(code) => ["08", "53", "57", "58", "40", "XX"]
+            Some(code) => !["22", "23"]
                 .iter()
                 .any(|class| code.code().starts_with(class)),
             None => true,
@@ -309,6 +312,8 @@ impl Writer {
             // A panic is a bug; its batch went with it. The lane is replaced so that the writer
             // keeps its width.
             Err(e) => {
+                // Perhaps a batch of the segment being replayed: keep the segment.
+                self.replay_failed = true;
                 tracing::error!(error = %e, "an event write ended abnormally; its batch is lost");
                 self.idle.push(self.new_lane());
             }
@@ -364,7 +369,7 @@ impl Writer {
 
     /// Replays at most `segments` segments of the spool into PostgreSQL, oldest first, each
     /// segment's batches on both lanes; stops at the first failure. A segment is removed once
-    /// each of its events is stored or, its batch having failed, spooled again. What overflows
+    /// every one of its batches was written; else it stays, whole, for the next replay. What overflows
     /// the channel meanwhile is spooled after every batch, so that a long replay under load
     /// never holds the overflow in memory. Fresh events waiting in the channel go first, before
     /// each spooled batch: a replay must not leave the channel to fill and spool what arrives.

@@ -115,3 +115,51 @@ async fn events_of_unknown_or_removed_copies_never_become_rows() {
         assert_eq!(count_of(copy).await, 0, "no row for {copy}");
     }
 }
+
+/// A database that refuses every write for a while (a read-only standby after a failover)
+/// is an outage: the events wait in the spool and are stored once it takes writes, instead of
+/// being refused row by row and dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_holds_events_back_and_drops_none() {
+    let db = TestDb::migrated();
+    let client = db.client().await;
+    let seeded = seed(&client, 1, 2).await;
+    let name: String = client
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{name}\" SET default_transaction_read_only = on"
+        ))
+        .await
+        .unwrap();
+    let spool_dir = tempfile::tempdir().unwrap();
+    let mut config = WriterConfig::new(spool_dir.path().to_owned());
+    config.batch_size = 50;
+    config.retry_after = Duration::from_millis(200);
+    let (sink, handle) = writer::start(db.pool(), config).unwrap();
+    for e in events(&seeded[0].copies, 300) {
+        sink.send(e);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{name}\" RESET default_transaction_read_only"
+        ))
+        .await
+        .unwrap();
+    let n = wait_count(
+        &client,
+        "SELECT count(*) FROM events",
+        300,
+        Duration::from_secs(20),
+    )
+    .await;
+    handle.shutdown().await;
+    assert_eq!(
+        n, 300,
+        "events were dropped while the database was read-only"
+    );
+}
