@@ -369,9 +369,9 @@ impl Writer {
 
     /// Replays at most `segments` segments of the spool into PostgreSQL, oldest first, each
     /// segment's batches on both lanes; stops at the first failure. A segment is removed once
-    /// every one of its batches was written; else it stays, whole, for the next replay. What overflows
-    /// the channel meanwhile is spooled after every batch, so that a long replay under load
-    /// never holds the overflow in memory. Fresh events waiting in the channel go first, before
+    /// every one of its batches was written; else it stays, whole, for the next replay. What
+    /// overflows the channel meanwhile is spooled after every batch, so that a long replay under
+    /// load never holds the overflow in memory. Fresh events waiting in the channel go first, before
     /// each spooled batch: a replay must not leave the channel to fill and spool what arrives.
     async fn replay(&mut self, segments: usize, fresh: &mut mpsc::Receiver<Event>) {
         let sealed = {
