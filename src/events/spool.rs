@@ -19,6 +19,9 @@ pub const SEGMENT_MAX_BYTES: u64 = 32 * 1024 * 1024;
 /// No event encodes to more than this; a larger length is corruption.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 const HEADER: usize = 8;
+/// The name prefix of a segment being created, before it is published (see
+/// [`Spool::new_segment`]); never listed for replay.
+const CREATING: &str = ".creating-";
 
 #[derive(Debug, Error)]
 pub enum SpoolError {
@@ -75,6 +78,7 @@ impl Spool {
             next_seq: 1,
             bytes: 0,
         };
+        spool.remove_abandoned()?;
         for (seq, path) in spool.list()? {
             spool.next_seq = spool.next_seq.max(seq + 1);
             spool.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -115,6 +119,75 @@ impl Spool {
         Ok(out)
     }
 
+    /// Creates the next segment, already locked. A reader in another process sharing the
+    /// directory takes an unlocked segment for a closed one and removes it once replayed, so a
+    /// segment must never appear under its name before it is locked: it is created under a name
+    /// of this process's own, locked, and only then linked under the next free segment name.
+    fn new_segment(&mut self) -> Result<(nix::fcntl::Flock<File>, PathBuf), SpoolError> {
+        // A crashed process's leftover is removed by `remove_abandoned` of a process starting,
+        // which may catch ours between its creation and its lock: then begin again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let private = self
+                .dir
+                .join(format!("{CREATING}{}", uuid::Uuid::new_v4().simple()));
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&private)
+                .map_err(io(&private))?;
+            let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| io(&private)(e.into()))?;
+            #[cfg(test)]
+            tests::before_publish();
+            // Another process on the same data directory may have taken the next number.
+            let published = loop {
+                let path = self.dir.join(format!("events-{:016}.spool", self.next_seq));
+                self.next_seq += 1;
+                match fs::hard_link(&private, &path) {
+                    Ok(()) => break Ok(path),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => break Err((path, e)),
+                }
+            };
+            match published {
+                Ok(path) => {
+                    fs::remove_file(&private).map_err(io(&private))?;
+                    return Ok((file, path));
+                }
+                Err((_, e)) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => continue,
+                Err((path, e)) => {
+                    let _ = fs::remove_file(&private);
+                    return Err(io(&path)(e));
+                }
+            }
+        }
+    }
+
+    /// Removes what a crashed process left of a segment it was creating: nothing was ever
+    /// written to it (a segment is written only under its published name), and one still locked
+    /// belongs to a live process.
+    fn remove_abandoned(&self) -> Result<(), SpoolError> {
+        for entry in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let entry = entry.map_err(io(&self.dir))?;
+            if !entry.file_name().to_string_lossy().starts_with(CREATING) {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            if let Ok(locked) =
+                nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            {
+                let _ = fs::remove_file(&path);
+                drop(locked);
+            }
+        }
+        Ok(())
+    }
+
     /// Appends `events` and fsyncs; returns the bytes written.
     pub fn append(&mut self, events: &[Event]) -> Result<u64, SpoolError> {
         if events.is_empty() {
@@ -132,21 +205,7 @@ impl Spool {
             self.active = None;
         }
         if self.active.is_none() {
-            // Another process on the same data directory may have taken the next number.
-            let (file, path) = loop {
-                let path = self.dir.join(format!("events-{:016}.spool", self.next_seq));
-                self.next_seq += 1;
-                match OpenOptions::new().create_new(true).append(true).open(&path) {
-                    Ok(file) => {
-                        let file =
-                            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-                                .map_err(|(_, e)| io(&path)(e.into()))?;
-                        break (file, path);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(io(&path)(e)),
-                }
-            };
+            let (file, path) = self.new_segment()?;
             // The new name must survive a crash as well as its contents.
             File::open(&self.dir)
                 .and_then(|d| d.sync_all())
@@ -193,62 +252,259 @@ pub fn encode_record(event: &Event, out: &mut Vec<u8>) -> Result<(), SpoolError>
 
 /// Decodes every good record of a segment's bytes; never fails, reports what it skipped.
 pub fn decode_records(bytes: &[u8]) -> SegmentRead {
-    let mut read = SegmentRead::default();
-    let mut at = 0;
-    while at < bytes.len() {
-        let Some(header) = bytes.get(at..at + HEADER) else {
-            read.torn = true;
-            break;
-        };
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len > MAX_RECORD_BYTES {
-            // The length itself is garbage: nothing after it can be framed.
-            read.corrupt += 1;
-            break;
-        }
-        let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
-            read.torn = true;
-            break;
-        };
-        at += HEADER + len;
-        if crc32fast::hash(payload) != crc {
-            read.corrupt += 1;
-            continue;
-        }
-        match serde_json::from_slice::<Event>(payload) {
-            Ok(e) => read.events.push(e),
-            Err(_) => read.corrupt += 1,
-        }
+    let mut records = Records::new(bytes);
+    let mut events = Vec::new();
+    // Reading a slice cannot fail.
+    while let Ok(Some(e)) = records.next_event() {
+        events.push(e);
     }
-    read
+    SegmentRead {
+        events,
+        torn: records.torn,
+        corrupt: records.corrupt,
+    }
 }
 
-/// Reads a segment file, warning about what had to be skipped; `None` when another process
-/// is still appending to it.
+/// The records of a segment, decoded one at a time.
+struct Records<R> {
+    input: R,
+    torn: bool,
+    corrupt: usize,
+    ended: bool,
+    payload: Vec<u8>,
+}
+
+impl<R: Read> Records<R> {
+    fn new(input: R) -> Records<R> {
+        Records {
+            input,
+            torn: false,
+            corrupt: 0,
+            ended: false,
+            payload: Vec::new(),
+        }
+    }
+
+    /// The next good event, skipping bad records; `None` at the end of the segment.
+    fn next_event(&mut self) -> std::io::Result<Option<Event>> {
+        while !self.ended {
+            let mut header = [0u8; HEADER];
+            match read_full(&mut self.input, &mut header)? {
+                0 => {
+                    self.ended = true;
+                    break;
+                }
+                HEADER => {}
+                _ => {
+                    self.torn = true;
+                    self.ended = true;
+                    break;
+                }
+            }
+            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+            if len > MAX_RECORD_BYTES {
+                // The length itself is garbage: nothing after it can be framed.
+                self.corrupt += 1;
+                self.ended = true;
+                break;
+            }
+            self.payload.resize(len, 0);
+            if read_full(&mut self.input, &mut self.payload)? < len {
+                self.torn = true;
+                self.ended = true;
+                break;
+            }
+            if crc32fast::hash(&self.payload) != crc {
+                self.corrupt += 1;
+                continue;
+            }
+            match serde_json::from_slice::<Event>(&self.payload) {
+                Ok(e) => return Ok(Some(e)),
+                Err(_) => self.corrupt += 1,
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Reads until `buf` is full or the input ends; the bytes read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// A segment file held for reading (shared lock).
+struct Locked(nix::fcntl::Flock<File>);
+
+impl Read for Locked {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+/// A segment being replayed, read a batch at a time: a segment holds up to
+/// [`SEGMENT_MAX_BYTES`] of records, and reading it whole kept the file and all of its events
+/// in memory at once, beside the endpoints that were filling the spool.
+pub struct SegmentReader {
+    path: PathBuf,
+    records: Records<std::io::BufReader<Locked>>,
+    warned: bool,
+}
+
+impl SegmentReader {
+    /// Opens a segment; `None` when another process is still appending to it.
+    pub fn open(path: &Path) -> Result<Option<SegmentReader>, SpoolError> {
+        let file = File::open(path).map_err(io(path))?;
+        let file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+            Ok(f) => f,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+            Err((_, e)) => return Err(io(path)(e.into())),
+        };
+        Ok(Some(SegmentReader {
+            path: path.to_owned(),
+            records: Records::new(std::io::BufReader::with_capacity(256 * 1024, Locked(file))),
+            warned: false,
+        }))
+    }
+
+    /// The next at most `n` good events; fewer only at the end of the segment, where it warns
+    /// about what had to be skipped.
+    pub fn next_batch(&mut self, n: usize) -> Result<Vec<Event>, SpoolError> {
+        let mut out = Vec::with_capacity(n.min(4096));
+        while out.len() < n {
+            match self.records.next_event().map_err(io(&self.path))? {
+                Some(e) => out.push(e),
+                None => {
+                    self.warn_skipped();
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records skipped so far: torn (at most one, the last) and corrupt.
+    pub fn skipped(&self) -> usize {
+        self.records.corrupt + usize::from(self.records.torn)
+    }
+
+    fn warn_skipped(&mut self) {
+        if std::mem::replace(&mut self.warned, true) {
+            return;
+        }
+        let path = self.path.display();
+        if self.records.torn {
+            tracing::warn!(segment = %path, "event spool: torn last record skipped (crash during an append)");
+        }
+        if self.records.corrupt > 0 {
+            tracing::warn!(segment = %path, records = self.records.corrupt, "event spool: records failing their checksum skipped");
+        }
+    }
+}
+
+/// Reads a whole segment file; `None` when another process is still appending to it.
 pub fn read_segment(path: &Path) -> Result<Option<SegmentRead>, SpoolError> {
-    let file = File::open(path).map_err(io(path))?;
-    let mut file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
-        Ok(f) => f,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
-        Err((_, e)) => return Err(io(path)(e.into())),
+    let Some(mut reader) = SegmentReader::open(path)? else {
+        return Ok(None);
     };
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(io(path))?;
-    let read = decode_records(&bytes);
-    if read.torn {
-        tracing::warn!(segment = %path.display(), "event spool: torn last record skipped (crash during an append)");
-    }
-    if read.corrupt > 0 {
-        tracing::warn!(segment = %path.display(), records = read.corrupt, "event spool: records failing their checksum skipped");
-    }
-    Ok(Some(read))
+    let events = reader.next_batch(usize::MAX)?;
+    Ok(Some(SegmentRead {
+        events,
+        torn: reader.records.torn,
+        corrupt: reader.records.corrupt,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::events::Kind;
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// Runs inside [`Spool::new_segment`], between creating a segment and publishing it.
+        static BEFORE_PUBLISH: RefCell<Option<Box<dyn FnMut()>>> = RefCell::new(None);
+    }
+
+    pub(super) fn before_publish() {
+        let hook = BEFORE_PUBLISH.with(|h| h.borrow_mut().take());
+        if let Some(mut hook) = hook {
+            hook();
+        }
+    }
+
+    /// Another process sharing the directory replays it at the worst moment: while this one is
+    /// creating the segment its event goes to. The event is then either replayed by the other
+    /// or still on disk; before, the other removed the new, empty, not yet locked segment and
+    /// the event was written into a file that no longer had a name.
+    #[test]
+    fn a_segment_being_created_is_never_replayed_by_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().to_owned();
+        let replayed = std::rc::Rc::new(std::cell::Cell::new(0usize));
+        let seen = replayed.clone();
+        BEFORE_PUBLISH.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                let mut other = Spool::open(&shared).unwrap();
+                for segment in other.seal().unwrap() {
+                    if let Some(read) = read_segment(&segment).unwrap() {
+                        seen.set(seen.get() + read.events.len());
+                        other.remove(&segment).unwrap();
+                    }
+                }
+            }))
+        });
+        let mut spool = Spool::open(dir.path()).unwrap();
+        spool.append(&[event(1)]).unwrap();
+        assert!(
+            BEFORE_PUBLISH.with(|h| h.borrow().is_none()),
+            "the hook ran"
+        );
+        drop(spool);
+        let mut later = Spool::open(dir.path()).unwrap();
+        let on_disk: usize = later
+            .seal()
+            .unwrap()
+            .iter()
+            .map(|s| read_segment(s).unwrap().unwrap().events.len())
+            .sum();
+        assert_eq!(replayed.get() + on_disk, 1, "the event is kept");
+        // Nothing but the segment is left in the directory.
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    /// A crash between creating a segment and publishing it leaves a file no one holds: the
+    /// next process to open the spool removes it, and leaves alone one a live process holds.
+    #[test]
+    fn an_abandoned_segment_being_created_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let abandoned = dir.path().join(format!("{CREATING}dead"));
+        fs::write(&abandoned, b"").unwrap();
+        let held_path = dir.path().join(format!("{CREATING}live"));
+        let held = nix::fcntl::Flock::lock(
+            File::create(&held_path).unwrap(),
+            nix::fcntl::FlockArg::LockExclusive,
+        )
+        .unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        assert!(!abandoned.exists());
+        assert!(held_path.exists());
+        assert!(spool.is_empty());
+        drop(held);
+    }
 
     fn event(i: i32) -> Event {
         let mut e = Event::new(Kind::Click, uuid::Uuid::now_v7());
@@ -288,6 +544,35 @@ mod tests {
         assert!(read_segment(&busy).unwrap().is_none());
         other.seal().unwrap();
         assert_eq!(read_segment(&busy).unwrap().unwrap().events.len(), 1);
+    }
+
+    #[test]
+    fn a_segment_is_read_a_batch_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let events: Vec<Event> = (0..10).map(event).collect();
+        let mut spool = Spool::open(dir.path()).unwrap();
+        spool.append(&events).unwrap();
+        let path = spool.seal().unwrap().remove(0);
+        // A torn record behind the last whole one.
+        let mut torn = Vec::new();
+        encode_record(&event(11), &mut torn).unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(&torn[..torn.len() - 3]);
+        fs::write(&path, &bytes).unwrap();
+        let mut reader = SegmentReader::open(&path).unwrap().unwrap();
+        let mut sizes = Vec::new();
+        let mut read = Vec::new();
+        loop {
+            let batch = reader.next_batch(3).unwrap();
+            sizes.push(batch.len());
+            if batch.is_empty() {
+                break;
+            }
+            read.extend(batch);
+        }
+        assert_eq!(sizes, [3, 3, 3, 1, 0]);
+        assert_eq!(read, events);
+        assert_eq!(reader.skipped(), 1);
     }
 
     #[test]

@@ -190,7 +190,7 @@ impl Writer {
         let mut tick = tokio::time::interval(self.config.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Events left by an earlier run go in first.
-        self.replay(usize::MAX, &mut rx).await;
+        self.replay(usize::MAX, &mut rx, &stop).await;
         loop {
             let room = n - buf.len();
             tokio::select! {
@@ -218,7 +218,7 @@ impl Writer {
             }
             // One segment a round, so that fresh batches are written between segments.
             if self.is_up() && !self.spool.lock().await.is_empty() {
-                self.replay(1, &mut rx).await;
+                self.replay(1, &mut rx, &stop).await;
             }
         }
         // Drain: nothing new arrives once HTTP has stopped; what is queued must be durable.
@@ -373,7 +373,13 @@ impl Writer {
     /// overflows the channel meanwhile is spooled after every batch, so that a long replay under
     /// load never holds the overflow in memory. Fresh events waiting in the channel go first, before
     /// each spooled batch: a replay must not leave the channel to fill and spool what arrives.
-    async fn replay(&mut self, segments: usize, fresh: &mut mpsc::Receiver<Event>) {
+    /// A shutdown stops it between batches; the segment stays for the next start.
+    async fn replay(
+        &mut self,
+        segments: usize,
+        fresh: &mut mpsc::Receiver<Event>,
+        stop: &CancellationToken,
+    ) {
         let sealed = {
             let spool = self.spool.clone();
             match tokio::task::spawn_blocking(move || spool.blocking_lock().seal()).await {
@@ -387,24 +393,21 @@ impl Writer {
         };
         for path in sealed.into_iter().take(segments) {
             let p = path.clone();
-            let read = match tokio::task::spawn_blocking(move || spool::read_segment(&p)).await {
-                Ok(Ok(Some(r))) => r,
-                // Another process sharing the data directory is still writing it.
-                Ok(Ok(None)) => continue,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "cannot read a spool segment");
-                    return;
-                }
-                Err(_) => return,
-            };
-            METRICS
-                .spool_corrupt
-                .inc_by(read.corrupt as u64 + u64::from(read.torn));
-            let n_events = read.events.len();
-            let mut events = read.events.into_iter();
+            let mut reader =
+                match tokio::task::spawn_blocking(move || spool::SegmentReader::open(&p)).await {
+                    Ok(Ok(Some(r))) => r,
+                    // Another process sharing the data directory is still writing it.
+                    Ok(Ok(None)) => continue,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot read a spool segment");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let mut n_events = 0;
             self.replay_failed = false;
             loop {
-                if !self.is_up() {
+                if !self.is_up() || stop.is_cancelled() {
                     // Left where it is: what of it was stored is skipped when it is replayed.
                     self.settle().await;
                     return;
@@ -424,13 +427,35 @@ impl Writer {
                     self.spool_overflow().await;
                     continue;
                 }
-                let batch: Vec<Event> = events.by_ref().take(n).collect();
+                let read = tokio::task::spawn_blocking(move || {
+                    let batch = reader.next_batch(n);
+                    (reader, batch)
+                })
+                .await;
+                let batch = match read {
+                    Ok((r, Ok(batch))) => {
+                        reader = r;
+                        batch
+                    }
+                    Ok((_, Err(e))) => {
+                        tracing::error!(error = %e, "cannot read a spool segment");
+                        self.settle().await;
+                        return;
+                    }
+                    Err(_) => {
+                        self.settle().await;
+                        return;
+                    }
+                };
                 if batch.is_empty() {
                     break;
                 }
+                n_events += batch.len();
                 self.hand_over(batch, Origin::Spool).await;
                 self.spool_overflow().await;
             }
+            METRICS.spool_corrupt.inc_by(reader.skipped() as u64);
+            drop(reader);
             self.settle().await;
             if self.replay_failed {
                 // Replayed again later: what of it was stored is skipped then.

@@ -205,3 +205,47 @@ async fn a_replay_that_fails_keeps_its_segment_and_spools_nothing_again() {
         "the spool grew while PostgreSQL was away"
     );
 }
+
+/// A shutdown during a long replay (a large spool left by an outage, replayed at start) stops
+/// between batches and leaves the rest in the spool, where before it waited for the whole
+/// spool to be written; the next start replays the rest, and every event lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_a_replay_stops_it_and_keeps_the_rest() {
+    let db = TestDb::migrated();
+    let client = db.client().await;
+    let seeded = seed(&client, 1, 3).await;
+    let spool_dir = tempfile::tempdir().unwrap();
+    let total = 20_000;
+    {
+        let mut spool = Spool::open(spool_dir.path()).unwrap();
+        spool.append(&events(&seeded[0].copies, total)).unwrap();
+        spool.seal().unwrap();
+    }
+    let count = "SELECT count(*) FROM events";
+    let mut config = WriterConfig::new(spool_dir.path().to_owned());
+    // One transaction an event: the whole replay takes many seconds.
+    config.batch_size = 1;
+    let (_sink, handle) = writer::start(db.pool(), config.clone()).unwrap();
+    assert!(wait_count(&client, count, 1, Duration::from_secs(10)).await >= 1);
+    handle.shutdown().await;
+    let stored: i64 = client.query_one(count, &[]).await.unwrap().get(0);
+    assert!(
+        stored < total as i64,
+        "the shutdown waited for the whole replay ({stored} events stored)"
+    );
+    assert!(!Spool::open(spool_dir.path()).unwrap().is_empty());
+
+    config.batch_size = 1000;
+    let (_sink, handle) = writer::start(db.pool(), config).unwrap();
+    wait_count(&client, count, total as i64, Duration::from_secs(30)).await;
+    for _ in 0..100 {
+        if Spool::open(spool_dir.path()).unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.shutdown().await;
+    let stored: i64 = client.query_one(count, &[]).await.unwrap().get(0);
+    assert_eq!(stored, total as i64);
+    assert!(Spool::open(spool_dir.path()).unwrap().is_empty());
+}
