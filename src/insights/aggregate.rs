@@ -184,13 +184,14 @@ pub async fn fold_batch(
     work_tables(&tx).await?;
     let read_at = started.elapsed();
 
-    let mut by_copy: HashMap<Uuid, Vec<NewEvent>> = HashMap::new();
-    for e in events {
-        by_copy.entry(e.copy_id).or_default().push(e);
-    }
-    for evs in by_copy.values_mut() {
-        evs.sort_by_key(|e| (e.occurred_at, e.seq));
-    }
+    // Each copy's events in time order, as slices of one vector: in time order nearly every
+    // event of a batch is of another copy, and a vector per copy cost a few hundred bytes each.
+    let mut events = events;
+    events.sort_unstable_by_key(|e| (e.copy_id, e.occurred_at, e.seq));
+    let by_copy: HashMap<Uuid, &[NewEvent]> = events
+        .chunk_by(|a, b| a.copy_id == b.copy_id)
+        .map(|evs| (evs[0].copy_id, evs))
+        .collect();
     let copies: Vec<Uuid> = by_copy.keys().copied().collect();
     let Loaded { folds: old, stale } = load_folds(&tx, &copies).await?;
     // Copies that have no state yet start from an empty one (nothing of theirs was folded).
@@ -199,9 +200,9 @@ pub async fn fold_batch(
         .filter(|(c, _)| !old.contains_key(c) && !stale.contains(c))
         .map(|(c, evs)| (*c, evs[0].message_id))
         .collect();
-    let mut folds: HashMap<Uuid, CopyFold> = empty_folds(&tx, &fresh).await?;
-    folds.extend(old.iter().map(|(c, f)| (*c, f.clone())));
-    let urls = load_urls(&tx, &folds, &by_copy).await?;
+    let mut old = old;
+    let mut empty: HashMap<Uuid, CopyFold> = empty_folds(&tx, &fresh).await?;
+    let urls = load_urls(&tx, &old, &empty, &by_copy).await?;
     let loaded_at = started.elapsed();
 
     let mut classes: Vec<(String, String)> = Vec::new();
@@ -209,8 +210,16 @@ pub async fn fold_batch(
     let mut recompute_seqs: Vec<i64> = Vec::new();
     let mut folded: Vec<CopyFold> = Vec::new();
     let mut deltas = fold::Deltas::default();
+    let mut changed = Changed::default();
     for (copy, evs) in &by_copy {
-        let done = folds.remove(copy).and_then(|mut f| {
+        // Each copy's loaded fold is dropped once its new one is made: the batch holds one
+        // fold of each copy, not two.
+        let before = old.remove(copy);
+        let start = match &before {
+            Some(b) => Some(b.clone()),
+            None => empty.remove(copy),
+        };
+        let done = start.and_then(|mut f| {
             let message = f.state.message_id;
             let url_of = |idx: Option<i32>| match idx {
                 Some(i) => urls
@@ -226,7 +235,8 @@ pub async fn fold_batch(
         });
         match done {
             Some(f) => {
-                deltas.add(old.get(copy), &f);
+                deltas.add(before.as_ref(), &f);
+                changed.note(before.as_ref(), &f);
                 folded.push(f);
             }
             None => {
@@ -265,7 +275,7 @@ pub async fn fold_batch(
         replace_states(&tx).await?;
     }
     let recomputed_at = started.elapsed();
-    write_folded(&tx, &folded, &old).await?;
+    write_folded(&tx, &folded, changed).await?;
     let stored_at = started.elapsed();
     write_deltas(&tx, deltas.without_zeros()).await?;
     apply_deltas(&tx).await?;
@@ -390,17 +400,20 @@ async fn load_folds(tx: &Transaction<'_>, copies: &[Uuid]) -> Result<Loaded, Ins
         .collect();
     let mut out = HashMap::new();
     let mut stale = std::collections::HashSet::new();
-    for r in tx
-        .query(
+    // Rows are taken one at a time: a batch's tens of thousands of rows, each with its
+    // column offsets, would otherwise be held all at once beside the folds made of them.
+    let rows = tx
+        .query_raw(
             &format!(
                 "SELECT {}, f.recent_clicks FROM insights_copy_state s
                  LEFT JOIN insights_copy_fold f USING (copy_id) WHERE s.copy_id = ANY($1)",
                 cols.join(", ")
             ),
-            &[&copies],
+            [&copies as &(dyn ToSql + Sync)],
         )
-        .await?
-    {
+        .await?;
+    pin_mut!(rows);
+    while let Some(r) = rows.try_next().await? {
         let state = CopyState::from_row(&r);
         let recent: Option<serde_json::Value> = r.get(25);
         match recent.as_ref().and_then(fold::recent_clicks_from_json) {
@@ -421,26 +434,28 @@ async fn load_folds(tx: &Transaction<'_>, copies: &[Uuid]) -> Result<Loaded, Ins
         }
     }
     let loaded: Vec<Uuid> = out.keys().copied().collect();
-    for r in tx
-        .query(
+    let rows = tx
+        .query_raw(
             "SELECT copy_id, url, clicks, human_clicks FROM insights_copy_links
              WHERE copy_id = ANY($1)",
-            &[&loaded],
+            [&loaded as &(dyn ToSql + Sync)],
         )
-        .await?
-    {
+        .await?;
+    pin_mut!(rows);
+    while let Some(r) = rows.try_next().await? {
         if let Some(f) = out.get_mut(&r.get::<_, Uuid>(0)) {
             f.links.insert(r.get(1), (r.get(2), r.get(3)));
         }
     }
-    for r in tx
-        .query(
+    let rows = tx
+        .query_raw(
             "SELECT copy_id, client, device, opens, human_opens FROM insights_copy_clients
              WHERE copy_id = ANY($1)",
-            &[&loaded],
+            [&loaded as &(dyn ToSql + Sync)],
         )
-        .await?
-    {
+        .await?;
+    pin_mut!(rows);
+    while let Some(r) = rows.try_next().await? {
         if let Some(f) = out.get_mut(&r.get::<_, Uuid>(0)) {
             f.clients.insert((r.get(1), r.get(2)), (r.get(3), r.get(4)));
         }
@@ -496,16 +511,18 @@ async fn empty_folds(
 /// a batch of deliveries and opens reads no link list.
 async fn load_urls(
     tx: &Transaction<'_>,
-    folds: &HashMap<Uuid, CopyFold>,
-    by_copy: &HashMap<Uuid, Vec<NewEvent>>,
+    old: &HashMap<Uuid, CopyFold>,
+    empty: &HashMap<Uuid, CopyFold>,
+    by_copy: &HashMap<Uuid, &[NewEvent]>,
 ) -> Result<HashMap<(Uuid, i32), String>, InsightsError> {
     let clicked = |copy: &Uuid| {
         by_copy
             .get(copy)
             .is_some_and(|evs| evs.iter().any(|e| e.kind == "click"))
     };
-    let mut messages: Vec<Uuid> = folds
+    let mut messages: Vec<Uuid> = old
         .iter()
+        .chain(empty)
         .filter(|(copy, _)| clicked(copy))
         .map(|(_, f)| f.state.message_id)
         .collect();
@@ -522,12 +539,63 @@ async fn load_urls(
         .collect())
 }
 
+/// The rows of links, clients and recent clicks that a batch changed, as columns for
+/// [`write_folded`]: noted copy by copy, so that a copy's loaded fold can go once its new one
+/// is made.
+#[derive(Default)]
+struct Changed {
+    link_copy: Vec<Uuid>,
+    link_url: Vec<String>,
+    link_all: Vec<i32>,
+    link_human: Vec<i32>,
+    client_copy: Vec<Uuid>,
+    client_name: Vec<String>,
+    client_device: Vec<String>,
+    client_all: Vec<i32>,
+    client_human: Vec<i32>,
+    recent_copy: Vec<Uuid>,
+    recent: Vec<serde_json::Value>,
+}
+
+impl Changed {
+    /// Notes what of `new` differs from `before` (the stored fold; `None` for a copy new to
+    /// the state).
+    fn note(&mut self, before: Option<&CopyFold>, new: &CopyFold) {
+        let copy = new.state.copy_id;
+        for (url, &(all, human)) in &new.links {
+            if before.and_then(|b| b.links.get(url)) != Some(&(all, human)) {
+                self.link_copy.push(copy);
+                self.link_url.push(url.clone());
+                self.link_all.push(all);
+                self.link_human.push(human);
+            }
+        }
+        for (key, &(all, human)) in &new.clients {
+            if before.and_then(|b| b.clients.get(key)) != Some(&(all, human)) {
+                let (client, device) = key;
+                self.client_copy.push(copy);
+                self.client_name.push(client.clone());
+                self.client_device.push(device.clone());
+                self.client_all.push(all);
+                self.client_human.push(human);
+            }
+        }
+        // A copy new to the state gets its row even without clicks: a state without one is
+        // read as written by older code.
+        if before.is_none_or(|b| b.recent_clicks != new.recent_clicks) {
+            self.recent_copy.push(copy);
+            self.recent
+                .push(fold::recent_clicks_json(&new.recent_clicks));
+        }
+    }
+}
+
 /// Stores the new fold of the copies folded in Rust: every state row (inserted or updated in
-/// place), and of links, clients and recent clicks only the rows that changed from `old`.
+/// place), and of links, clients and recent clicks the rows `changed` holds.
 async fn write_folded(
     tx: &Transaction<'_>,
     folded: &[CopyFold],
-    old: &HashMap<Uuid, CopyFold>,
+    changed: Changed,
 ) -> Result<(), InsightsError> {
     if folded.is_empty() {
         return Ok(());
@@ -615,39 +683,19 @@ async fn write_folded(
     ))
     .await?;
 
-    let (mut link_copy, mut link_url, mut link_all, mut link_human) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut client_copy, mut client_name, mut client_device, mut client_all, mut client_human) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut recent_copy, mut recent) = (Vec::new(), Vec::new());
-    for f in folded {
-        let copy = f.state.copy_id;
-        let before = old.get(&copy);
-        for (url, &(all, human)) in &f.links {
-            if before.and_then(|b| b.links.get(url)) != Some(&(all, human)) {
-                link_copy.push(copy);
-                link_url.push(url.as_str());
-                link_all.push(all);
-                link_human.push(human);
-            }
-        }
-        for (key, &(all, human)) in &f.clients {
-            if before.and_then(|b| b.clients.get(key)) != Some(&(all, human)) {
-                let (client, device) = key;
-                client_copy.push(copy);
-                client_name.push(client.as_str());
-                client_device.push(device.as_str());
-                client_all.push(all);
-                client_human.push(human);
-            }
-        }
-        // A copy new to the state gets its row even without clicks: a state without one is
-        // read as written by older code.
-        if before.is_none_or(|b| b.recent_clicks != f.recent_clicks) {
-            recent_copy.push(copy);
-            recent.push(fold::recent_clicks_json(&f.recent_clicks));
-        }
-    }
+    let Changed {
+        link_copy,
+        link_url,
+        link_all,
+        link_human,
+        client_copy,
+        client_name,
+        client_device,
+        client_all,
+        client_human,
+        recent_copy,
+        recent,
+    } = changed;
     if !link_copy.is_empty() {
         tx.execute(
             "INSERT INTO insights_copy_links (copy_id, url, clicks, human_clicks)

@@ -8,7 +8,9 @@
 //! from all of its events, and so is a copy whose first `delivered` event comes after opens or
 //! clicks (the unknown-delivery window looks both ways from delivery).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+
+use litemap::LiteMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
@@ -195,14 +197,16 @@ pub struct NewEvent {
     pub seq: i64,
 }
 
-/// Everything the fold keeps of one copy.
+/// Everything the fold keeps of one copy. A copy has a few links and clients, and a batch holds
+/// tens of thousands of copies (twice: as loaded and as folded): sorted vectors, not trees
+/// whose every node holds room for eleven.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CopyFold {
     pub state: CopyState,
     /// url -> (clicks, human clicks)
-    pub links: BTreeMap<String, (i32, i32)>,
+    pub links: LiteMap<String, (i32, i32)>,
     /// (client, device) -> (opens, human opens)
-    pub clients: BTreeMap<(String, String), (i32, i32)>,
+    pub clients: LiteMap<(String, String), (i32, i32)>,
     pub recent_clicks: Vec<RecentClick>,
 }
 
@@ -235,8 +239,8 @@ impl CopyFold {
                 unsubscribed: false,
                 crm,
             },
-            links: BTreeMap::new(),
-            clients: BTreeMap::new(),
+            links: LiteMap::new(),
+            clients: LiteMap::new(),
             recent_clicks: Vec::new(),
         }
     }
