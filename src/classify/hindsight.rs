@@ -128,8 +128,9 @@ pub fn is_human(class: &str) -> bool {
     class == "human" || class == "proxy"
 }
 
-/// A click of a copy that a later click may still put in a sweep: one no older than
-/// [`SWEEP_SECONDS`] before the copy's latest click.
+/// A click of a copy that a later click may still put in a sweep, or that a later click needs
+/// to be judged: one no older than [`SWEEP_SECONDS`] before the copy's latest click that is
+/// counted as a person or is one of the copy's last [`SWEEP_CLICKS`] - 1 clicks.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RecentClick {
     /// Microseconds since the Unix epoch.
@@ -149,6 +150,13 @@ const SWEEP_MICROS: i64 = SWEEP_SECONDS * 1_000_000;
 /// enough, every one of them is a scanner's. Returns the clicks that were counted as a person and
 /// no longer are (the new one included when it is one of them, so that the caller may count it
 /// first and take it back); drops the clicks that have left the window for good.
+///
+/// Of the clicks in the window only those counted as a person (at most [`SWEEP_CLICKS`] - 1,
+/// since that many more would be a sweep) and the last [`SWEEP_CLICKS`] - 1 are kept: a later
+/// click's window holds the newest clicks, so it holds enough of them for a sweep exactly when
+/// it holds the last [`SWEEP_CLICKS`] - 1; and a sweep changes only clicks counted as a person.
+/// Keeping every click of the window let anyone who clicks one link fast enough make the copy's
+/// state, and the work of each click, as large as the clicks of five seconds.
 pub fn add_click(recent: &mut Vec<RecentClick>, click: RecentClick) -> Vec<RecentClick> {
     let start = click.at_micros - SWEEP_MICROS;
     recent.retain(|c| c.at_micros >= start);
@@ -162,8 +170,17 @@ pub fn add_click(recent: &mut Vec<RecentClick>, click: RecentClick) -> Vec<Recen
         }
         recent.sort();
     }
+    let last_from = recent.len().saturating_sub(KEPT_LAST);
+    let mut at = 0;
+    recent.retain(|c| {
+        at += 1;
+        c.human || at > last_from
+    });
     reclassed
 }
+
+/// The newest clicks a copy keeps whatever their class: [`SWEEP_CLICKS`] - 1.
+pub const KEPT_LAST: usize = SWEEP_CLICKS as usize - 1;
 
 /// SQL condition on a class column: true for the classes that count as a person.
 pub fn is_human_sql(class_column: &str) -> String {
@@ -192,6 +209,30 @@ mod tests {
             url: format!("u{at_ms}"),
             human,
         }
+    }
+
+    /// One link clicked 10,000 times a millisecond apart: the copy keeps a handful of
+    /// clicks, not the 5,000 of the window, and every click after the second is a sweep's.
+    #[test]
+    fn a_copy_clicked_without_pause_keeps_a_few_clicks() {
+        let mut recent = Vec::new();
+        let mut reclassed = 0;
+        let mut largest = 0;
+        for i in 0..10_000 {
+            let c = RecentClick {
+                at_micros: i * 1000,
+                url: "https://example.com/a".into(),
+                human: true,
+            };
+            reclassed += add_click(&mut recent, c).len();
+            largest = largest.max(recent.len());
+        }
+        // Every click is taken back: the first two with the third, which swept them, and each
+        // later one as it comes (the caller counts it first).
+        assert_eq!(reclassed, 10_000);
+        assert!(recent.iter().all(|c| !c.human));
+        assert!(largest <= SWEEP_CLICKS as usize, "kept {largest} clicks");
+        assert_eq!(recent.len(), KEPT_LAST);
     }
 
     #[test]

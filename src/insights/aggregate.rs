@@ -912,14 +912,21 @@ async fn recompute_into_new_state(
         WHERE c.kind = 'click'
         GROUP BY 1, 2;
 
-        -- The clicks a later click may still put in a sweep.
+        -- The clicks a later click may still put in a sweep, or needs to be judged: those of
+        -- the window counted as a person and the last few (`hindsight::add_click`).
         INSERT INTO fold_recent
         SELECT s.copy_id, coalesce(r.recent, '[]'::jsonb)
         FROM fold_state s LEFT JOIN (
             SELECT c.copy_id, {recent} AS recent
-            FROM (SELECT k.*, max(k.occurred_at) OVER (PARTITION BY k.copy_id) AS last_click
+            FROM (SELECT k.*, max(k.occurred_at) OVER (PARTITION BY k.copy_id) AS last_click,
+                         row_number() OVER (
+                             PARTITION BY k.copy_id
+                             ORDER BY k.occurred_at DESC, k.url COLLATE \"C\" DESC,
+                                      coalesce(k.final_class IN ('human', 'proxy'), false) DESC
+                         ) AS from_last
                   FROM fold_classified k WHERE k.kind = 'click') c
             WHERE c.occurred_at >= c.last_click - interval '{} seconds'
+              AND (c.final_class IN ('human', 'proxy') OR c.from_last <= {kept_last})
             GROUP BY c.copy_id) r USING (copy_id);
 
         INSERT INTO fold_clients
@@ -932,7 +939,8 @@ async fn recompute_into_new_state(
         ANALYZE fold_links;
         ANALYZE fold_clients;
         ",
-        crate::classify::hindsight::SWEEP_SECONDS
+        crate::classify::hindsight::SWEEP_SECONDS,
+        kept_last = crate::classify::hindsight::KEPT_LAST,
     ))
     .await?;
     Ok(())
