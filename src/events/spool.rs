@@ -137,8 +137,13 @@ impl Spool {
                 .append(true)
                 .open(&private)
                 .map_err(io(&private))?;
-            let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-                .map_err(|(_, e)| io(&private)(e.into()))?;
+            let file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive) {
+                Ok(f) => f,
+                Err((_, e)) => {
+                    let _ = fs::remove_file(&private);
+                    return Err(io(&private)(e.into()));
+                }
+            };
             #[cfg(test)]
             tests::before_publish();
             // Another process on the same data directory may have taken the next number.
@@ -153,7 +158,11 @@ impl Spool {
             };
             match published {
                 Ok(path) => {
-                    fs::remove_file(&private).map_err(io(&private))?;
+                    // The segment is published and locked: a private name left behind is
+                    // removed by the next process to open the spool.
+                    if let Err(e) = fs::remove_file(&private) {
+                        tracing::warn!(error = %e, file = %private.display(), "event spool: cannot remove a private segment name");
+                    }
                     return Ok((file, path));
                 }
                 Err((_, e)) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => continue,
@@ -229,14 +238,26 @@ impl Spool {
         Ok(self.list()?.into_iter().map(|(_, p)| p).collect())
     }
 
-    /// Removes a segment whose events are all in PostgreSQL.
-    pub fn remove(&mut self, path: &Path) -> Result<(), SpoolError> {
-        if self.active.as_ref().is_some_and(|a| a.path == path) {
-            self.active = None;
+    /// Removes a replayed segment, every event of which is in PostgreSQL. The reader's lock,
+    /// held until the name is gone, keeps every other process from replaying the segment
+    /// meanwhile. The name is removed only while it still names the file that was read: when
+    /// another process read the segment too (it opened it before this one locked it) and removed
+    /// it, the name may by now be a new segment that someone is appending to.
+    pub fn remove(&mut self, segment: SegmentReader) -> Result<(), SpoolError> {
+        use std::os::unix::fs::MetadataExt;
+        let path = segment.path.clone();
+        let read = segment.file().metadata().map_err(io(&path))?;
+        match fs::symlink_metadata(&path) {
+            Ok(now) if now.dev() == read.dev() && now.ino() == read.ino() => {
+                fs::remove_file(&path).map_err(io(&path))?;
+                self.bytes = self.bytes.saturating_sub(read.len());
+            }
+            // Removed by another process's replay.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
         }
-        let len = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        fs::remove_file(path).map_err(io(path))?;
-        self.bytes = self.bytes.saturating_sub(len);
+        drop(segment);
         Ok(())
     }
 }
@@ -361,10 +382,14 @@ pub struct SegmentReader {
 }
 
 impl SegmentReader {
-    /// Opens a segment; `None` when another process is still appending to it.
+    /// Opens a segment and locks it, so that no other process replays it at once; `None` when
+    /// another process is appending to it or replaying it.
     pub fn open(path: &Path) -> Result<Option<SegmentReader>, SpoolError> {
         let file = File::open(path).map_err(io(path))?;
-        let file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+        #[cfg(test)]
+        tests::before_lock();
+        let file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        {
             Ok(f) => f,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
             Err((_, e)) => return Err(io(path)(e.into())),
@@ -390,6 +415,11 @@ impl SegmentReader {
             }
         }
         Ok(out)
+    }
+
+    /// The segment file, as opened.
+    fn file(&self) -> &File {
+        &self.records.input.get_ref().0
     }
 
     /// Records skipped so far: torn (at most one, the last) and corrupt.
@@ -442,6 +472,60 @@ mod tests {
         }
     }
 
+    thread_local! {
+        /// Runs inside [`SegmentReader::open`], between opening a segment and locking it.
+        static BEFORE_LOCK: RefCell<Option<Box<dyn FnMut()>>> = RefCell::new(None);
+    }
+
+    pub(super) fn before_lock() {
+        let hook = BEFORE_LOCK.with(|h| h.borrow_mut().take());
+        if let Some(mut hook) = hook {
+            hook();
+        }
+    }
+
+    /// Two processes replay one segment: this one opens it; before it takes the lock, the
+    /// other replays and removes it, and a third begins a new segment under the name now free.
+    /// This one's removal must leave the new segment alone; removing by name, it took the new
+    /// segment's events with it.
+    #[test]
+    fn a_segment_removed_by_another_replay_is_not_removed_again_under_its_new_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Spool::open(dir.path()).unwrap();
+        first.append(&[event(1)]).unwrap();
+        let path = first.seal().unwrap().remove(0);
+        drop(first);
+        let shared = dir.path().to_owned();
+        let third: std::rc::Rc<RefCell<Option<Spool>>> = Default::default();
+        let owner = third.clone();
+        BEFORE_LOCK.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                let mut other = Spool::open(&shared).unwrap();
+                let segment = other.seal().unwrap().remove(0);
+                let mut read = SegmentReader::open(&segment).unwrap().unwrap();
+                assert_eq!(read.next_batch(10).unwrap().len(), 1);
+                other.remove(read).unwrap();
+                let mut new_owner = Spool::open(&shared).unwrap();
+                new_owner.append(&[event(2)]).unwrap();
+                *owner.borrow_mut() = Some(new_owner);
+            }))
+        });
+        let mut replayer = Spool::open(dir.path()).unwrap();
+        let mut read = SegmentReader::open(&path).unwrap().unwrap();
+        assert!(third.borrow().is_some(), "the hook ran");
+        // It reads what the other replayed already (written again, idempotently).
+        assert_eq!(read.next_batch(10).unwrap().len(), 1);
+        replayer.remove(read).unwrap();
+        drop(third.borrow_mut().take());
+        let segments = Spool::open(dir.path()).unwrap().seal().unwrap();
+        let kept: Vec<Event> = segments
+            .iter()
+            .flat_map(|s| read_segment(s).unwrap().unwrap().events)
+            .collect();
+        assert_eq!(kept.len(), 1, "the new segment's event is kept");
+        assert_eq!(kept[0].link_idx, Some(2));
+    }
+
     /// Another process sharing the directory replays it at the worst moment: while this one is
     /// creating the segment its event goes to. The event is then either replayed by the other
     /// or still on disk; before, the other removed the new, empty, not yet locked segment and
@@ -456,9 +540,9 @@ mod tests {
             *h.borrow_mut() = Some(Box::new(move || {
                 let mut other = Spool::open(&shared).unwrap();
                 for segment in other.seal().unwrap() {
-                    if let Some(read) = read_segment(&segment).unwrap() {
-                        seen.set(seen.get() + read.events.len());
-                        other.remove(&segment).unwrap();
+                    if let Some(mut read) = SegmentReader::open(&segment).unwrap() {
+                        seen.set(seen.get() + read.next_batch(usize::MAX).unwrap().len());
+                        other.remove(read).unwrap();
                     }
                 }
             }))
@@ -534,7 +618,9 @@ mod tests {
         assert!(!first.torn);
         assert_eq!(first.corrupt, 0);
         for s in &segments {
-            spool.remove(s).unwrap();
+            spool
+                .remove(SegmentReader::open(s).unwrap().unwrap())
+                .unwrap();
         }
         assert!(spool.is_empty());
         // A segment another spool is appending to is left alone.

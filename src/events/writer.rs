@@ -455,16 +455,16 @@ impl Writer {
                 self.spool_overflow().await;
             }
             METRICS.spool_corrupt.inc_by(reader.skipped() as u64);
-            drop(reader);
             self.settle().await;
             if self.replay_failed {
                 // Replayed again later: what of it was stored is skipped then.
                 return;
             }
             let spool = self.spool.clone();
+            // The segment stays locked until its name is gone.
             let removed = tokio::task::spawn_blocking(move || {
                 let mut spool = spool.blocking_lock();
-                let r = spool.remove(&path);
+                let r = spool.remove(reader);
                 (r, spool.bytes())
             })
             .await;
