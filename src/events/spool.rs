@@ -5,6 +5,10 @@
 //! never appends to a segment it did not create: after a crash the last record of the previous
 //! segment may be torn, and writing behind it would hide every record that follows. Reading
 //! skips a torn tail or a record whose checksum fails, with a warning, and goes on.
+//!
+//! Processes sharing a data directory share its spool, and each replays what the others left:
+//! a segment gets its name only once its creator holds its lock (see [`Spool::new_segment`]),
+//! and a replay holds a segment's lock from reading it until its name is removed.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
