@@ -415,7 +415,8 @@ impl Writer {
                 let n = self.config.batch_size.max(1);
                 // Only a whole batch: fewer would be written as a transaction of a few events.
                 let mut waiting = Vec::new();
-                let whole_batch = self.depth_of.depth() >= n;
+                let whole_batch =
+                    self.depth_of.depth() >= n.min(self.config.channel_capacity.max(1));
                 while whole_batch && waiting.len() < n {
                     match fresh.try_recv() {
                         Ok(e) => waiting.push(e),

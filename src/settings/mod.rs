@@ -355,6 +355,18 @@ impl Settings {
                 "EVENT_BATCH_SIZE and EVENT_CHANNEL_CAPACITY must be at least 1",
             ));
         }
+        // A replay lets fresh events go first when a whole batch waits in the channel: a channel
+        // that cannot hold one would leave them behind the spool for the whole replay.
+        if self.events.channel_capacity < self.events.batch_size {
+            return Err(invalid(
+                "EVENT_CHANNEL_CAPACITY",
+                &self.events.channel_capacity.to_string(),
+                &format!(
+                    "must be at least EVENT_BATCH_SIZE ({})",
+                    self.events.batch_size
+                ),
+            ));
+        }
         if self
             .replies
             .mailbox_key
@@ -628,6 +640,10 @@ mod tests {
             (
                 "[relay]\nmax_recipients = 0\n",
                 "setting MAX_RECIPIENTS=\"0\" is invalid: must be at least 1",
+            ),
+            (
+                "[events]\nbatch_size = 100\nchannel_capacity = 50\n",
+                "setting EVENT_CHANNEL_CAPACITY=\"50\" is invalid: must be at least EVENT_BATCH_SIZE (100)",
             ),
             (
                 "SMTP_LISTEN = \"127.0.0.1:1\"\n[relay]\nlisten = \"127.0.0.1:2\"\n",
