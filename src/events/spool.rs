@@ -367,7 +367,7 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
-/// A segment file held for reading (shared lock).
+/// A segment file held for replay (locked exclusively).
 struct Locked(nix::fcntl::Flock<File>);
 
 impl Read for Locked {
@@ -445,7 +445,7 @@ impl SegmentReader {
     }
 }
 
-/// Reads a whole segment file; `None` when another process is still appending to it.
+/// Reads a whole segment file; `None` when another process is appending to it or replaying it.
 pub fn read_segment(path: &Path) -> Result<Option<SegmentRead>, SpoolError> {
     let Some(mut reader) = SegmentReader::open(path)? else {
         return Ok(None);
@@ -464,28 +464,28 @@ mod tests {
     use crate::events::Kind;
     use std::cell::RefCell;
 
+    type Hook = RefCell<Option<Box<dyn FnMut()>>>;
+
     thread_local! {
         /// Runs inside [`Spool::new_segment`], between creating a segment and publishing it.
-        static BEFORE_PUBLISH: RefCell<Option<Box<dyn FnMut()>>> = RefCell::new(None);
+        static BEFORE_PUBLISH: Hook = RefCell::new(None);
+        /// Runs inside [`SegmentReader::open`], between opening a segment and locking it.
+        static BEFORE_LOCK: Hook = RefCell::new(None);
+    }
+
+    /// Runs the hook set in `slot`, once: taken first, so that the hook may call what runs it.
+    fn run(slot: &'static std::thread::LocalKey<Hook>) {
+        if let Some(mut hook) = slot.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
     }
 
     pub(super) fn before_publish() {
-        let hook = BEFORE_PUBLISH.with(|h| h.borrow_mut().take());
-        if let Some(mut hook) = hook {
-            hook();
-        }
-    }
-
-    thread_local! {
-        /// Runs inside [`SegmentReader::open`], between opening a segment and locking it.
-        static BEFORE_LOCK: RefCell<Option<Box<dyn FnMut()>>> = RefCell::new(None);
+        run(&BEFORE_PUBLISH);
     }
 
     pub(super) fn before_lock() {
-        let hook = BEFORE_LOCK.with(|h| h.borrow_mut().take());
-        if let Some(mut hook) = hook {
-            hook();
-        }
+        run(&BEFORE_LOCK);
     }
 
     /// Two processes replay one segment: this one opens it; before it takes the lock, the

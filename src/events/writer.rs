@@ -396,7 +396,7 @@ impl Writer {
             let mut reader =
                 match tokio::task::spawn_blocking(move || spool::SegmentReader::open(&p)).await {
                     Ok(Ok(Some(r))) => r,
-                    // Another process sharing the data directory is still writing it.
+                    // Another process sharing the data directory is writing or replaying it.
                     Ok(Ok(None)) => continue,
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "cannot read a spool segment");

@@ -193,14 +193,16 @@ pub async fn fold_batch(
         .map(|evs| (evs[0].copy_id, evs))
         .collect();
     let copies: Vec<Uuid> = by_copy.keys().copied().collect();
-    let Loaded { folds: old, stale } = load_folds(&tx, &copies).await?;
+    let Loaded {
+        folds: mut old,
+        stale,
+    } = load_folds(&tx, &copies).await?;
     // Copies that have no state yet start from an empty one (nothing of theirs was folded).
     let fresh: Vec<(Uuid, Uuid)> = by_copy
         .iter()
         .filter(|(c, _)| !old.contains_key(c) && !stale.contains(c))
         .map(|(c, evs)| (*c, evs[0].message_id))
         .collect();
-    let mut old = old;
     let mut empty: HashMap<Uuid, CopyFold> = empty_folds(&tx, &fresh).await?;
     let urls = load_urls(&tx, &old, &empty, &by_copy).await?;
     let loaded_at = started.elapsed();
